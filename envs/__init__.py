@@ -1,0 +1,1 @@
+"""Environments: the multi-turn tool-use VQA env, prompt templates, action parsers."""

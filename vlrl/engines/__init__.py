@@ -1,0 +1,1 @@
+"""Rollout engines behind one async protocol (vlrl.engines.base.Engine)."""

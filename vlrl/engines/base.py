@@ -1,0 +1,113 @@
+"""The rollout engine protocol: token ids + images in, streamed token ids + logprobs out.
+
+Both engines (HF and vLLM) implement it; the rollout manager, the verifier and the
+benchmarks only ever see this interface. Engines never tokenize or detokenize what the
+caller passes: the ids given are the ids run, the ids returned are the ids sampled.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Mapping, Sequence
+
+import torch
+from PIL import Image
+
+from vlrl.types import Completion, Delta, SamplingParams
+
+NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+
+class Engine(abc.ABC):
+    """Async engine: many concurrent requests, each streamed as Deltas."""
+
+    #: weight version the engine currently samples with (0 = as loaded)
+    version: int
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        images: Sequence[Image.Image],
+        sampling: SamplingParams,
+        request_id: str,
+    ) -> AsyncIterator[Delta]:
+        """Stream the tokens sampled after ``prompt_ids``; the last Delta has a finish_reason.
+
+        ``prompt_ids`` must already hold one full ``<|image_pad|>`` run per image, in order
+        (see ``VisionInputs.expand``). To resume an aborted or paused request, call again
+        with the prompt extended by what it generated: the engine reuses the cached prefix.
+        """
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> Completion:
+        """Stop a request; return everything it generated so far (finish_reason 'abort')."""
+
+    @abc.abstractmethod
+    async def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
+        """Load new weights in place (no restart) and sample with ``version`` from now on.
+
+        Requests admitted afterwards use the new weights; cached prefixes computed under
+        the old weights are dropped.
+        """
+
+    @abc.abstractmethod
+    async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
+        """Compute and keep the KV of ``prompt_ids`` under ``request_key``; return reused tokens.
+
+        A later ``prefill`` or ``generate`` whose ids extend the same prefix reuses this
+        work. The return value is the number of prompt tokens served from cache.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Abort every request and release the engine's resources."""
+
+    async def complete(
+        self,
+        prompt_ids: Sequence[int],
+        images: Sequence[Image.Image],
+        sampling: SamplingParams,
+        request_id: str,
+    ) -> Completion:
+        """Run ``generate`` to the end and collect it."""
+        return await collect(request_id, self.generate(prompt_ids, images, sampling, request_id))
+
+
+async def collect(request_id: str, stream: AsyncIterator[Delta]) -> Completion:
+    """Concatenate a delta stream into one Completion."""
+    ids: list[int] = []
+    logprobs: list[float] = []
+    versions: list[int] = []
+    finish = None
+    async for delta in stream:
+        ids.extend(delta.token_ids)
+        logprobs.extend(delta.logprobs)
+        versions.extend([delta.version] * len(delta.token_ids))
+        finish = delta.finish_reason or finish
+    return Completion(request_id, tuple(ids), tuple(logprobs), tuple(versions), finish)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """The model folder as a Path, or FileNotFoundError naming it."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {str(p)!r} does not exist or has no config.json")
+    return p
+
+
+def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: int, request_id: str) -> list[int]:
+    """Validated prompt ids as a list; raises ValueError naming the offending value."""
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise ValueError(f"request {request_id!r}: empty prompt")
+    if len(ids) >= max_model_len:
+        raise ValueError(
+            f"request {request_id!r}: prompt of {len(ids)} tokens does not fit the model's context of "
+            f"{max_model_len} tokens (max_model_len)"
+        )
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"request {request_id!r}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+    return ids

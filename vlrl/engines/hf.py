@@ -1,0 +1,445 @@
+"""HF engine: pure transformers + torch, continuous batching with a KV cache.
+
+Requests join and leave between decode steps. Each new request is prefilled alone
+(reusing a cached prefix of the same key when its ids extend one), then joins one
+left-padded batch whose KV cache persists across steps; every step decodes one token
+for every running request. Model work runs in a worker thread under a lock, so the
+event loop never blocks and weight updates happen between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache, GenerationConfig
+
+from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt
+from vlrl.engines.sampling import sample_next
+from vlrl.model.rope import mrope_positions
+from vlrl.types import Completion, Delta, FinishReason, SamplingParams
+from vlrl.vision import ImageBatch, VisionInputs
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, H, L, D)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _Prefix:
+    """KV of ``ids`` kept for reuse; ``image_keys`` identify the images inside ``ids``."""
+
+    ids: list[int]
+    image_keys: list[str]
+    kv: KV
+    version: int
+
+
+@dataclass
+class _Request:
+    id: str
+    prompt_ids: list[int]
+    images: list[Image.Image]
+    image_keys: list[str]
+    sampling: SamplingParams
+    cache_key: str  # where its KV is kept when it ends
+    queue: asyncio.Queue[Delta | None] = field(default_factory=asyncio.Queue)
+    generator: torch.Generator | None = None
+    suppress: torch.Tensor | None = None
+    out_ids: list[int] = field(default_factory=list)
+    out_logprobs: list[float] = field(default_factory=list)
+    out_versions: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+    # decode state, owned by the worker thread
+    kv: KV | None = None
+    next_pos: int = 0
+    reused: int = 0
+
+    @property
+    def fed_ids(self) -> list[int]:
+        """Ids whose KV the cache holds: the prompt and all generated tokens but the last."""
+        return self.prompt_ids + self.out_ids[:-1]
+
+
+class _Batch:
+    """The running requests and their left-padded shared KV cache."""
+
+    def __init__(self) -> None:
+        self.rows: list[_Request] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)
+
+    def drop(self, gone: set[str]) -> list[tuple[_Request, KV]]:
+        """Remove rows whose id is in ``gone``; return their own (unpadded) KV."""
+        out = []
+        keep = [i for i, r in enumerate(self.rows) if r.id not in gone]
+        for i, r in enumerate(self.rows):
+            if r.id in gone:
+                pad = int((self.mask[i] == 0).sum())
+                kv = [(k[i : i + 1, :, pad:].clone(), v[i : i + 1, :, pad:].clone()) for k, v, *_ in self.cache]
+                out.append((r, kv))
+        if len(keep) == len(self.rows):
+            return out
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache, self.mask = None, torch.zeros(0, 0, dtype=torch.long)
+            return out
+        idx = torch.tensor(keep)
+        self.mask = self.mask[idx]
+        lead = int((self.mask == 0).long().cumprod(dim=1).sum(dim=1).min())  # padding every row shares
+        layers = [(k[idx, :, lead:], v[idx, :, lead:]) for k, v, *_ in self.cache]
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.mask = self.mask[:, lead:]
+        return out
+
+    def join(self, req: _Request) -> None:
+        """Add a prefilled request, left-padding whichever side is shorter."""
+        kv, req.kv = req.kv, None
+        assert kv is not None
+        length = kv[0][0].shape[2]
+        width = self.mask.shape[1]
+        if not self.rows:
+            self.rows, self.mask = [req], torch.ones(1, length, dtype=torch.long)
+            self.cache = DynamicCache(ddp_cache_data=kv)
+            return
+        total = max(width, length)
+        layers = []
+        for (k, v, *_), (nk, nv) in zip(self.cache, kv):
+            k, v = (F.pad(t, (0, 0, total - width, 0)) for t in (k, v))
+            nk, nv = (F.pad(t, (0, 0, total - length, 0)) for t in (nk, nv))
+            layers.append((torch.cat([k, nk]), torch.cat([v, nv])))
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        new_mask = torch.cat([torch.zeros(total - length, dtype=torch.long), torch.ones(length, dtype=torch.long)])
+        self.mask = torch.cat([F.pad(self.mask, (total - width, 0)), new_mask[None]])
+        self.rows.append(req)
+
+
+class HFEngine(Engine):
+    """Engine over a transformers model, for CPU or GPU. See the module docstring."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        prefix_cache_tokens: int = 65536,
+    ):
+        model_dir = check_model_dir(model_dir)
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        self.device = torch.device(device)
+        self.vision = VisionInputs(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        text = self.model.config.text_config
+        self.vocab_size: int = text.vocab_size
+        self.max_model_len = max_model_len or text.max_position_embeddings
+        self.max_num_seqs = max_num_seqs
+        self.prefix_cache_tokens = prefix_cache_tokens
+        gen = GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").exists() else None
+        eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else text.eos_token_id
+        self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        self.version = 0
+        self._waiting: list[_Request] = []
+        self._requests: dict[str, _Request] = {}
+        self._batch = _Batch()
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
+        self._lock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._gone: set[str] = set()
+        self._done: OrderedDict[str, Completion] = OrderedDict()  # recently ended, for late aborts
+        self._ids = itertools.count()
+
+    # ----------------------------------------------------------------- public API
+
+    async def generate(
+        self,
+        prompt_ids: Sequence[int],
+        images: Sequence[Image.Image],
+        sampling: SamplingParams,
+        request_id: str,
+    ) -> AsyncIterator[Delta]:
+        req = self._admit(prompt_ids, images, sampling, request_id, cache_key=request_id)
+        try:
+            while True:
+                delta = await req.queue.get()
+                if delta is None:
+                    return
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:
+            if req.finish is None:  # the consumer stopped reading: treat it as an abort
+                self._finish(req, "abort")
+            self._retire(req)
+
+    async def abort(self, request_id: str) -> Completion:
+        req = self._requests.get(request_id)
+        if req is None:
+            if request_id in self._done:
+                return self._done[request_id]
+            raise KeyError(f"no request {request_id!r}")
+        if req.finish is None:
+            self._finish(req, "abort")
+            req.queue.put_nowait(Delta(req.id, (), (), self.version, "abort"))
+        return _completion(req)
+
+    async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
+        req = self._admit(
+            prompt_ids, images, SamplingParams(max_tokens=0), f"prefill-{request_key}-{next(self._ids)}",
+            cache_key=request_key,
+        )
+        while (await req.queue.get()) is not None:
+            pass
+        self._retire(req)
+        return req.reused
+
+    async def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
+        items = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
+        state = self.model.state_dict()
+        async with self._get_lock():
+            with torch.no_grad():
+                for name, tensor in items:
+                    if name not in state:
+                        raise KeyError(f"update_weights: the model has no parameter {name!r}")
+                    if state[name].shape != tensor.shape:
+                        raise ValueError(
+                            f"update_weights: {name!r} has shape {tuple(state[name].shape)}, "
+                            f"got {tuple(tensor.shape)}"
+                        )
+                    state[name].copy_(tensor)
+            self._prefixes.clear()
+            self.version = version
+
+    async def close(self) -> None:
+        for req in list(self._requests.values()):
+            if req.finish is None:
+                await self.abort(req.id)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+            self._loop_task = None
+
+    # ------------------------------------------------------------- event-loop side
+
+    def _admit(
+        self,
+        prompt_ids: Sequence[int],
+        images: Sequence[Image.Image],
+        sampling: SamplingParams,
+        request_id: str,
+        cache_key: str,
+    ) -> _Request:
+        ids = check_prompt(prompt_ids, self.vocab_size, self.max_model_len, request_id)
+        live = self._requests.get(request_id)
+        if live is not None and live.finish is None:
+            raise ValueError(f"request id {request_id!r} is already running")
+        prepared = [self.vision.prepare(im) for im in images]
+        self.vision.check(ids, self.vision.encode(prepared), where=f"request {request_id!r}")
+        req = _Request(
+            id=request_id, prompt_ids=ids, images=prepared, image_keys=[_image_key(im) for im in prepared],
+            sampling=sampling, cache_key=cache_key,
+        )
+        if sampling.seed is not None:
+            req.generator = torch.Generator().manual_seed(sampling.seed)
+        req.suppress = torch.tensor(sorted(set(self.vision.vision_token_ids) | set(sampling.suppress_token_ids)))
+        self._requests[request_id] = req
+        self._waiting.append(req)
+        self._ensure_loop()
+        assert self._wake is not None
+        self._wake.set()
+        return req
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wake = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """The engine's one background task: step while there is work, then sleep."""
+        assert self._wake is not None
+        while True:
+            if not self._waiting and not self._batch.rows:
+                self._wake.clear()
+                await self._wake.wait()
+            async with self._get_lock():
+                room = max(self.max_num_seqs - len(self._batch.rows), 0)
+                admit = [r for r in self._waiting[:room] if r.finish is None]
+                self._waiting = self._waiting[room:]
+                gone, self._gone = self._gone, set()
+                results = await asyncio.to_thread(self._step, admit, gone)
+            for req, token, logprob, version in results:
+                self._emit(req, token, logprob, version)
+            for req in admit:
+                if req.sampling.max_tokens == 0:
+                    req.queue.put_nowait(None)
+
+    def _emit(self, req: _Request, token: int, logprob: float, version: int) -> None:
+        if req.finish is not None:  # aborted while the step ran: the token is discarded
+            return
+        req.out_ids.append(token)
+        req.out_logprobs.append(logprob)
+        req.out_versions.append(version)
+        finish = self._finish_reason(req, token)
+        if finish is not None:
+            self._finish(req, finish)
+        req.queue.put_nowait(Delta(req.id, (token,), (logprob,), version, finish))
+
+    def _finish_reason(self, req: _Request, token: int) -> FinishReason | None:
+        p = req.sampling
+        if token in self.eos_ids or token in p.stop_token_ids:
+            return "stop"
+        if p.stop:
+            window = max(len(s) for s in p.stop) * 4
+            tail = self.tokenizer.decode(req.out_ids[-window:], skip_special_tokens=False)
+            if any(s in tail for s in p.stop):
+                return "stop"
+        if len(req.out_ids) >= p.max_tokens or len(req.prompt_ids) + len(req.out_ids) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _retire(self, req: _Request) -> None:
+        """Forget a request whose stream has ended, remembering its result for a while."""
+        if self._requests.get(req.id) is req:
+            del self._requests[req.id]
+        self._done[req.id] = _completion(req)
+        while len(self._done) > 1024:
+            self._done.popitem(last=False)
+
+    def _finish(self, req: _Request, reason: FinishReason) -> None:
+        req.finish = reason
+        self._gone.add(req.id)
+        if self._wake is not None:
+            self._wake.set()
+
+    # ------------------------------------------------------------ worker-thread side
+
+    @torch.no_grad()
+    def _step(self, admit: list[_Request], gone: set[str]) -> list[tuple[_Request, int, float, int]]:
+        for req, kv in self._batch.drop(gone):
+            self._keep_prefix(req.cache_key, req.fed_ids, req.image_keys, kv)
+        results = self._decode() if self._batch.rows else []
+        for req in admit:
+            logits = self._prefill(req)
+            if req.sampling.max_tokens == 0:
+                self._keep_prefix(req.cache_key, req.prompt_ids, req.image_keys, req.kv)
+                req.finish = "length"
+                continue
+            (tok,), (lp,) = sample_next(logits, [req.sampling], [req.generator], [req.suppress])
+            results.append((req, tok, lp, self.version))
+            self._batch.join(req)
+        return results
+
+    def _prefill(self, req: _Request) -> torch.Tensor:
+        """Run the prompt (or the part of it not cached) and return the next-token logits."""
+        ids = req.prompt_ids
+        vision = self.vision.encode(req.images)
+        grid = vision.grid_thw if vision is not None else None
+        positions = mrope_positions(self.model, torch.tensor([ids]), grid)
+        runs = self.vision.pad_runs(ids)
+        start, kv = self._reuse_prefix(req, runs)
+        new_images = [i for i, (s, _) in enumerate(runs) if s >= start]
+        pixels = _select_images(vision, new_images, self.vision) if new_images else None
+        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=torch.tensor([ids[start:]], device=self.device),
+            position_ids=positions[:, :, start:].to(self.device),
+            past_key_values=cache,
+            pixel_values=pixels.pixel_values.to(self.device, self.model.dtype) if pixels is not None else None,
+            image_grid_thw=pixels.grid_thw.to(self.device) if pixels is not None else None,
+            use_cache=True,
+        )
+        req.kv = [(k, v) for k, v, *_ in out.past_key_values]
+        req.next_pos = int(positions.max()) + 1
+        req.reused = start
+        return out.logits[:, -1]
+
+    def _decode(self) -> list[tuple[_Request, int, float, int]]:
+        batch = self._batch
+        rows = batch.rows
+        input_ids = torch.tensor([[r.out_ids[-1]] for r in rows], device=self.device)
+        positions = torch.tensor([r.next_pos for r in rows]).view(1, -1, 1).expand(3, -1, -1)
+        mask = torch.cat([batch.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions.to(self.device),
+            attention_mask=mask.to(self.device),
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        batch.mask = mask
+        for r in rows:
+            r.next_pos += 1
+        tokens, logprobs = sample_next(
+            out.logits[:, -1], [r.sampling for r in rows], [r.generator for r in rows], [r.suppress for r in rows]
+        )
+        return [(r, t, lp, self.version) for r, t, lp in zip(rows, tokens, logprobs)]
+
+    def _reuse_prefix(self, req: _Request, runs: list[tuple[int, int]]) -> tuple[int, KV | None]:
+        """How many leading prompt tokens a kept prefix covers, and that prefix's KV cropped to it."""
+        entry = self._prefixes.pop(req.cache_key, None)
+        if entry is None or entry.version != self.version:
+            return 0, None
+        ids = req.prompt_ids
+        n = 0
+        limit = min(len(entry.ids), len(ids) - 1)  # at least one token must run to get logits
+        while n < limit and entry.ids[n] == ids[n]:
+            n += 1
+        for i, (s, e) in enumerate(runs):
+            if s >= n:
+                break
+            same_image = i < len(entry.image_keys) and entry.image_keys[i] == req.image_keys[i]
+            if e > n or not same_image:  # never split an image or reuse a different one
+                n = s
+                break
+        if n == 0:
+            return 0, None
+        return n, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv]
+
+    def _keep_prefix(self, key: str, ids: list[int], image_keys: list[str], kv: KV | None) -> None:
+        if not kv or not ids or self.prefix_cache_tokens <= 0:
+            return
+        n_images = len(self.vision.pad_runs(ids))
+        self._prefixes.pop(key, None)
+        self._prefixes[key] = _Prefix(list(ids), image_keys[:n_images], kv, self.version)
+        total = sum(len(p.ids) for p in self._prefixes.values())
+        while total > self.prefix_cache_tokens and self._prefixes:
+            _, old = self._prefixes.popitem(last=False)
+            total -= len(old.ids)
+
+
+def _completion(req: _Request) -> Completion:
+    return Completion(req.id, tuple(req.out_ids), tuple(req.out_logprobs), tuple(req.out_versions), req.finish)
+
+
+def _image_key(image: Image.Image) -> str:
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
+def _select_images(batch: ImageBatch | None, keep: list[int], vision: VisionInputs) -> ImageBatch:
+    """The rows of ``batch`` that belong to images ``keep`` (pixel_values are concatenated per image)."""
+    assert batch is not None
+    sizes = [int(t * h * w) for t, h, w in batch.grid_thw.tolist()]
+    offsets = [0, *itertools.accumulate(sizes)]
+    pixels = torch.cat([batch.pixel_values[offsets[i] : offsets[i + 1]] for i in keep])
+    return ImageBatch(pixels, batch.grid_thw[keep], tuple(batch.token_counts[i] for i in keep))

@@ -1,0 +1,48 @@
+"""Next-token sampling shared by the HF engine: logits --> (token, raw logprob) per row."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from vlrl.types import SamplingParams
+
+
+def sample_next(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    suppress: Sequence[torch.Tensor],
+) -> tuple[list[int], list[float]]:
+    """Sample one token per row of ``logits`` (B, V).
+
+    The returned logprob is the raw model log-probability of the chosen token
+    (temperature 1, nothing suppressed) — the quantity the trainer recomputes. Sampling
+    itself applies suppression, temperature, top-k and top-p (in that order); a
+    temperature of 0 is greedy.
+    """
+    logits = logits.float()
+    raw = torch.log_softmax(logits, dim=-1)
+    tokens: list[int] = []
+    for row, (p, gen, banned) in enumerate(zip(params, generators, suppress)):
+        scores = logits[row].clone()
+        scores[banned] = float("-inf")
+        if p.temperature == 0:
+            tok = int(torch.argmax(scores))
+        else:
+            scores = scores / p.temperature
+            if p.top_k > 0:
+                kth = torch.topk(scores, min(p.top_k, scores.numel())).values[-1]
+                scores[scores < kth] = float("-inf")
+            probs = torch.softmax(scores, dim=-1)
+            if p.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                # keep the smallest prefix whose mass reaches top_p (always at least one token)
+                drop = torch.cumsum(sorted_p, dim=-1) - sorted_p >= p.top_p
+                sorted_p[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+            tok = int(torch.multinomial(probs, 1, generator=gen))
+        tokens.append(tok)
+    logprobs = raw[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    return tokens, logprobs

@@ -1,0 +1,171 @@
+"""Build a tiny, randomly initialised Qwen2-VL model folder without any download.
+
+The folder holds everything a real checkpoint holds (config, safetensors weights,
+tokenizer, image processor, chat template, generation config), so the HF engine, the
+vLLM engine and the trainer load it exactly as they load Qwen2-VL-2B. The tokenizer is
+a byte-level BPE trained here on chart / table QA and tool-call text; the model is
+sized for CPU: head_dim 64 (vLLM's CPU attention rejects smaller), vision output size
+equal to the text hidden size, ``mrope_section`` summing to head_dim / 2.
+"""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+# Qwen's special tokens, in Qwen's order. The tool-call markers are added but, as in
+# Qwen2.5, not "special": they survive decoding with skip_special_tokens.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+
+VOCAB_SIZE = 1024
+IMAGE_MIN_PIXELS = 56 * 56
+IMAGE_MAX_PIXELS = 448 * 448
+
+WORDS = (
+    "chart table bar line pie column row value values label labels axis title legend "
+    "which what how many is the of in and or than more less largest smallest highest "
+    "lowest total sum average mean difference between compare greater year years "
+    "percent percentage share country countries number count rank first second third "
+    "last answer question image look focus mask draw highlight crop zoom box region "
+    "the a an to for on with by from at as are was were be has have it this that these "
+    "THOUGHT ACTION OBSERVATION FINAL ANSWER Yes No None True False Execution success "
+    "display image_1 image_2 columns_bbox rows_bbox x_values_bbox y_values_bbox "
+    "focus_on_columns_with_mask focus_on_rows_with_mask focus_on_x_values_with_draw "
+    "focus_on_y_values_with_highlight zoom_in draw_box draw_line highlight_region "
+    "name arguments def return import python json error"
+).split()
+
+
+def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
+    """Deterministic training text covering the vocabulary of the tasks and tools."""
+    out = []
+    for _ in range(lines):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
+        number = rng.choice([str(rng.randint(0, 100)), f"{rng.uniform(0, 1000):.1f}"])
+        out.append(" ".join(words) + f" {number}")
+        out.append(
+            f'<tool_call>{{"name": "{rng.choice(WORDS)}", "arguments": '
+            f'{{"labels": ["{rng.choice(WORDS)}", "{rng.randint(1990, 2030)}"]}}}}</tool_call>'
+        )
+        out.append(f"```python\nimage_{rng.randint(1, 3)} = {rng.choice(WORDS)}(image_1)\ndisplay(image_1)\n```")
+    return out
+
+
+def build_tokenizer(rng: random.Random) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with Qwen's special tokens and wrap it for transformers."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS) - len(ADDED_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(rng), trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_tokens(ADDED_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def model_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
+    ids = tokenizer.convert_tokens_to_ids
+    vocab = len(tokenizer)
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+            tie_word_embeddings=True,
+            bos_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+            initializer_range=0.05,
+        ),
+        vision_config=dict(
+            depth=2,
+            embed_dim=128,
+            hidden_size=256,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            initializer_range=0.05,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLProcessor:
+    template = resources.files("vlrl.model").joinpath("chat_template.jinja").read_text()
+    tokenizer.chat_template = template
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+
+
+def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl") -> Path:
+    """Write a tiny random Qwen2-VL folder to ``out``; the same seed gives the same bytes."""
+    if arch != "qwen2-vl":
+        raise ValueError(f"unknown tiny model arch {arch!r}; supported: 'qwen2-vl'")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(random.Random(seed))
+    config = model_config(tokenizer)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        pad_token_id=config.text_config.pad_token_id,
+    )
+    model.save_pretrained(out)
+    build_processor(tokenizer).save_pretrained(out)
+    return out

@@ -1,0 +1,1 @@
+"""The policy update: multimodal forward, losses, optimizer, checkpoints."""

@@ -1,0 +1,75 @@
+"""Trainer-side token logprobs: Trajectory ids + images --> per-token logprob and entropy.
+
+This is the forward every loss uses, and the one the engines' behavior logprobs are
+checked against (mean |Δ| < 1e-3 in fp32). Sequences are right-padded into one batch;
+all images of all sequences go through the vision tower in order; rotary positions are
+the 3-D positions of each whole sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+from transformers import PreTrainedModel
+
+from vlrl.model.rope import mrope_positions
+from vlrl.types import Trajectory
+from vlrl.vision import VisionInputs
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """For a sequence of L ids: entry t-1 scores token t given tokens < t (t = 1..L-1)."""
+
+    logprobs: torch.Tensor  # (L - 1,)
+    entropy: torch.Tensor  # (L - 1,)
+
+
+def sequence_logprobs(
+    model: PreTrainedModel,
+    vision: VisionInputs,
+    sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
+) -> list[TokenScores]:
+    """Score every next token of each (ids, images) sequence under ``model``."""
+    if not sequences:
+        return []
+    images: list[Image.Image] = []
+    for i, (ids, ims) in enumerate(sequences):
+        if len(ids) < 2:
+            raise ValueError(f"sequence {i}: needs at least 2 tokens to score, got {len(ids)}")
+        vision.check(ids, vision.encode(ims), where=f"sequence {i}")
+        images.extend(ims)
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids, _ in sequences]
+    pad_id = model.config.text_config.pad_token_id or 0
+    input_ids = torch.full((len(sequences), max(lengths)), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, (ids, _) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    batch = vision.encode(images)
+    grid = batch.grid_thw if batch is not None else None
+    positions = mrope_positions(model, input_ids, grid, attention_mask)
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=positions.to(device),
+        pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
+        image_grid_thw=grid.to(device) if grid is not None else None,
+        use_cache=False,
+    )
+    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, 1:].to(device)
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return [TokenScores(token_logp[r, : n - 1], entropy[r, : n - 1]) for r, n in enumerate(lengths)]
+
+
+def trajectory_logprobs(
+    model: PreTrainedModel, vision: VisionInputs, trajectories: Sequence[Trajectory]
+) -> list[TokenScores]:
+    """``sequence_logprobs`` over trajectories (their token ids and images, in order)."""
+    return sequence_logprobs(model, vision, [(t.token_ids, t.images) for t in trajectories])

@@ -1,0 +1,160 @@
+"""The typed messages that cross vlrl's boundaries: samples, engine I/O, trajectories.
+
+Token ids, loss mask, behavior logprobs and policy versions stay aligned per token from
+the moment a token is born (engine delta or env observation) to the trainer's batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+FinishReason = Literal["stop", "length", "abort"]
+SegmentKind = Literal["prompt", "policy", "observation"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question from a task: images, question, accepted answers, tool metadata."""
+
+    id: str
+    images: tuple[Image.Image, ...]
+    question: str
+    answers: tuple[str, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    task: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How an engine samples one request; the same fields mean the same on every engine."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop strings; the tokens that complete one are kept
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the model's end-of-sequence ids
+    suppress_token_ids: tuple[int, ...] = ()  # in addition to the vision tokens, never sampled
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New tokens of one request, streamed by an engine.
+
+    ``logprobs`` are the model's raw log-probabilities of the sampled tokens (temperature
+    1, no suppression): what the trainer's forward computes for the same ids.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    version: int  # weight version that produced these tokens
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Everything one request generated: the concatenation of its deltas."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    versions: tuple[int, ...]
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous piece of a trajectory, born in one place.
+
+    ``prompt`` and ``observation`` segments are inputs (loss mask 0) and carry the images
+    whose placeholders they contain; ``policy`` segments are sampled (loss mask 1) and
+    carry one behavior logprob and one policy version per token.
+    """
+
+    kind: SegmentKind
+    token_ids: tuple[int, ...]
+    images: tuple[Image.Image, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if self.kind == "policy":
+            if len(self.logprobs) != n or len(self.versions) != n:
+                raise ValueError(
+                    f"policy segment: {n} tokens but {len(self.logprobs)} logprobs and {len(self.versions)} versions"
+                )
+            if self.images:
+                raise ValueError("policy segment: a model-generated segment cannot carry images")
+        elif self.logprobs or self.versions:
+            raise ValueError(f"{self.kind} segment: only policy segments carry logprobs and versions")
+
+
+@dataclass
+class Trajectory:
+    """One interaction as token ids: prompt, then policy and observation segments."""
+
+    id: str
+    sample_id: str
+    segments: list[Segment]
+    reward: float | None = None
+    reward_parts: dict[str, float] = field(default_factory=dict)
+    finish_reason: FinishReason | None = None
+    deferred_steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for s in self.segments for t in s.token_ids]
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [im for s in self.segments for im in s.images]
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return [int(s.kind == "policy") for s in self.segments for _ in s.token_ids]
+
+    @property
+    def behavior_logprobs(self) -> list[float]:
+        """Per token; 0.0 where the loss mask is 0."""
+        return [lp for s in self.segments for lp in (s.logprobs or (0.0,) * len(s.token_ids))]
+
+    @property
+    def versions(self) -> list[int]:
+        """Per token; -1 where the loss mask is 0."""
+        return [v for s in self.segments for v in (s.versions or (-1,) * len(s.token_ids))]
+
+    def add_policy(self, completion: Completion) -> None:
+        """Append what an engine generated (and record how it finished)."""
+        self.segments.append(
+            Segment("policy", completion.token_ids, logprobs=completion.logprobs, versions=completion.versions)
+        )
+        self.finish_reason = completion.finish_reason
+
+    def add_observation(self, token_ids: tuple[int, ...], images: tuple[Image.Image, ...] = ()) -> None:
+        """Append what the environment returned (tool output text and images)."""
+        self.segments.append(Segment("observation", token_ids, images=images))
+
+
+@dataclass
+class Group:
+    """The G trajectories sampled for one prompt; GRPO trains a group only whole."""
+
+    sample: Sample
+    trajectories: list[Trajectory]

@@ -1,0 +1,134 @@
+"""Image inputs as every component sees them: one path from PIL images to model tensors.
+
+The engines, the trainer and (later) the verifier all go through ``VisionInputs`` so
+they see identical pixels and agree on how many ``<|image_pad|>`` tokens each image
+takes. Images are first snapped to Qwen's patch grid with ``qwen_vl_utils.smart_resize``;
+an image that is already on the grid is passed through untouched, so vLLM's own
+processor, given the same PIL image, produces the same grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from qwen_vl_utils import smart_resize
+from transformers import AutoConfig, AutoImageProcessor
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Model-ready tensors for a list of images, in order."""
+
+    pixel_values: torch.Tensor  # (sum of patches, C * T * P * P)
+    grid_thw: torch.Tensor  # (n_images, 3)
+    token_counts: tuple[int, ...]  # <|image_pad|> tokens per image
+
+
+class VisionInputs:
+    """PIL images --> ImageBatch, and checks that ids and images match."""
+
+    def __init__(self, model_dir: str | Path):
+        config = AutoConfig.from_pretrained(model_dir)
+        self.processor = AutoImageProcessor.from_pretrained(model_dir)
+        self.image_token_id: int = config.image_token_id
+        self.vision_start_id: int = config.vision_start_token_id
+        self.vision_end_id: int = config.vision_end_token_id
+        self.video_token_id: int = config.video_token_id
+        self.merge: int = config.vision_config.spatial_merge_size
+        self.patch: int = config.vision_config.patch_size
+        # transformers 5 keeps Qwen's min / max pixels as the size's shortest / longest edge
+        self.min_pixels: int = self.processor.size.shortest_edge
+        self.max_pixels: int = self.processor.size.longest_edge
+
+    @property
+    def vision_token_ids(self) -> tuple[int, ...]:
+        """Ids a policy must never sample: they only make sense next to an image."""
+        return (self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id)
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        """RGB image snapped to the patch grid within [min_pixels, max_pixels]."""
+        image = image.convert("RGB")
+        h, w = smart_resize(
+            image.height, image.width, factor=self.patch * self.merge,
+            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+        )
+        if (w, h) != image.size:
+            image = image.resize((w, h), Image.BICUBIC)
+        return image
+
+    def token_count(self, image: Image.Image) -> int:
+        """Number of <|image_pad|> tokens the prepared image occupies."""
+        prepared = self.prepare(image)
+        unit = self.patch * self.merge
+        return (prepared.height // unit) * (prepared.width // unit)
+
+    def encode(self, images: Sequence[Image.Image]) -> ImageBatch | None:
+        if not images:
+            return None
+        prepared = [self.prepare(im) for im in images]
+        out = self.processor(images=prepared, return_tensors="pt")
+        grid = out["image_grid_thw"]
+        counts = tuple(int(t * h * w) // self.merge**2 for t, h, w in grid.tolist())
+        return ImageBatch(out["pixel_values"], grid, counts)
+
+    def pad_runs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(start, end) of every maximal run of <|image_pad|> in ``ids``."""
+        runs, start = [], None
+        for i, tok in enumerate(ids):
+            if tok == self.image_token_id and start is None:
+                start = i
+            elif tok != self.image_token_id and start is not None:
+                runs.append((start, i))
+                start = None
+        if start is not None:
+            runs.append((start, len(ids)))
+        return runs
+
+    def check(self, ids: Sequence[int], batch: ImageBatch | None, where: str = "prompt") -> list[tuple[int, int]]:
+        """Raise ValueError unless each <|image_pad|> run has its image, in order and of its size."""
+        runs = self.pad_runs(ids)
+        counts = batch.token_counts if batch is not None else ()
+        if len(runs) != len(counts):
+            raise ValueError(
+                f"{where}: {len(runs)} <|image_pad|> run(s) in the token ids but {len(counts)} image(s) given"
+            )
+        for i, ((start, end), count) in enumerate(zip(runs, counts)):
+            if end - start != count:
+                raise ValueError(
+                    f"{where}: image {i} needs {count} <|image_pad|> tokens but its run at "
+                    f"position {start} has {end - start}"
+                )
+        return runs
+
+    def expand(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[int]:
+        """Replace each single <|image_pad|> placeholder by the run its image needs."""
+        counts = [self.token_count(im) for im in images]
+        out, k = [], 0
+        for tok in ids:
+            if tok == self.image_token_id:
+                if k >= len(counts):
+                    raise ValueError(f"more <|image_pad|> placeholders than the {len(counts)} image(s) given")
+                out.extend([tok] * counts[k])
+                k += 1
+            else:
+                out.append(tok)
+        if k != len(counts):
+            raise ValueError(f"{k} <|image_pad|> placeholder(s) for {len(counts)} image(s)")
+        return out
+
+
+def chat_prompt_ids(
+    tokenizer: Any,
+    vision: VisionInputs,
+    messages: list[dict[str, Any]],
+    images: Sequence[Image.Image],
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of a chat (through the model's chat template) with image runs expanded."""
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+    return vision.expand(ids, images)
