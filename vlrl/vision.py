@@ -88,21 +88,24 @@ class VisionInputs:
             runs.append((start, len(ids)))
         return runs
 
-    def check(self, ids: Sequence[int], batch: ImageBatch | None, where: str = "prompt") -> list[tuple[int, int]]:
+    def check(self, ids: Sequence[int], token_counts: Sequence[int], where: str = "prompt") -> list[tuple[int, int]]:
         """Raise ValueError unless each <|image_pad|> run has its image, in order and of its size."""
         runs = self.pad_runs(ids)
-        counts = batch.token_counts if batch is not None else ()
-        if len(runs) != len(counts):
+        if len(runs) != len(token_counts):
             raise ValueError(
-                f"{where}: {len(runs)} <|image_pad|> run(s) in the token ids but {len(counts)} image(s) given"
+                f"{where}: {len(runs)} <|image_pad|> run(s) in the token ids but {len(token_counts)} image(s) given"
             )
-        for i, ((start, end), count) in enumerate(zip(runs, counts)):
+        for i, ((start, end), count) in enumerate(zip(runs, token_counts)):
             if end - start != count:
                 raise ValueError(
                     f"{where}: image {i} needs {count} <|image_pad|> tokens but its run at "
                     f"position {start} has {end - start}"
                 )
         return runs
+
+    def collapse(self, ids: Sequence[int]) -> list[int]:
+        """Inverse of ``expand``: one <|image_pad|> per image run (what vLLM's processor expects)."""
+        return [t for i, t in enumerate(ids) if t != self.image_token_id or i == 0 or ids[i - 1] != t]
 
     def expand(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[int]:
         """Replace each single <|image_pad|> placeholder by the run its image needs."""

@@ -250,7 +250,7 @@ class HFEngine(Engine):
         if live is not None and live.finish is None:
             raise ValueError(f"request id {request_id!r} is already running")
         prepared = [self.vision.prepare(im) for im in images]
-        self.vision.check(ids, self.vision.encode(prepared), where=f"request {request_id!r}")
+        self.vision.check(ids, [self.vision.token_count(im) for im in prepared], where=f"request {request_id!r}")
         req = _Request(
             id=request_id, prompt_ids=ids, images=prepared, image_keys=[_image_key(im) for im in prepared],
             sampling=sampling, cache_key=cache_key,

@@ -40,7 +40,7 @@ def sequence_logprobs(
     for i, (ids, ims) in enumerate(sequences):
         if len(ids) < 2:
             raise ValueError(f"sequence {i}: needs at least 2 tokens to score, got {len(ids)}")
-        vision.check(ids, vision.encode(ims), where=f"sequence {i}")
+        vision.check(ids, [vision.token_count(im) for im in ims], where=f"sequence {i}")
         images.extend(ims)
     device = next(model.parameters()).device
     lengths = [len(ids) for ids, _ in sequences]
