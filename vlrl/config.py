@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from vlrl.types import SamplingParams
 
 T = TypeVar("T")
 
@@ -118,6 +121,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         _, val_tp = get_args(tp) or (str, Any)
         return {str(k): _coerce(val_tp, v, _join(path, str(k))) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -126,3 +134,48 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported config type {tp}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    """Which model folder to load, and in what precision."""
+
+    path: str = "runs/quickstart/tiny-vlm"  # a Qwen2-VL / Qwen2.5-VL folder, or `vlrl model tiny` output
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class EngineConfig:
+    """The rollout engine. Fields marked (hf) or (vllm) apply to that engine only."""
+
+    kind: Literal["hf", "vllm"] = "hf"
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    max_num_seqs: int = 64  # requests decoded together
+    device: str = "cpu"  # (hf) torch device
+    prefix_cache_tokens: int = 65536  # (hf) tokens of finished prefixes kept for reuse
+    gpu_memory_utilization: float = 0.2  # (vllm) on CPU builds: fraction of RAM
+    kv_cache_gib: int = 1  # (vllm) CPU builds: KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    enable_prefix_caching: bool = True  # (vllm)
+    tensor_parallel_size: int = 1  # (vllm)
+    max_images_per_prompt: int = 8  # (vllm) images one trajectory may hold
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass
+class GenerateConfig:
+    """`vlrl generate`: sample a few answers to one question about one image."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    question: str = "Which bar is the highest?"
+    image: str = ""  # an image file; empty: a small built-in bar chart
+    n: int = 4  # samples to draw

@@ -64,6 +64,7 @@ class Delta:
     logprobs: tuple[float, ...]
     version: int  # weight version that produced these tokens
     finish_reason: FinishReason | None = None
+    cached_tokens: int = 0  # on a request's first delta: prompt tokens served from cache
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class Engine(abc.ABC):
 
     #: weight version the engine currently samples with (0 = as loaded)
     version: int
+    #: token ids that end a sequence (the model's end-of-sequence ids)
+    eos_ids: tuple[int, ...]
 
     @abc.abstractmethod
     def generate(

@@ -303,7 +303,8 @@ class HFEngine(Engine):
         finish = self._finish_reason(req, token)
         if finish is not None:
             self._finish(req, finish)
-        req.queue.put_nowait(Delta(req.id, (token,), (logprob,), version, finish))
+        cached = req.reused if len(req.out_ids) == 1 else 0
+        req.queue.put_nowait(Delta(req.id, (token,), (logprob,), version, finish, cached))
 
     def _finish_reason(self, req: _Request, token: int) -> FinishReason | None:
         p = req.sampling

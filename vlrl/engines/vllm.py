@@ -174,7 +174,9 @@ class VLLMEngine(Engine):
         for rid, stream in list(self._streams.items()):
             if stream.finish is None:
                 await self.abort(rid)
-        self.llm.shutdown()  # type: ignore[attr-defined]
+        llm, self.llm = self.llm, None
+        llm.shutdown()  # type: ignore[attr-defined]
+        del llm  # collected now, while the interpreter can still run vLLM's finalizer
 
     def _prompt(self, prompt_ids: Sequence[int], images: Sequence[Image.Image], request_id: str) -> tuple[list[int], dict]:
         """Checked ids, and the vLLM prompt for them.
@@ -222,13 +224,15 @@ class VLLMEngine(Engine):
         finish = comp.finish_reason if comp.finish_reason in ("stop", "length", "abort") else None
         if comp.finish_reason is not None and finish is None:
             raise RuntimeError(f"request {request_id!r}: unexpected vLLM finish reason {comp.finish_reason!r}")
+        first = not stream.ids
         stream.ids.extend(ids)
         stream.logprobs.extend(logprobs)
         stream.versions.extend([self.version] * len(ids))
         stream.finish = finish
         if not ids and finish is None:
             return None
-        return Delta(request_id, tuple(ids), tuple(logprobs), self.version, finish)
+        cached = int(getattr(out, "num_cached_tokens", 0) or 0) if first else 0
+        return Delta(request_id, tuple(ids), tuple(logprobs), self.version, finish, cached)
 
 
 def _check_expanded(request_id: str, ids: list[int], out: object) -> None:

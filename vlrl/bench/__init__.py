@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print figures (``vlrl bench ...``), never timed tests."""

@@ -1,0 +1,68 @@
+"""The `vlrl` command: model building, generation, benchmarks (training arrives later)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    parser = argparse.ArgumentParser(prog="vlrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="build model folders")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    tiny = model_sub.add_parser("tiny", help="write a tiny random Qwen2-VL folder (no download)")
+    tiny.add_argument("--out", required=True, help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl"])
+
+    gen = sub.add_parser("generate", help="answer one question about one image with an engine")
+    gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
+    gen.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.kind=vllm sampling.temperature=0")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    eng = bench_sub.add_parser("engine", help="engine throughput, start time, memory, logprob parity")
+    eng.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
+    eng.add_argument("--engines", default="hf,vllm", help="comma-separated: hf,vllm")
+    eng.add_argument("--quick", action="store_true", help="one repetition, one parity trajectory")
+    eng.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+
+    args = parser.parse_args(argv)
+    if args.command == "model":
+        from vlrl.model.tiny import build_tiny_model
+
+        out = build_tiny_model(args.out, seed=args.seed, arch=args.arch)
+        print(f"wrote tiny {args.arch} model to {out}")
+    elif args.command == "generate":
+        from vlrl.config import GenerateConfig, load_config
+        from vlrl.generate import generate
+
+        asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
+    elif args.command == "bench":
+        from vlrl.bench.engine import run
+
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+        unknown = sorted(set(engines) - {"hf", "vllm"})
+        if unknown:
+            parser.error(f"unknown engine(s) {unknown}; choose from hf, vllm")
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
+            run(model_dir, engines, args.quick, args.json)
+    return 0
+
+
+def _tiny(out: Path) -> Path:
+    from vlrl.model.tiny import build_tiny_model
+
+    return build_tiny_model(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
