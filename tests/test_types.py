@@ -29,7 +29,7 @@ def test_segments_reject_misaligned_or_misplaced_fields():
 
 @pytest.mark.parametrize(
     "kwargs, needle",
-    [({"max_tokens": -1}, "max_tokens"), ({"temperature": -0.1}, "temperature"),
+    [({"max_tokens": -1}, "max_tokens"), ({"temperature": -0.1}, "temperature"), ({"temperature": 2.5}, "temperature"),
      ({"top_p": 0.0}, "top_p"), ({"top_k": -2}, "top_k")],
 )
 def test_sampling_params_bounds(kwargs, needle):

@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except (ValueError, FileNotFoundError, LookupError) as e:  # bad input: say what and where, no traceback
+        print(f"vlrl: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "model":
         from vlrl.model.tiny import build_tiny_model
 

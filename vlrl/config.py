@@ -159,6 +159,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.2  # (vllm) on CPU builds: fraction of RAM
     kv_cache_gib: int = 1  # (vllm) CPU builds: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     enable_prefix_caching: bool = True  # (vllm)
+    block_size: int = 0  # (vllm) KV block tokens, the prefix cache's granularity; 0: vLLM's default (128 on CPU)
     tensor_parallel_size: int = 1  # (vllm)
     max_images_per_prompt: int = 8  # (vllm) images one trajectory may hold
 

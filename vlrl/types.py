@@ -32,7 +32,7 @@ class SamplingParams:
     """How an engine samples one request; the same fields mean the same on every engine."""
 
     max_tokens: int = 256
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 means greedy; at most 2 (vLLM's bound, kept on every engine)
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k
     seed: int | None = None
@@ -43,8 +43,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -76,6 +76,7 @@ class Completion:
     logprobs: tuple[float, ...]
     versions: tuple[int, ...]
     finish_reason: FinishReason | None
+    cached_tokens: int = 0  # prompt tokens served from cache
 
 
 @dataclass(frozen=True)

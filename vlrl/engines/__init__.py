@@ -22,5 +22,5 @@ async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
         model.path, dtype=model.dtype, max_model_len=max_len, max_num_seqs=engine.max_num_seqs,
         gpu_memory_utilization=engine.gpu_memory_utilization, kv_cache_gib=engine.kv_cache_gib,
         enable_prefix_caching=engine.enable_prefix_caching, tensor_parallel_size=engine.tensor_parallel_size,
-        max_images_per_prompt=engine.max_images_per_prompt,
+        max_images_per_prompt=engine.max_images_per_prompt, block_size=engine.block_size or None,
     )

@@ -83,12 +83,14 @@ async def collect(request_id: str, stream: AsyncIterator[Delta]) -> Completion:
     logprobs: list[float] = []
     versions: list[int] = []
     finish = None
+    cached = 0
     async for delta in stream:
+        cached = cached or delta.cached_tokens
         ids.extend(delta.token_ids)
         logprobs.extend(delta.logprobs)
         versions.extend([delta.version] * len(delta.token_ids))
         finish = delta.finish_reason or finish
-    return Completion(request_id, tuple(ids), tuple(logprobs), tuple(versions), finish)
+    return Completion(request_id, tuple(ids), tuple(logprobs), tuple(versions), finish, cached)
 
 
 def check_model_dir(path: str | Path) -> Path:

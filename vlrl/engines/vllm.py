@@ -71,6 +71,7 @@ class VLLMEngine(Engine):
         enable_prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
         max_images_per_prompt: int = 8,
+        block_size: int | None = None,
         seed: int = 0,
     ) -> "VLLMEngine":
         """Start vLLM on ``model_dir``. ``kv_cache_gib`` sizes the KV cache on CPU builds."""
@@ -89,6 +90,7 @@ class VLLMEngine(Engine):
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size,
             tensor_parallel_size=tensor_parallel_size,
             limit_mm_per_prompt={"image": max_images_per_prompt, "video": 0},
             worker_extension_cls="vlrl.engines.vllm_worker.WeightLoader",

@@ -80,8 +80,12 @@ def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
     return out
 
 
-def build_tokenizer(rng: random.Random) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE with Qwen's special tokens and wrap it for transformers."""
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with Qwen's special tokens and wrap it for transformers.
+
+    The corpus has a fixed seed: every tiny model shares one vocabulary, whatever the
+    seed of its weights.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -90,7 +94,7 @@ def build_tokenizer(rng: random.Random) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(rng), trainer=trainer)
+    tok.train_from_iterator(_corpus(random.Random(0)), trainer=trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
     tok.add_tokens(ADDED_TOKENS)
     return PreTrainedTokenizerFast(
@@ -157,7 +161,7 @@ def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl") -> 
         raise ValueError(f"unknown tiny model arch {arch!r}; supported: 'qwen2-vl'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(random.Random(seed))
+    tokenizer = build_tokenizer()
     config = model_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()

@@ -1,0 +1,52 @@
+"""The commands a user types, run as subprocesses exactly as typed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VLRL = [sys.executable, "-m", "vlrl.cli"]
+
+
+def vlrl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*VLRL, *args], capture_output=True, text=True, cwd=ROOT, check=check, timeout=900)
+
+
+def test_model_tiny_is_deterministic(tmp_path):
+    vlrl("model", "tiny", "--out", str(tmp_path / "a"), "--seed", "3")
+    vlrl("model", "tiny", "--out", str(tmp_path / "b"), "--seed", "3")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for p in a.iterdir():
+        assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+
+
+@pytest.mark.slow
+def test_generate_with_hf_prints_samples(tiny_dir):
+    out = vlrl("generate", "configs/quickstart.yaml", f"model.path={tiny_dir}", "n=2", "sampling.max_tokens=8").stdout
+    assert out.count("sample ") == 2 and "tokens/s" in out
+
+
+def test_generate_rejects_bad_config_and_inputs(tiny_dir, tmp_path):
+    bad = vlrl("generate", "configs/quickstart.yaml", "engine.kindd=hf", check=False)
+    assert bad.returncode != 0 and "unknown key 'engine.kindd'" in bad.stderr
+    missing = vlrl("generate", "configs/quickstart.yaml", f"model.path={tmp_path / 'absent'}", check=False)
+    assert missing.returncode != 0 and "absent" in missing.stderr and "does not exist" in missing.stderr
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    broken = vlrl("generate", "configs/quickstart.yaml", f"model.path={tiny_dir}", f"image={corrupt}", check=False)
+    assert broken.returncode != 0 and "cannot read image" in broken.stderr and "corrupt.png" in broken.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_bench_engine_json(tiny_dir):
+    out = vlrl("bench", "engine", "--quick", "--json", "--model", str(tiny_dir)).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    for kind in ("hf", "vllm"):
+        assert set(figures[f"{kind}_tokens_per_s"]) == {"1", "8", "32"}
+        assert all(v > 0 for v in figures[f"{kind}_tokens_per_s"].values())
+        assert figures[f"parity_{kind}_mean_abs"] < 1e-3

@@ -1,0 +1,44 @@
+import asyncio
+
+import pytest
+
+from vlrl.demo import bar_chart, question_prompt
+from vlrl.engines.hf import HFEngine
+from vlrl.types import SamplingParams
+
+QUESTIONS = ["Which bar is the highest?", "How many bars are there?", "What is the sum?", "Which is the lowest bar?"]
+
+
+def test_64_concurrent_streams_match_their_solo_runs(hf_engine, run, tokenizer, vision):
+    """Requests of different prompts, images and lengths join and leave the batch; no cross-talk."""
+    requests = []
+    for i in range(64):
+        image = bar_chart([1 + (i * 7 + j * 3) % 9 for j in range(2 + i % 4)], size=(84 + 28 * (i % 3), 112))
+        prompt = question_prompt(tokenizer, vision, QUESTIONS[i % 4] + " " * (i % 5), image)
+        sampling = SamplingParams(max_tokens=6 + i % 17, temperature=0, suppress_token_ids=hf_engine.eos_ids)
+        requests.append((prompt, [image], sampling, f"conc-{i}"))
+
+    async def together():
+        return await asyncio.gather(*[hf_engine.complete(*r) for r in requests])
+
+    concurrent = run(together())
+    for req, got in zip(requests, concurrent):
+        solo = run(hf_engine.complete(req[0], req[1], req[2], req[3] + "-solo"))
+        assert got.token_ids == solo.token_ids and len(got.token_ids) == req[2].max_tokens
+        assert max(abs(a - b) for a, b in zip(got.logprobs, solo.logprobs)) < 1e-4
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        HFEngine(tmp_path / "nowhere")
+
+
+def test_same_seed_same_sample_other_seed_other_sample(hf_engine, run, tokenizer, vision):
+    image = bar_chart([2, 5, 3])
+    prompt = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
+    sp = SamplingParams(max_tokens=24, temperature=1.0, seed=11, suppress_token_ids=hf_engine.eos_ids)
+    a = run(hf_engine.complete(prompt, [image], sp, "seed-a"))
+    b = run(hf_engine.complete(prompt, [image], sp, "seed-b"))
+    c = run(hf_engine.complete(prompt, [image], SamplingParams(max_tokens=24, temperature=1.0, seed=12,
+                                                               suppress_token_ids=hf_engine.eos_ids), "seed-c"))
+    assert a.token_ids == b.token_ids and a.token_ids != c.token_ids

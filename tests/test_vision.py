@@ -1,0 +1,50 @@
+import pytest
+from PIL import Image
+
+from vlrl.demo import bar_chart, question_prompt
+
+
+def test_token_count_matches_the_processor(vision, tiny_dir):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    for size in [(112, 112), (140, 84), (300, 200), (20, 500)]:
+        image = Image.new("RGB", size, "white")
+        enc = processor.image_processor(images=[image], return_tensors="pt")
+        t, h, w = enc["image_grid_thw"][0].tolist()
+        assert vision.token_count(image) == t * h * w // 4
+
+
+def test_prepared_images_are_on_the_grid_and_stable(vision):
+    prepared = vision.prepare(Image.new("RGBA", (300, 200)))
+    assert prepared.mode == "RGB" and prepared.width % 28 == 0 and prepared.height % 28 == 0
+    assert vision.prepare(prepared).size == prepared.size  # a prepared image passes through
+
+
+def test_expand_collapse_and_check(vision, tokenizer):
+    ims = [bar_chart([1, 2]), bar_chart([1, 2], size=(140, 84))]
+    pad = vision.image_token_id
+    ids = [1, vision.vision_start_id, pad, vision.vision_end_id, 5, vision.vision_start_id, pad, vision.vision_end_id]
+    expanded = vision.expand(ids, ims)
+    assert [e - s for s, e in vision.pad_runs(expanded)] == [vision.token_count(im) for im in ims]
+    assert vision.collapse(expanded) == ids
+    vision.check(expanded, [vision.token_count(im) for im in ims])
+
+
+def test_placeholder_mismatches_are_named(vision):
+    im = bar_chart([1, 2])
+    pad = vision.image_token_id
+    n = vision.token_count(im)
+    with pytest.raises(ValueError, match=r"1 <\|image_pad\|> run\(s\) in the token ids but 2 image\(s\)"):
+        vision.check([1] + [pad] * n + [2], [n, n])
+    with pytest.raises(ValueError, match=f"image 0 needs {n} <\\|image_pad\\|> tokens but its run at position 1 has {n - 1}"):
+        vision.check([1] + [pad] * (n - 1) + [2], [n])
+    with pytest.raises(ValueError, match="placeholder"):
+        vision.expand([1, pad, 2], [im, im])
+
+
+def test_question_prompt_has_one_expanded_image(vision, tokenizer):
+    im = bar_chart([3, 1])
+    ids = question_prompt(tokenizer, vision, "Which is higher?", im)
+    assert len(vision.pad_runs(ids)) == 1
+    assert "Which is higher?" in tokenizer.decode(ids)
