@@ -176,9 +176,7 @@ class VLLMEngine(Engine):
         for rid, stream in list(self._streams.items()):
             if stream.finish is None:
                 await self.abort(rid)
-        llm, self.llm = self.llm, None
-        llm.shutdown()  # type: ignore[attr-defined]
-        del llm  # collected now, while the interpreter can still run vLLM's finalizer
+        self.llm.shutdown()  # type: ignore[attr-defined]
 
     def _prompt(self, prompt_ids: Sequence[int], images: Sequence[Image.Image], request_id: str) -> tuple[list[int], dict]:
         """Checked ids, and the vLLM prompt for them.
