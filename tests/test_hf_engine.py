@@ -42,3 +42,53 @@ def test_same_seed_same_sample_other_seed_other_sample(hf_engine, run, tokenizer
     c = run(hf_engine.complete(prompt, [image], SamplingParams(max_tokens=24, temperature=1.0, seed=12,
                                                                suppress_token_ids=hf_engine.eos_ids), "seed-c"))
     assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
+
+
+def test_a_failing_forward_errors_its_requests_and_the_engine_recovers(hf_engine, run, tokenizer, vision):
+    image = bar_chart([2, 5, 3])
+    prompt = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
+    sp = SamplingParams(max_tokens=8, temperature=0, suppress_token_ids=hf_engine.eos_ids)
+    calls = {"n": 0}
+
+    def explode_on_third_forward(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated device failure")
+
+    handle = hf_engine.model.register_forward_hook(explode_on_third_forward)
+    try:
+        async def two():
+            return await asyncio.gather(*[hf_engine.complete(prompt, [image], sp, f"fail-{i}") for i in range(2)],
+                                        return_exceptions=True)
+
+        outcomes = run(asyncio.wait_for(two(), timeout=60))
+    finally:
+        handle.remove()
+    errors = [o for o in outcomes if isinstance(o, RuntimeError)]
+    assert errors and all("simulated device failure" in str(e) and "fail-" in str(e) for e in errors)
+    after = run(hf_engine.complete(prompt, [image], sp, "after-failure"))
+    assert len(after.token_ids) == 8 and after.finish_reason == "length"
+
+
+def test_a_cancelled_consumer_frees_its_request(hf_engine, run, tokenizer, vision):
+    image = bar_chart([2, 5, 3])
+    prompt = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
+    sp = SamplingParams(max_tokens=10_000 - len(prompt) - 1, temperature=0, suppress_token_ids=hf_engine.eos_ids)
+
+    async def cancel_midway():
+        seen = asyncio.Event()
+
+        async def consume():
+            async for delta in hf_engine.generate(prompt, [image], sp, "cancel-me"):
+                seen.set()
+
+        task = asyncio.create_task(consume())
+        await seen.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await hf_engine.abort("cancel-me")
+
+    done = run(asyncio.wait_for(cancel_midway(), timeout=60))
+    assert done.finish_reason == "abort" and len(done.token_ids) >= 1
+    # abort() found it retired by the cancelled stream; the engine keeps serving
+    assert len(run(hf_engine.complete(prompt, [image], SamplingParams(max_tokens=4), "after-cancel")).token_ids) <= 4

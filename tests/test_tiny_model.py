@@ -19,6 +19,13 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, tiny_dir):
     assert digest(other)["tokenizer.json"] == digest(tiny_dir)["tokenizer.json"]
 
 
+def test_unknown_arch_is_named(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown tiny model arch 'llava'"):
+        build_tiny_model(tmp_path, arch="llava")
+
+
 def test_loads_with_auto_classes_and_fits_the_cpu_engines(tiny_dir):
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
     AutoProcessor.from_pretrained(tiny_dir)

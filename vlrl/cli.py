@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny = model_sub.add_parser("tiny", help="write a tiny random Qwen2-VL folder (no download)")
     tiny.add_argument("--out", required=True, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl"])
+    tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl"])
 
     gen = sub.add_parser("generate", help="answer one question about one image with an engine")
     gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")

@@ -51,7 +51,7 @@ class _Request:
     image_keys: list[str]
     sampling: SamplingParams
     cache_key: str  # where its KV is kept when it ends
-    queue: asyncio.Queue[Delta | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Delta | Exception | None] = field(default_factory=asyncio.Queue)
     generator: torch.Generator | None = None
     suppress: torch.Tensor | None = None
     out_ids: list[int] = field(default_factory=list)
@@ -177,6 +177,8 @@ class HFEngine(Engine):
                 delta = await req.queue.get()
                 if delta is None:
                     return
+                if isinstance(delta, Exception):
+                    raise RuntimeError(f"HF engine: the step running request {request_id!r} failed: {delta}") from delta
                 yield delta
                 if delta.finish_reason is not None:
                     return
@@ -201,8 +203,9 @@ class HFEngine(Engine):
             prompt_ids, images, SamplingParams(max_tokens=0), f"prefill-{request_key}-{next(self._ids)}",
             cache_key=request_key,
         )
-        while (await req.queue.get()) is not None:
-            pass
+        while (item := await req.queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise RuntimeError(f"HF engine: prefill of {request_key!r} failed: {item}") from item
         self._retire(req)
         return req.reused
 
@@ -287,12 +290,24 @@ class HFEngine(Engine):
                 admit = [r for r in self._waiting[:room] if r.finish is None]
                 self._waiting = self._waiting[room:]
                 gone, self._gone = self._gone, set()
-                results = await asyncio.to_thread(self._step, admit, gone)
+                try:
+                    results = await asyncio.to_thread(self._step, admit, gone)
+                except Exception as e:  # a failed forward must not leave consumers waiting forever
+                    self._fail_running(admit, e)
+                    continue
             for req, token, logprob, version in results:
                 self._emit(req, token, logprob, version)
             for req in admit:
                 if req.sampling.max_tokens == 0:
                     req.queue.put_nowait(None)
+
+    def _fail_running(self, admitted: list[_Request], error: Exception) -> None:
+        """Hand ``error`` to every request the failed step touched; the engine starts clean."""
+        for req in {id(r): r for r in [*self._batch.rows, *admitted]}.values():
+            if req.finish is None:
+                req.finish = "abort"
+            req.queue.put_nowait(error)
+        self._batch = _Batch()
 
     def _emit(self, req: _Request, token: int, logprob: float, version: int) -> None:
         if req.finish is not None:  # aborted while the step ran: the token is discarded

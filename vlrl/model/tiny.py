@@ -1,4 +1,4 @@
-"""Build a tiny, randomly initialised Qwen2-VL model folder without any download.
+"""Build a tiny, randomly initialised Qwen2-VL (or Qwen2.5-VL) model folder without any download.
 
 The folder holds everything a real checkpoint holds (config, safetensors weights,
 tokenizer, image processor, chat template, generation config), so the HF engine, the
@@ -18,7 +18,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
+    PretrainedConfig,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -106,12 +110,25 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
+# The vision towers of the two architectures; both emit vectors of the text hidden size.
+VISION = {
+    "qwen2-vl": dict(depth=2, embed_dim=128, hidden_size=256, num_heads=2, mlp_ratio=2),
+    # Qwen2.5-VL: windowed attention in every block but the last, SwiGLU MLP
+    "qwen2.5-vl": dict(depth=2, hidden_size=128, out_hidden_size=256, intermediate_size=256, num_heads=2,
+                       window_size=112, fullatt_block_indexes=[1], tokens_per_second=2),
+}
+ARCHS = {
+    "qwen2-vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor),
+    "qwen2.5-vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor),
+}
+
+
+def model_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> PretrainedConfig:
     ids = tokenizer.convert_tokens_to_ids
-    vocab = len(tokenizer)
-    return Qwen2VLConfig(
+    config_cls = ARCHS[arch][0]
+    return config_cls(
         text_config=dict(
-            vocab_size=vocab,
+            vocab_size=len(tokenizer),
             hidden_size=256,
             intermediate_size=768,
             num_hidden_layers=4,
@@ -126,15 +143,7 @@ def model_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
             initializer_range=0.05,
         ),
         vision_config=dict(
-            depth=2,
-            embed_dim=128,
-            hidden_size=256,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            initializer_range=0.05,
+            **VISION[arch], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.05
         ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -144,10 +153,10 @@ def model_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
     )
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLProcessor:
+def build_processor(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> Qwen2VLProcessor:
     template = resources.files("vlrl.model").joinpath("chat_template.jinja").read_text()
     tokenizer.chat_template = template
-    return Qwen2VLProcessor(
+    return ARCHS[arch][2](
         image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,
@@ -157,19 +166,19 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLProcessor:
 
 def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl") -> Path:
     """Write a tiny random Qwen2-VL folder to ``out``; the same seed gives the same bytes."""
-    if arch != "qwen2-vl":
-        raise ValueError(f"unknown tiny model arch {arch!r}; supported: 'qwen2-vl'")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown tiny model arch {arch!r}; supported: {sorted(ARCHS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = model_config(tokenizer)
+    config = model_config(tokenizer, arch)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+    model = ARCHS[arch][1](config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")],
         pad_token_id=config.text_config.pad_token_id,
     )
     model.save_pretrained(out)
-    build_processor(tokenizer).save_pretrained(out)
+    build_processor(tokenizer, arch).save_pretrained(out)
     return out
