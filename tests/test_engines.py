@@ -79,7 +79,7 @@ def test_abort_returns_partial_and_resume_continues(engine, run, tokenizer, visi
     assert len(part.logprobs) == len(part.versions) == k
     assert part.token_ids == full.token_ids[:k]
     rest = run(engine.complete(prompt + list(part.token_ids), [chart], greedy(engine, 60 - k), "abort-me"))
-    assert rest.cached_tokens > 0  # the kept prefix was reused
+    assert rest.cached_tokens > len(prompt) // 2  # the kept prefix was reused, not just a shared header
     assert part.token_ids + rest.token_ids == full.token_ids
     assert torch.allclose(torch.tensor(part.logprobs + rest.logprobs), torch.tensor(full.logprobs), atol=1e-4)
 
@@ -89,9 +89,20 @@ def test_prefill_is_reused_by_a_longer_prefix(engine, run, tokenizer, vision):
     question = "Prefill test: " + "which of the bars is the tallest one " * 12
     first = question_prompt(tokenizer, vision, question, chart)
     longer = first + tokenizer.encode("Let me zoom.") + tool_observation(tokenizer, vision, "ok", edited)
-    assert run(engine.prefill("pf", first, [chart])) == 0
+    header = run(engine.prefill("pf", first, [chart]))  # at most the chat header other requests share
+    assert header < len(first) // 2
     reused = run(engine.prefill("pf", longer, [chart, edited]))
-    assert 0 < reused <= len(first)
+    assert header < reused <= len(first)
+
+
+def test_a_prefill_serves_requests_under_other_ids(engine, run, tokenizer, vision):
+    """GRPO's case: G samples of one prompt reuse a single prefill of it."""
+    chart = bar_chart([5, 3, 8, 1])
+    prompt = question_prompt(tokenizer, vision, "Shared prompt: " + "which of these bars is the lowest " * 12, chart)
+    run(engine.prefill("shared-prompt", prompt, [chart]))
+    sp = SamplingParams(max_tokens=4, temperature=1.0, seed=0)
+    samples = run(_gather(engine, [(prompt, [chart], sp, f"sample-{i}") for i in range(4)]))
+    assert all(len(prompt) // 2 < s.cached_tokens < len(prompt) for s in samples)
 
 
 def test_stop_token_ids_and_stop_strings(engine, run, chart_prompt, tokenizer):

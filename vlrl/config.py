@@ -155,7 +155,7 @@ class EngineConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_num_seqs: int = 64  # requests decoded together
     device: str = "cpu"  # (hf) torch device
-    prefix_cache_tokens: int = 65536  # (hf) tokens of finished prefixes kept for reuse
+    prefix_cache_tokens: int = 65536  # (hf) tokens of KV kept from ended requests for reuse by later ones
     gpu_memory_utilization: float = 0.2  # (vllm) on CPU builds: fraction of RAM
     kv_cache_gib: int = 1  # (vllm) CPU builds: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     enable_prefix_caching: bool = True  # (vllm)

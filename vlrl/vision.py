@@ -61,10 +61,16 @@ class VisionInputs:
         return image
 
     def token_count(self, image: Image.Image) -> int:
-        """Number of <|image_pad|> tokens the prepared image occupies."""
+        """Number of <|image_pad|> tokens the image occupies once prepared."""
         prepared = self.prepare(image)
         unit = self.patch * self.merge
         return (prepared.height // unit) * (prepared.width // unit)
+
+    def prepare_for(self, ids: Sequence[int], images: Sequence[Image.Image], where: str) -> list[Image.Image]:
+        """The prepared images of a request, after checking that ``ids`` hold their runs."""
+        prepared = [self.prepare(im) for im in images]
+        self.check(ids, [self.token_count(im) for im in prepared], where=where)
+        return prepared
 
     def encode(self, images: Sequence[Image.Image]) -> ImageBatch | None:
         if not images:

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Iterable, Mapping, Sequence
 
 import torch
 from PIL import Image
+from transformers import AutoConfig, GenerationConfig
 
 from vlrl.types import Completion, Delta, SamplingParams
 
@@ -99,6 +100,16 @@ def check_model_dir(path: str | Path) -> Path:
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(p)!r} does not exist or has no config.json")
     return p
+
+
+def model_eos_ids(model_dir: Path) -> tuple[int, ...]:
+    """End-of-sequence ids: the generation config's, else the text config's."""
+    eos = None
+    if (model_dir / "generation_config.json").exists():
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    if eos is None:
+        eos = AutoConfig.from_pretrained(model_dir).get_text_config().eos_token_id
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
 def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: int, request_id: str) -> list[int]:

@@ -1,7 +1,9 @@
 """HF engine: pure transformers + torch, continuous batching with a KV cache.
 
-Requests join and leave between decode steps. Each new request is prefilled alone
-(reusing a cached prefix of the same key when its ids extend one), then joins one
+Requests join and leave between decode steps. Each new request is prefilled alone,
+reusing the longest kept prefix of its ids (the KV of finished, aborted and prefilled
+requests is kept, up to a token budget, so a trajectory's next turn, a resumed request
+or the G samples of one prompt skip what was already computed), then joins one
 left-padded batch whose KV cache persists across steps; every step decodes one token
 for every running request. Model work runs in a worker thread under a lock, so the
 event loop never blocks and weight updates happen between steps.
@@ -20,9 +22,9 @@ from typing import AsyncIterator, Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt
+from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids
 from vlrl.engines.sampling import sample_next
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
@@ -37,7 +39,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class _Prefix:
     """KV of ``ids`` kept for reuse; ``image_keys`` identify the images inside ``ids``."""
 
-    ids: list[int]
+    ids: torch.Tensor  # (L,) token ids
     image_keys: list[str]
     kv: KV
     version: int
@@ -147,9 +149,7 @@ class HFEngine(Engine):
         self.max_model_len = max_model_len or text.max_position_embeddings
         self.max_num_seqs = max_num_seqs
         self.prefix_cache_tokens = prefix_cache_tokens
-        gen = GenerationConfig.from_pretrained(model_dir) if (model_dir / "generation_config.json").exists() else None
-        eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else text.eos_token_id
-        self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        self.eos_ids = model_eos_ids(model_dir)
         self.version = 0
         self._waiting: list[_Request] = []
         self._requests: dict[str, _Request] = {}
@@ -252,8 +252,7 @@ class HFEngine(Engine):
         live = self._requests.get(request_id)
         if live is not None and live.finish is None:
             raise ValueError(f"request id {request_id!r} is already running")
-        prepared = [self.vision.prepare(im) for im in images]
-        self.vision.check(ids, [self.vision.token_count(im) for im in prepared], where=f"request {request_id!r}")
+        prepared = self.vision.prepare_for(ids, images, where=f"request {request_id!r}")
         req = _Request(
             id=request_id, prompt_ids=ids, images=prepared, image_keys=[_image_key(im) for im in prepared],
             sampling=sampling, cache_key=cache_key,
@@ -412,32 +411,47 @@ class HFEngine(Engine):
         return [(r, t, lp, self.version) for r, t, lp in zip(rows, tokens, logprobs)]
 
     def _reuse_prefix(self, req: _Request, runs: list[tuple[int, int]]) -> tuple[int, KV | None]:
-        """How many leading prompt tokens a kept prefix covers, and that prefix's KV cropped to it."""
-        entry = self._prefixes.pop(req.cache_key, None)
-        if entry is None or entry.version != self.version:
+        """The longest kept prefix of the prompt (its length, and its KV cropped to it).
+
+        Content-addressed like vLLM's prefix cache: any kept entry may serve, the
+        request's own key first on ties. Entries stay shared: cache tensors are never
+        written in place (a cache grows by concatenation), so no copy is needed.
+        """
+        ids = torch.tensor(req.prompt_ids)
+        limit = len(req.prompt_ids) - 1  # at least one token must run to produce logits
+        best, best_entry = 0, None
+        own = self._prefixes.get(req.cache_key)
+        for entry in ([own] if own is not None else []) + list(reversed(self._prefixes.values())):
+            n = self._usable_prefix(entry, ids, limit, req.image_keys, runs)
+            if n > best:
+                best, best_entry = n, entry
+        if best_entry is None:
             return 0, None
-        ids = req.prompt_ids
-        n = 0
-        limit = min(len(entry.ids), len(ids) - 1)  # at least one token must run to get logits
-        while n < limit and entry.ids[n] == ids[n]:
-            n += 1
+        return best, [(k[:, :, :best], v[:, :, :best]) for k, v in best_entry.kv]
+
+    def _usable_prefix(
+        self, entry: _Prefix, ids: torch.Tensor, limit: int, image_keys: list[str], runs: list[tuple[int, int]]
+    ) -> int:
+        """How many leading ``ids`` the entry covers without splitting or swapping an image."""
+        if entry.version != self.version:
+            return 0
+        m = min(len(entry.ids), limit)
+        differ = (entry.ids[:m] != ids[:m]).nonzero()
+        n = int(differ[0]) if len(differ) else m
         for i, (s, e) in enumerate(runs):
             if s >= n:
                 break
-            same_image = i < len(entry.image_keys) and entry.image_keys[i] == req.image_keys[i]
-            if e > n or not same_image:  # never split an image or reuse a different one
-                n = s
-                break
-        if n == 0:
-            return 0, None
-        return n, [(k[:, :, :n], v[:, :, :n]) for k, v in entry.kv]
+            same_image = i < len(entry.image_keys) and entry.image_keys[i] == image_keys[i]
+            if e > n or not same_image:
+                return s
+        return n
 
     def _keep_prefix(self, key: str, ids: list[int], image_keys: list[str], kv: KV | None) -> None:
         if not kv or not ids or self.prefix_cache_tokens <= 0:
             return
         n_images = len(self.vision.pad_runs(ids))
         self._prefixes.pop(key, None)
-        self._prefixes[key] = _Prefix(list(ids), image_keys[:n_images], kv, self.version)
+        self._prefixes[key] = _Prefix(torch.tensor(ids), image_keys[:n_images], kv, self.version)
         total = sum(len(p.ids) for p in self._prefixes.values())
         while total > self.prefix_cache_tokens and self._prefixes:
             _, old = self._prefixes.popitem(last=False)

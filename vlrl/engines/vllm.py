@@ -22,9 +22,9 @@ from typing import AsyncIterator, Sequence
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import AutoConfig, GenerationConfig
+from transformers import AutoConfig
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt
+from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -99,11 +99,7 @@ class VLLMEngine(Engine):
             disable_log_stats=True,
         )
         llm = AsyncLLM.from_engine_args(args)
-        gen_path = model_dir / "generation_config.json"
-        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id if gen_path.exists() else None
-        eos = eos if eos is not None else text.eos_token_id
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-        return cls(model_dir, llm, VisionInputs(model_dir), max_len, text.vocab_size, eos_ids)
+        return cls(model_dir, llm, VisionInputs(model_dir), max_len, text.vocab_size, model_eos_ids(model_dir))
 
     async def generate(
         self,
@@ -188,8 +184,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import TokensPrompt
 
         ids = check_prompt(prompt_ids, self.vocab_size, self.max_model_len, request_id)
-        prepared = [self.vision.prepare(im) for im in images]
-        self.vision.check(ids, [self.vision.token_count(im) for im in prepared], where=f"request {request_id!r}")
+        prepared = self.vision.prepare_for(ids, images, where=f"request {request_id!r}")
         if not prepared:
             return ids, TokensPrompt(prompt_token_ids=ids)
         return ids, TokensPrompt(prompt_token_ids=self.vision.collapse(ids), multi_modal_data={"image": prepared})
