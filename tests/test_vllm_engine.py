@@ -35,3 +35,14 @@ def test_missing_model_folder_is_named(tmp_path, run):
 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run(VLLMEngine.create(tmp_path / "nowhere"))
+
+
+def test_a_prompt_vllm_expanded_differently_is_refused():
+    """Token-in token-out guard: vLLM's own placeholder expansion must reproduce our ids."""
+    from types import SimpleNamespace
+
+    from vlrl.engines.vllm import _check_expanded
+
+    _check_expanded("ok", [1, 7, 7, 2], SimpleNamespace(prompt_token_ids=[1, 7, 7, 2]))
+    with pytest.raises(RuntimeError, match="request 'r': vLLM ran a prompt of 5 tokens that differs from the 4 ids"):
+        _check_expanded("r", [1, 7, 7, 2], SimpleNamespace(prompt_token_ids=[1, 7, 7, 7, 2]))

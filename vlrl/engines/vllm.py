@@ -199,7 +199,7 @@ class VLLMEngine(Engine):
             max_tokens=p.max_tokens,
             temperature=p.temperature,
             top_p=p.top_p,
-            top_k=p.top_k if p.top_k > 0 else 0,
+            top_k=p.top_k,  # 0 disables top-k on both engines
             seed=p.seed,
             stop=list(p.stop) or None,
             stop_token_ids=sorted(set(self.eos_ids) | set(p.stop_token_ids)),
