@@ -8,8 +8,9 @@ caller passes: the ids given are the ids run, the ids returned are the ids sampl
 from __future__ import annotations
 
 import abc
+from collections import OrderedDict
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Mapping, Sequence
+from typing import AsyncIterator, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from transformers import AutoConfig, GenerationConfig
 
 from vlrl.types import Completion, Delta, SamplingParams
 
+T = TypeVar("T")
 NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
@@ -100,6 +102,14 @@ def check_model_dir(path: str | Path) -> Path:
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(p)!r} does not exist or has no config.json")
     return p
+
+
+def remember(recent: "OrderedDict[str, T]", key: str, value: T, limit: int = 1024) -> None:
+    """Keep ``value`` among the ``limit`` most recently ended requests (for late aborts)."""
+    recent[key] = value
+    recent.move_to_end(key)
+    while len(recent) > limit:
+        recent.popitem(last=False)
 
 
 def model_eos_ids(model_dir: Path) -> tuple[int, ...]:

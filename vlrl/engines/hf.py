@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids
+from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids, remember
 from vlrl.engines.sampling import sample_next
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
@@ -337,9 +337,7 @@ class HFEngine(Engine):
         """Forget a request whose stream has ended, remembering its result for a while."""
         if self._requests.get(req.id) is req:
             del self._requests[req.id]
-        self._done[req.id] = _completion(req)
-        while len(self._done) > 1024:
-            self._done.popitem(last=False)
+        remember(self._done, req.id, _completion(req))
 
     def _finish(self, req: _Request, reason: FinishReason) -> None:
         req.finish = reason

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
@@ -24,7 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids
+from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids, remember
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -56,6 +57,7 @@ class VLLMEngine(Engine):
         self.eos_ids = eos_ids
         self.version = 0
         self._streams: dict[str, _Stream] = {}
+        self._done: OrderedDict[str, _Stream] = OrderedDict()  # recently ended, for late aborts
         self._prefills = 0
 
     @classmethod
@@ -116,7 +118,8 @@ class VLLMEngine(Engine):
             async for out in self.llm.generate(prompt, self._params(sampling), request_id):  # type: ignore[attr-defined]
                 if stream.finish == "abort":
                     break
-                _check_expanded(request_id, ids, out)
+                if not stream.ids:  # the prompt is the same on every output: check it once
+                    _check_expanded(request_id, ids, out)
                 delta = self._delta(request_id, out, stream)
                 if delta is not None:
                     yield delta
@@ -129,9 +132,10 @@ class VLLMEngine(Engine):
             if stream.finish is None:  # the consumer stopped reading
                 stream.finish = "abort"
                 await self.llm.abort(request_id)  # type: ignore[attr-defined]
+            self._retire(request_id, stream)
 
     async def abort(self, request_id: str) -> Completion:
-        stream = self._streams.get(request_id)
+        stream = self._streams.get(request_id) or self._done.get(request_id)
         if stream is None:
             raise KeyError(f"no request {request_id!r}")
         if stream.finish is None:
@@ -167,6 +171,12 @@ class VLLMEngine(Engine):
                 self.version = version
             finally:
                 await self.llm.resume_generation()  # type: ignore[attr-defined]
+
+    def _retire(self, request_id: str, stream: _Stream) -> None:
+        """Forget a request whose stream has ended, remembering its result for a while."""
+        if self._streams.get(request_id) is stream:
+            del self._streams[request_id]
+        remember(self._done, request_id, stream)
 
     async def close(self) -> None:
         for rid, stream in list(self._streams.items()):
