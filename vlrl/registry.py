@@ -55,7 +55,7 @@ def resolve(kind: Kind, ref: str) -> Any:
             return ep.load()
     if ":" in ref:
         module_ref, _, attr = ref.rpartition(":")
-        module = _import(module_ref, kind, ref)
+        module = import_ref(module_ref, kind, ref)
         try:
             return getattr(module, attr)
         except AttributeError:
@@ -66,7 +66,8 @@ def resolve(kind: Kind, ref: str) -> Any:
     )
 
 
-def _import(module_ref: str, kind: str, ref: str) -> Any:
+def import_ref(module_ref: str, kind: str, ref: str) -> Any:
+    """Import a module by dotted path or a ``.py`` file by path (once); LookupError naming ``ref``."""
     if module_ref.endswith(".py"):
         path = Path(module_ref).resolve()
         if not path.is_file():
