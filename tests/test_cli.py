@@ -50,3 +50,16 @@ def test_bench_engine_json(tiny_dir):
         assert set(figures[f"{kind}_tokens_per_s"]) == {"1", "8", "32"}
         assert all(v > 0 for v in figures[f"{kind}_tokens_per_s"].values())
         assert figures[f"parity_{kind}_mean_abs"] < 1e-3
+
+
+def test_tools_list_shows_every_builtin_and_a_users_file(tmp_path):
+    out = vlrl("tools", "list").stdout
+    assert out.count("focus_on_") == 12 and "zoom_in(" in out
+    assert "all_columns_bounding_boxes <- metadata['columns_bbox']" in out
+    user = tmp_path / "mine.py"
+    user.write_text("from vlrl.tool import tool\n\n@tool\ndef ping(text: str) -> str:\n    '''Echo.'''\n    return text\n")
+    schemas = json.loads(vlrl("tools", "list", str(user), "--json").stdout)
+    assert schemas == [{"type": "function", "function": {"name": "ping", "description": "Echo.", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}]
+    bad = vlrl("tools", "list", "nope_tool", check=False)
+    assert bad.returncode == 2 and "unknown tool 'nope_tool'" in bad.stderr

@@ -97,5 +97,6 @@ for _target in TARGETS:
     for _op in PURPOSE:
         _spec = _make(_target, _op)
         _tools[_spec.name] = _spec
+del _target, _op, _spec
 globals().update(_tools)  # focus_on_columns_with_mask, ... importable by name
 __all__ = sorted(_tools)

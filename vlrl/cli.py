@@ -1,4 +1,4 @@
-"""The `vlrl` command: model building, generation, benchmarks (training arrives later)."""
+"""The `vlrl` command: model building, generation, tools, benchmarks (training arrives later)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="answer one question about one image with an engine")
     gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
     gen.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.kind=vllm sampling.temperature=0")
+
+    tools = sub.add_parser("tools", help="inspect tools")
+    tools_sub = tools.add_subparsers(dest="tools_command", required=True)
+    tl = tools_sub.add_parser("list", help="every tool with its JSON schema")
+    tl.add_argument("refs", nargs="*", default=["chart_table_focus", "drawing"],
+                    help="tool references: names, modules, .py files, entry points (default: the built-ins)")
+    tl.add_argument("--json", action="store_true", help="print the schemas as one JSON list")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -53,6 +60,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.generate import generate
 
         asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
+    elif args.command == "tools":
+        from vlrl.tool import load_tools
+
+        _list_tools(load_tools(args.refs), args.json)
     elif args.command == "bench":
         from vlrl.bench.engine import run
 
@@ -64,6 +75,21 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
             run(model_dir, engines, args.quick, args.json)
     return 0
+
+
+def _list_tools(tools: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps([spec.schema for spec in tools.values()], indent=2))
+        return
+    for spec in tools.values():
+        props = spec.parameters["properties"]
+        required = set(spec.parameters["required"])
+        args = ", ".join(f"{n}{'' if n in required else '?'}: {p.get('type', 'any')}" for n, p in props.items())
+        bound = ", ".join(f"{p} <- metadata[{k!r}]" for p, k in spec.metadata_params.items())
+        print(f"{spec.name}({args})" + (f"   [{bound}]" if bound else ""))
+        print(f"    {spec.description}")
 
 
 def _tiny(out: Path) -> Path:
