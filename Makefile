@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vlrl-setup
 RUN ?= runs/quickstart
 
-.PHONY: setup quickstart test test-fast bench clean
+.PHONY: setup quickstart lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,13 @@ quickstart: setup
 	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=hf
 	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=vllm
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check vlrl tools envs tasks tests scripts
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow and not vllm"
 
 bench: setup

@@ -6,7 +6,15 @@ from PIL import Image
 
 from vlrl.registry import resolve
 from vlrl.tool import (
-    Box, Metadata, ToolDefinitionError, ToolError, ToolOutput, as_output, describe, load_tools, tool,
+    Box,
+    Metadata,
+    ToolDefinitionError,
+    ToolError,
+    ToolOutput,
+    as_output,
+    describe,
+    load_tools,
+    tool,
 )
 
 

@@ -12,7 +12,7 @@ Boxes are inset by 2 px so neighbouring regions and grid lines survive.
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Sequence
 
 from PIL import Image
 

@@ -8,13 +8,13 @@ values of the wrong type raise ``ConfigError`` naming the full key path.
 from __future__ import annotations
 
 import dataclasses
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 
+from vlrl.typecheck import TypeCheckError, conform
 from vlrl.types import SamplingParams
 
 T = TypeVar("T")
@@ -57,21 +57,10 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking every key and type."""
-    where = path or "config"
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"unknown key {_join(path, str(key))!r}; known keys here: {sorted(fields)}")
-    hints = get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{where}: {e}") from e
+        return conform(cls, data, path, numbers_from_strings=True)
+    except TypeCheckError as e:
+        raise ConfigError(str(e)) from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -81,59 +70,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{path}: {value!r} is not one of {list(get_args(tp))}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        (elem, *_rest) = get_args(tp) or (Any,)
-        items = [_coerce(elem, v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        _, val_tp = get_args(tp) or (str, Any)
-        return {str(k): _coerce(val_tp, v, _join(path, str(k))) for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp in (int, bool, str):
-        if type(value) is not tp:
-            raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported config type {tp}")
 
 
 # --------------------------------------------------------------------------- sections

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Sequence, Union, 
 from PIL import Image
 
 from vlrl.registry import import_ref, register, resolve
+from vlrl.typecheck import TypeCheckError, conform, short
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 
@@ -107,7 +108,10 @@ class ToolSpec:
             if name in self.image_params:
                 kwargs[name] = _pick_image(self.name, name, value, images)
             else:
-                kwargs[name] = check_value(self.arg_types[name], value, f"{self.name}: argument {name!r}")
+                try:
+                    kwargs[name] = conform(self.arg_types[name], value, f"{self.name}: argument {name!r}")
+                except TypeCheckError as e:
+                    raise ToolError(str(e)) from None
         for name in self.image_params:
             if name not in kwargs:
                 if not images:
@@ -209,50 +213,6 @@ def as_output(value: Any, tool_name: str) -> ToolOutput:
     raise ToolError(f"{tool_name} returned {type(value).__name__}, not an image, a string or a ToolOutput")
 
 
-def check_value(tp: Any, value: Any, where: str) -> Any:
-    """``value`` checked against ``tp`` (JSON-shaped: lists for tuples, ints for floats)."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return check_value(get_args(tp)[0], value, where)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in get_args(tp):
-            return None
-        for arg in get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return check_value(arg, value, where)
-            except ToolError:
-                continue
-        raise ToolError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ToolError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
-        return value
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ToolError(f"{where}: expected a list, got {type(value).__name__} {_short(value)}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ToolError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(check_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        elem = args[0] if args else Any
-        items = [check_value(elem, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ToolError(f"{where}: expected a number, got {type(value).__name__} {_short(value)}")
-        return float(value)
-    if tp in (int, str, bool):
-        if type(value) is not tp:
-            raise ToolError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_short(value)}")
-        return value
-    raise ToolError(f"{where}: cannot check a value of type {tp}")
-
-
 # ------------------------------------------------------------------------- helpers
 
 _JSON = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -325,7 +285,7 @@ def _pick_image(tool_name: str, param: str, value: Any, images: Sequence[Image.I
     m = re.fullmatch(r"image_(\d+)", str(value).strip())
     if not m or not 1 <= int(m.group(1)) <= len(images):
         raise ToolError(
-            f"{tool_name}: argument {param!r} must name an image, image_1 to image_{len(images)}, got {_short(value)}"
+            f"{tool_name}: argument {param!r} must name an image, image_1 to image_{len(images)}, got {short(value)}"
         )
     return images[int(m.group(1)) - 1]
 
@@ -334,12 +294,3 @@ def _load(ref: str) -> Any:
     if ref.endswith(".py") or (":" not in ref and "." in ref):
         return import_ref(ref, "tool", ref)
     return resolve("tool", ref)
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoConfig
