@@ -11,7 +11,15 @@ import torch
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """Real ChartQA / WikiTableQuestions samples: ../shared/realdata beside the clone (as in CI)."""
+    folder = Path(os.environ.get("VLRL_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"real test data not found at {folder}: clone beside shared/ or set VLRL_REALDATA")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REALDATA
 from tools import draw, focus
 from vlrl.tool import ToolError
 
@@ -122,18 +121,18 @@ def test_relative_boxes_and_the_dict_form():
     assert (changed(image, out) == region(a.shape, inset({"x1": 0, "y1": 0, "x2": 50, "y2": 50}, image.size))).all()
 
 
-def test_real_chartqa_bars_and_wtq_tables():
-    rows = [json.loads(line) for line in (REALDATA / "chartqa_test_refocus_bbox" / "test.jsonl").open()]
+def test_real_chartqa_bars_and_wtq_tables(realdata):
+    rows = [json.loads(line) for line in (realdata / "chartqa_test_refocus_bbox" / "test.jsonl").open()]
     for source, axis in [("chartqa_v_bar", "x_values"), ("chartqa_h_bar", "y_values")]:
         row = next(r for r in rows if r["source"] == source)
-        image = Image.open(REALDATA / "chartqa_test_refocus_bbox" / row["image"]).convert("RGB")
+        image = Image.open(realdata / "chartqa_test_refocus_bbox" / row["image"]).convert("RGB")
         boxes = [{"label": label, **box} for label, box in zip(row[axis], row[f"{axis}_bbox"])]
         out = getattr(focus, f"focus_on_{axis}_with_mask")(image, [row[axis][0]], boxes)
         hidden = np.logical_or.reduce([region(arr(image).shape, inset(b, image.size)) for b in boxes[1:]])
         assert not changed(image, out)[~hidden].any()  # nothing outside the other bars' boxes
         assert (arr(out)[hidden] == 255).all()
-    table = json.loads((REALDATA / "wtq_vwtq_rendered_tables" / "data.jsonl").open().readline())
-    image = Image.open(REALDATA / "wtq_vwtq_rendered_tables" / table["figure_path"]).convert("RGB")
+    table = json.loads((realdata / "wtq_vwtq_rendered_tables" / "data.jsonl").open().readline())
+    image = Image.open(realdata / "wtq_vwtq_rendered_tables" / table["figure_path"]).convert("RGB")
     cols = [{"label": n, **b} for n, b in zip(table["column_headers"], table["columns_bbox"])]  # normalised
     out = focus.focus_on_columns_with_mask(image, [table["column_headers"][1]], cols)
     kept = region(arr(image).shape, inset(table["columns_bbox_px"][1], image.size, d=INSET + 1))
