@@ -60,22 +60,16 @@ def parse_turn(text: str) -> ParsedTurn:
     count = 0
     while (m := _START.search(text, pos)) is not None:
         count += 1
-        if m.group() == TOOL_OPEN:
-            end = text.find(TOOL_CLOSE, m.end())
-            if end < 0:
-                errors.append(f"tool call {count} has no closing {TOOL_CLOSE}")
-                pos = len(text)
-                break
-            _add(actions, errors, _tool_call(text[m.end() : end], count))
-            pos = end + len(TOOL_CLOSE)
-        else:
-            end = text.find(FENCE_END, m.end())
-            if end < 0:
-                errors.append(f"code block {count} has no closing ```")
-                pos = len(text)
-                break
-            _add(actions, errors, _code(text[m.end() : end], count))
-            pos = end + len(FENCE_END)
+        kind, closer, parse = ("tool call", TOOL_CLOSE, _tool_call) if m.group() == TOOL_OPEN else (
+            "code block", FENCE_END, _code)
+        end = text.find(closer, m.end())
+        if end < 0:
+            errors.append(f"{kind} {count} has no closing {closer}")
+            pos = len(text)
+            break
+        parsed = parse(text[m.end() : end], count)
+        (errors if isinstance(parsed, str) else actions).append(parsed)  # type: ignore[arg-type]
+        pos = end + len(closer)
     if count == 0:
         return ParsedTurn((), (), final_answer(text))
     return ParsedTurn(tuple(actions), tuple(errors), None, text[pos:].strip())
@@ -85,10 +79,6 @@ def final_answer(text: str) -> str:
     """The text after the last ``FINAL ANSWER:`` (to the end of its line), else the whole text."""
     found = _ANSWER.findall(text)
     return found[-1].strip() if found else text.strip()
-
-
-def _add(actions: list[Action], errors: list[str], parsed: Action | str) -> None:
-    (errors if isinstance(parsed, str) else actions).append(parsed)  # type: ignore[arg-type]
 
 
 def _tool_call(body: str, n: int) -> ToolCall | str:

@@ -13,6 +13,7 @@ def test_token_count_matches_the_processor(vision, tiny_dir):
         enc = processor.image_processor(images=[image], return_tensors="pt")
         t, h, w = enc["image_grid_thw"][0].tolist()
         assert vision.token_count(image) == t * h * w // 4
+        assert vision.grid([vision.prepare(image)]).tolist() == [[t, h, w]]
 
 
 def test_prepared_images_are_on_the_grid_and_stable(vision):

@@ -66,6 +66,12 @@ class VisionInputs:
         unit = self.patch * self.merge
         return (prepared.height // unit) * (prepared.width // unit)
 
+    def grid(self, prepared: Sequence[Image.Image]) -> torch.Tensor | None:
+        """(n, 3) patch grids (t, h, w) of prepared images, without running the processor."""
+        if not prepared:
+            return None
+        return torch.tensor([[1, im.height // self.patch, im.width // self.patch] for im in prepared])
+
     def prepare_for(self, ids: Sequence[int], images: Sequence[Image.Image], where: str) -> list[Image.Image]:
         """The prepared images of a request, after checking that ``ids`` hold their runs."""
         prepared = [self.prepare(im) for im in images]

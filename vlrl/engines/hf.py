@@ -28,7 +28,7 @@ from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_promp
 from vlrl.engines.sampling import sample_next
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
-from vlrl.vision import ImageBatch, VisionInputs
+from vlrl.vision import VisionInputs
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, H, L, D)
 
@@ -366,13 +366,11 @@ class HFEngine(Engine):
     def _prefill(self, req: _Request) -> torch.Tensor:
         """Run the prompt (or the part of it not cached) and return the next-token logits."""
         ids = req.prompt_ids
-        vision = self.vision.encode(req.images)
-        grid = vision.grid_thw if vision is not None else None
-        positions = mrope_positions(self.model, torch.tensor([ids]), grid)
+        positions = mrope_positions(self.model, torch.tensor([ids]), self.vision.grid(req.images))
         runs = self.vision.pad_runs(ids)
         start, kv = self._reuse_prefix(req, runs)
-        new_images = [i for i, (s, _) in enumerate(runs) if s >= start]
-        pixels = _select_images(vision, new_images, self.vision) if new_images else None
+        # only the images the reused prefix does not cover go through the processor
+        pixels = self.vision.encode([im for im, (s, _) in zip(req.images, runs) if s >= start])
         cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=torch.tensor([ids[start:]], device=self.device),
@@ -462,12 +460,3 @@ def _completion(req: _Request) -> Completion:
 
 def _image_key(image: Image.Image) -> str:
     return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
-
-
-def _select_images(batch: ImageBatch | None, keep: list[int], vision: VisionInputs) -> ImageBatch:
-    """The rows of ``batch`` that belong to images ``keep`` (pixel_values are concatenated per image)."""
-    assert batch is not None
-    sizes = [int(t * h * w) for t, h, w in batch.grid_thw.tolist()]
-    offsets = [0, *itertools.accumulate(sizes)]
-    pixels = torch.cat([batch.pixel_values[offsets[i] : offsets[i + 1]] for i in keep])
-    return ImageBatch(pixels, batch.grid_thw[keep], tuple(batch.token_counts[i] for i in keep))
