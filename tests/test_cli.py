@@ -63,3 +63,40 @@ def test_tools_list_shows_every_builtin_and_a_users_file(tmp_path):
         "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}]
     bad = vlrl("tools", "list", "nope_tool", check=False)
     assert bad.returncode == 2 and "unknown tool 'nope_tool'" in bad.stderr
+
+
+def test_tools_run_one_action_prints_one_json_object(tmp_path):
+    from vlrl.demo import bar_chart
+
+    image = tmp_path / "chart.png"
+    bar_chart([3, 7, 5], size=(120, 90)).save(image)
+    boxes = json.dumps({"x_values_bbox": [{"label": str(i), "x1": 40 * i, "y1": 0, "x2": 40 * i + 39, "y2": 89}
+                                          for i in range(3)]})
+    call = json.dumps({"name": "focus_on_x_values_with_draw", "arguments": {"x_values_to_focus_on": ["1"]}})
+    out = vlrl("tools", "run", "--call", call, "--image", str(image), "--metadata", boxes, "--out", str(tmp_path / "o"))
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["error"] is None and report["seconds"] > 0
+    from PIL import Image
+
+    assert Image.open(report["images"][0]).getpixel((40 + 2, 2)) == (255, 0, 0)  # the outline's corner
+
+    code = tmp_path / "action.py"
+    code.write_text("print('zooming')\ndisplay(zoom_in(image_1, [0, 0, 59, 44], factor=2))\n")
+    report = json.loads(vlrl("tools", "run", "--code", str(code), "--image", str(image),
+                             "--out", str(tmp_path / "c")).stdout)
+    assert report["ok"] and "zooming" in report["stdout"]
+    assert Image.open(report["images"][0]).size == (120, 90)
+
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text("while True:\n    pass\n")
+    report = json.loads(vlrl("tools", "run", "--code", str(hostile), "--image", str(image), "--timeout", "1",
+                             "--out", str(tmp_path / "h")).stdout)
+    assert not report["ok"] and "time limit" in report["error"] and report["images"] == []
+
+
+@pytest.mark.slow
+def test_bench_tools_json():
+    out = vlrl("bench", "tools", "--calls", "40", "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert set(figures) == {"p50_ms", "p95_ms", "calls_per_s", "inprocess_p50_ms"}
+    assert 0 < figures["inprocess_p50_ms"] < figures["p50_ms"] <= figures["p95_ms"]

@@ -32,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     tl.add_argument("refs", nargs="*", default=["chart_table_focus", "drawing"],
                     help="tool references: names, modules, .py files, entry points (default: the built-ins)")
     tl.add_argument("--json", action="store_true", help="print the schemas as one JSON list")
+    tr = tools_sub.add_parser("run", help="run one action in the sandbox and print one JSON object")
+    action = tr.add_mutually_exclusive_group(required=True)
+    action.add_argument("--code", help="a Python file: calls tools on image_1, ... and display()s the result")
+    action.add_argument("--call", help='a JSON tool call {"name": ..., "arguments": {...}} (or a .json file)')
+    tr.add_argument("--image", action="append", required=True, help="an input image (repeat: image_1, image_2, ...)")
+    tr.add_argument("--metadata", help="sample metadata as JSON, or a .json file (e.g. columns_bbox)")
+    tr.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
+    tr.add_argument("--out", default="tool-output", help="folder for the result images")
+    tr.add_argument("--tools", nargs="*", default=["chart_table_focus", "drawing"], help="tool references")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -40,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--engines", default="hf,vllm", help="comma-separated: hf,vllm")
     eng.add_argument("--quick", action="store_true", help="one repetition, one parity trajectory")
     eng.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    bt = bench_sub.add_parser("tools", help="sandboxed tool-call latency and throughput")
+    bt.add_argument("--calls", type=int, default=200)
+    bt.add_argument("--workers", type=int, default=2)
+    bt.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
     args = parser.parse_args(argv)
     try:
@@ -60,10 +73,18 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.generate import generate
 
         asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
-    elif args.command == "tools":
+    elif args.command == "tools" and args.tools_command == "list":
         from vlrl.tool import load_tools
 
         _list_tools(load_tools(args.refs), args.json)
+    elif args.command == "tools":
+        from vlrl.sandbox.run_one import main as run_one
+
+        run_one(args)
+    elif args.command == "bench" and args.bench_command == "tools":
+        from vlrl.bench.tools import run as run_tools_bench
+
+        run_tools_bench(args.calls, args.workers, args.json)
     elif args.command == "bench":
         from vlrl.bench.engine import run
 
