@@ -113,10 +113,8 @@ def highlight_region(image: Image.Image, box: Box, color: Color = "red", relativ
         color: the tint colour.
         relative: read the box as fractions of the width and height.
     """
-    import numpy as np
-
     arr = pixels(image)
-    tint(arr, box_arg(box, image, relative), np.array(COLORS[color], dtype=np.float32))
+    tint(arr, box_arg(box, image, relative), COLORS[color])
     return Image.fromarray(arr)
 
 

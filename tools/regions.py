@@ -17,7 +17,6 @@ from PIL import Image
 from vlrl.tool import ToolError
 
 Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive pixel bounds
-RED = np.array([255, 0, 0], dtype=np.float32)
 
 
 def labeled_rects(value: Any, size: tuple[int, int], inset: int = 0) -> list[tuple[str, Rect | None]]:
@@ -79,11 +78,12 @@ def outline(arr: np.ndarray, rect: Rect, color: Sequence[int], width: int) -> No
         fill(arr, band, color)
 
 
-def tint(arr: np.ndarray, rect: Rect, color: np.ndarray = RED, alpha: float = 0.3) -> None:
+def tint(arr: np.ndarray, rect: Rect, color: Sequence[int] = (255, 0, 0), alpha: float = 0.3) -> None:
     """Blend ``color`` over ``rect`` with opacity ``alpha``."""
     x1, y1, x2, y2 = rect
     region = arr[y1 : y2 + 1, x1 : x2 + 1].astype(np.float32)
-    arr[y1 : y2 + 1, x1 : x2 + 1] = np.rint(region * (1 - alpha) + color * alpha).astype(np.uint8)
+    blended = region * (1 - alpha) + np.asarray(color, dtype=np.float32) * alpha
+    arr[y1 : y2 + 1, x1 : x2 + 1] = np.rint(blended).astype(np.uint8)
 
 
 def _coords(box: Any) -> list[float]:

@@ -122,13 +122,12 @@ class SandboxPool:
 
     async def end_episode(self, episode: str) -> None:
         """Drop the episode's tool state (class tools) in its worker."""
-        slot = self._where.pop(episode, None)
+        slot = self._where.get(episode)
         if slot is None:
             return
+        await self._run(episode, {"op": "end_episode"}, ())  # a worker that fails here is replaced too
+        del self._where[episode]
         slot.episodes.discard(episode)
-        async with slot.lock:
-            if slot.proc is not None:
-                await self._exchange(slot, {"op": "end_episode", "episode": episode}, (), self.config.timeout_s)
 
     def worker_pids(self) -> list[int]:
         return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.returncode is None]
