@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection, Literal
 
 TOOL_OPEN, TOOL_CLOSE, FENCE_END = "<tool_call>", "</tool_call>", "```"
-_START = re.compile(r"<tool_call>|```(?:python|py)[ \t]*\r?\n")
+ActionFormat = Literal["json", "code"]
+_OPENERS = {"json": r"<tool_call>", "code": r"```(?:python|py)[ \t]*\r?\n"}
 _ANSWER = re.compile(r"FINAL ANSWER\s*:\s*(.*)", re.IGNORECASE)
 
 
@@ -52,13 +53,20 @@ class ParsedTurn:
         return self.answer is not None
 
 
-def parse_turn(text: str) -> ParsedTurn:
-    """Split a model turn into actions, errors, or a final answer."""
+def parse_turn(text: str, formats: Collection[ActionFormat] = ("json", "code")) -> ParsedTurn:
+    """Split a model turn into actions, errors, or a final answer.
+
+    Only the action ``formats`` given are recognized; the other one reads as plain text.
+    """
+    unknown = sorted(set(formats) - set(_OPENERS))
+    if unknown or not formats:
+        raise ValueError(f"action formats must be a non-empty subset of {sorted(_OPENERS)}, got {sorted(formats)}")
+    start = re.compile("|".join(_OPENERS[f] for f in sorted(formats)))
     actions: list[Action] = []
     errors: list[str] = []
     pos = 0
     count = 0
-    while (m := _START.search(text, pos)) is not None:
+    while (m := start.search(text, pos)) is not None:
         count += 1
         kind, closer, parse = ("tool call", TOOL_CLOSE, _tool_call) if m.group() == TOOL_OPEN else (
             "code block", FENCE_END, _code)

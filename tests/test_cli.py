@@ -100,3 +100,36 @@ def test_bench_tools_json():
     figures = json.loads(out.strip().splitlines()[-1])
     assert set(figures) == {"p50_ms", "p95_ms", "calls_per_s", "inprocess_p50_ms"}
     assert 0 < figures["inprocess_p50_ms"] < figures["p50_ms"] <= figures["p95_ms"]
+
+
+@pytest.mark.parametrize("agent", ["scripted", "random"])
+def test_env_play_writes_transcripts_images_and_a_summary(tiny_dir, tmp_path, agent):
+    out = tmp_path / agent
+    result = vlrl("env", "play", "--task", "synthetic_bars", "--agent", agent, "--n", "5", "--out", str(out),
+                  "--model", str(tiny_dir), "--seed", "1", "env.action_formats=[json,code]")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == 5 and sum(summary["finish"].values()) == 5
+    for k in range(5):
+        folder = out / f"episode-{k}"
+        record = json.loads((folder / "trajectory.json").read_text())
+        pngs = sorted(folder.glob("image_*.png"))
+        assert len(pngs) == record["images"] >= 1
+        transcript = (folder / "transcript.md").read_text()
+        assert transcript.count("## assistant") == record["turns"] and f"**finish:** {record['finish_reason']}" \
+            in transcript
+        assert len(record["token_ids"]) == len(record["loss_mask"])
+    if agent == "scripted":  # it knows the answers and uses one tool per question
+        assert summary["finish"] == {"answer": 5} and summary["tool_calls"] == 5 and summary["tool_errors"] == 0
+        assert result.stdout.count("answer=") == 5
+        for line in result.stdout.splitlines()[:5]:
+            answer, expected = line.split("answer=")[1].split(" (expected ")
+            assert answer == expected.split(")")[0]
+    else:  # the fuzzer's broken actions are counted, never fatal
+        assert summary["tool_errors"] + summary["parse_errors"] > 0
+
+
+def test_env_play_names_a_bad_task_or_agent(tiny_dir, tmp_path):
+    bad = vlrl("env", "play", "--task", "no_such_task", "--model", str(tiny_dir), "--out", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "unknown task 'no_such_task'" in bad.stderr
+    bad = vlrl("env", "play", "--agent", "nobody", "--model", str(tiny_dir), "--out", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "unknown agent 'nobody'" in bad.stderr

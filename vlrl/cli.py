@@ -42,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--out", default="tool-output", help="folder for the result images")
     tr.add_argument("--tools", nargs="*", default=["chart_table_focus", "drawing"], help="tool references")
 
+    env = sub.add_parser("env", help="try an environment without a model")
+    env_sub = env.add_subparsers(dest="env_command", required=True)
+    play = env_sub.add_parser("play", help="run episodes with a scripted or random agent; write transcripts")
+    play.add_argument("config", nargs="?", help="YAML with model / env / task / agent sections (optional)")
+    play.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.action_formats=[code]")
+    play.add_argument("--task", help="task name, entry point or module:attr (default synthetic_bars)")
+    play.add_argument("--agent", help="scripted | random | module:attr")
+    play.add_argument("--n", type=int, help="episodes (default 5)")
+    play.add_argument("--out", help="output folder (default runs/play)")
+    play.add_argument("--model", help="model folder whose tokenizer and chat template to use")
+    play.add_argument("--seed", type=int)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     eng = bench_sub.add_parser("engine", help="engine throughput, start time, memory, logprob parity")
@@ -73,6 +85,17 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.generate import generate
 
         asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
+    elif args.command == "env":
+        from vlrl.config import PlayConfig, load_config
+        from vlrl.play import play
+
+        config, overrides = args.config, list(args.overrides)
+        if config is not None and "=" in config:  # only overrides were given
+            config, overrides = None, [config, *overrides]
+        flags = {"task": args.task, "agent": args.agent, "n": args.n, "out": args.out, "model.path": args.model,
+                 "seed": args.seed}
+        overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+        asyncio.run(play(load_config(PlayConfig, config, overrides)))
     elif args.command == "tools" and args.tools_command == "list":
         from vlrl.tool import load_tools
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 
+from vlrl.sandbox.pool import SandboxConfig
 from vlrl.typecheck import TypeCheckError, conform
 from vlrl.types import SamplingParams
 
@@ -107,6 +108,32 @@ class EngineConfig:
 
 
 @dataclass
+class EnvConfig:
+    """The environment every trajectory runs in, its tools and its limits."""
+
+    name: str = "visual_tool"  # registry name (kind env), entry point, or module:attr
+    tools: list[str] = field(default_factory=lambda: ["chart_table_focus", "drawing"])  # names/modules/files
+    action_formats: list[Literal["json", "code"]] = field(default_factory=lambda: ["json"])  # what the model writes
+    max_turns: int = 3  # policy turns per trajectory, the answer's included
+    max_tool_calls: int = 4  # actions run per trajectory
+    max_images: int = 4  # images per trajectory, the question's included
+    max_context_tokens: int = 8192  # a trajectory that would outgrow this ends ("context")
+    max_observation_chars: int = 2000  # text of one tool result (printed output included) shown to the model
+    templates: str = ""  # a folder whose system / question / observation .jinja files replace the built-ins
+    observation_role: Literal["tool", "user"] = "tool"  # chat role of tool results ("user" for templates without tool turns)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_images", "max_context_tokens", "max_observation_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tool_calls < 0:
+            raise ValueError(f"max_tool_calls must be >= 0, got {self.max_tool_calls}")
+        if not self.action_formats:
+            raise ValueError("action_formats must name at least one of json, code")
+
+
+@dataclass
 class GenerateConfig:
     """`vlrl generate`: sample a few answers to one question about one image."""
 
@@ -116,3 +143,16 @@ class GenerateConfig:
     question: str = "Which bar is the highest?"
     image: str = ""  # an image file; empty: a small built-in bar chart
     n: int = 4  # samples to draw
+
+
+@dataclass
+class PlayConfig:
+    """`vlrl env play`: run an environment with a model-free agent and write what happened."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # only its tokenizer and image processor are used
+    env: EnvConfig = field(default_factory=EnvConfig)
+    task: str = "synthetic_bars"  # registry name (kind task), entry point, or module:attr
+    agent: str = "scripted"  # "scripted", "random", or a module:attr / file.py:attr agent
+    n: int = 5  # episodes
+    seed: int = 0
+    out: str = "runs/play"

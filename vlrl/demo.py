@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw
 
-from vlrl.vision import VisionInputs, chat_prompt_ids
+from vlrl.vision import VisionInputs, chat_prompt_ids, followup_ids
 
 COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948")
 
@@ -38,17 +38,6 @@ def question_prompt(tokenizer: Any, vision: VisionInputs, question: str, image: 
 
 
 def tool_observation(tokenizer: Any, vision: VisionInputs, text: str, image: Image.Image) -> list[int]:
-    """Ids that close an assistant turn and return a tool result holding ``image``.
-
-    Rendered through the model's own chat template: the ids a conversation gains after
-    the assistant turn's ``<|im_end|>`` when a tool message follows it.
-    """
-    convo: list[dict[str, Any]] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    """Ids that close an assistant turn and return a tool result holding ``image``."""
     tool = {"role": "tool", "content": [{"type": "image"}, {"type": "text", "text": text}]}
-    before = chat_prompt_ids(tokenizer, vision, convo, [], add_generation_prompt=False)
-    after = chat_prompt_ids(tokenizer, vision, convo + [tool], [image])
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    cut = len(before) - 1 - before[::-1].index(im_end)
-    if after[:cut] != before[:cut]:
-        raise ValueError("the chat template renders earlier turns differently once a tool message follows")
-    return after[cut:]
+    return [tokenizer.convert_tokens_to_ids("<|im_end|>"), *followup_ids(tokenizer, vision, [tool], [image])]

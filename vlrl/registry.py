@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
-Kind = Literal["tool", "env", "task", "reward"]
-KINDS: tuple[Kind, ...] = ("tool", "env", "task", "reward")
+Kind = Literal["tool", "env", "task", "reward", "agent"]
+KINDS: tuple[Kind, ...] = ("tool", "env", "task", "reward", "agent")
 F = TypeVar("F")
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

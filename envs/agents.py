@@ -1,0 +1,106 @@
+"""Agents without a model, to try a VisualToolEnv: episode --> text of the next policy turn.
+
+- ``scripted``: an expert that focuses on what the question names (or outlines every
+  category), reads the result, and answers with the sample's answer. Its trajectories
+  show the protocol end to end and serve as demonstrations for a supervised warm start.
+- ``random``: a fuzzer. Each turn is a random tool call with arguments drawn from the
+  schema, a random code block, malformed text, or a random answer; seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from envs.visual_tool import ToolEpisode, label_names
+from vlrl.registry import register
+
+TARGETS = {"x_values_bbox": "x_values", "y_values_bbox": "y_values", "columns_bbox": "columns", "rows_bbox": "rows"}
+
+
+def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
+    return f'<tool_call>{json.dumps({"name": name, "arguments": arguments})}</tool_call>'
+
+
+def code_text(name: str, arguments: dict[str, Any], bound: dict[str, str], image: str = "image_1") -> str:
+    args = ", ".join([image, *(f"{k}={v!r}" for k, v in arguments.items()), *(f"{k}={v}" for k, v in bound.items())])
+    return f"```python\nedited = {name}({args})\ndisplay(edited)\n```"
+
+
+@register("agent", "scripted")
+class ScriptedAgent:
+    """Focus on what the question is about, then answer correctly."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def act(self, episode: ToolEpisode) -> str:
+        traj = episode.trajectory
+        if traj.actions or traj.turns > 0:
+            return f"THOUGHT: the edited image shows it.\nFINAL ANSWER: {episode.sample.answers[0]}"
+        key = next((k for k in TARGETS if episode.bound.get(k)), None)
+        if key is None:
+            return f"FINAL ANSWER: {episode.sample.answers[0]}"
+        labels = label_names(episode.bound[key], key)
+        named = [label for label in labels if re.search(rf"\b{re.escape(label)}\b", episode.sample.question, re.I)]
+        op = "mask" if named else "draw"
+        target = TARGETS[key]
+        name = f"focus_on_{target}_with_{op}"
+        arguments = {f"{target}_to_focus_on": named or labels}
+        thought = f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the chart.\n"
+        if "json" in episode.env.config.action_formats:
+            return thought + tool_call_text(name, {"image": "image_1", **arguments})
+        return thought + code_text(name, arguments, {f"all_{target}_bounding_boxes": key})
+
+
+@register("agent", "random")
+class RandomAgent:
+    """Random actions and answers, well-formed or not (for testing environments)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def act(self, episode: ToolEpisode) -> str:
+        rng, env = self.rng, episode.env
+        tools = [env.tools[name] for name in sorted(episode.tool_names)]
+        labels = [label for k, v in episode.bound.items() if k in TARGETS for label in label_names(v, k)]
+        choice = rng.random()
+        if choice < 0.2 or not tools:
+            return f"FINAL ANSWER: {rng.choice(labels) if labels and rng.random() < 0.5 else rng.randint(0, 100)}"
+        if choice < 0.3:
+            return rng.choice(['<tool_call>{"name": ', "```python\ndisplay(\n```", "<tool_call>[1, 2]</tool_call>",
+                               "```python\nprint('no image')\n```"])
+        spec = rng.choice(tools)
+        n_images = len(episode.trajectory.images)
+        arguments = {}
+        for name, schema in spec.parameters["properties"].items():
+            if name in spec.image_params:
+                arguments[name] = f"image_{rng.randint(1, n_images)}"
+            elif name in spec.parameters["required"] or rng.random() < 0.3:
+                arguments[name] = self._value(schema, labels)
+        if "json" in env.config.action_formats and ("code" not in env.config.action_formats or rng.random() < 0.5):
+            return tool_call_text(spec.name, arguments)
+        image = arguments.pop(spec.image_params[0], "image_1") if spec.image_params else "image_1"
+        bound = {p: key for p, key in spec.metadata_params.items()}
+        return code_text(spec.name, arguments, bound, image)
+
+    def _value(self, schema: dict[str, Any], labels: list[str]) -> Any:
+        rng = self.rng
+        if "enum" in schema:
+            return rng.choice(schema["enum"])
+        if "anyOf" in schema:
+            return self._value(rng.choice(schema["anyOf"]), labels)
+        kind = schema.get("type")
+        if kind == "array":
+            if schema["items"].get("type") == "string":
+                return rng.sample(labels, rng.randint(1, len(labels))) if labels else ["?"]
+            return [self._value(schema["items"], labels) for _ in range(schema.get("minItems", 2))]
+        if kind == "number":
+            return round(rng.uniform(0, 400), 1)
+        if kind == "integer":
+            return rng.randint(0, 10)
+        if kind == "boolean":
+            return rng.random() < 0.5
+        return rng.choice(labels) if labels else "?"

@@ -1,0 +1,82 @@
+"""`vlrl env play`: (task, environment, model-free agent) --> transcripts and images on disk.
+
+Lets a user see what an environment does with well-formed and broken turns before any
+model is involved. An agent is any object with ``act(episode) -> str`` (registry kind
+``agent``); its text is tokenized as the policy turn, closed by ``<|im_end|>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from vlrl.config import PlayConfig
+from vlrl.engines.base import check_model_dir
+from vlrl.env import Episode, make_env
+from vlrl.registry import resolve
+from vlrl.types import Completion, Trajectory
+from vlrl.vision import VisionInputs
+
+
+def text_turn(tokenizer: Any, text: str, request_id: str = "agent") -> Completion:
+    """A policy turn written as text: its ids closed by ``<|im_end|>``; no logprobs (0.0), version -1."""
+    ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    return Completion(request_id, tuple(ids), (0.0,) * len(ids), (-1,) * len(ids), "stop")
+
+
+async def play(cfg: PlayConfig) -> list[Trajectory]:
+    """Run ``cfg.n`` episodes and write ``cfg.out/episode-K/`` (transcript.md, images, trajectory.json)."""
+    model_dir = check_model_dir(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vision = VisionInputs(model_dir)
+    agent = resolve("agent", cfg.agent)(seed=cfg.seed)
+    samples = list(islice(resolve("task", cfg.task)(seed=cfg.seed), cfg.n))
+    out = Path(cfg.out)
+    trajectories = []
+    async with make_env(cfg.env, tokenizer, vision) as env:
+        for k, sample in enumerate(samples):
+            episode = env.reset(sample, f"{sample.id}-play{k}")
+            try:
+                while not episode.done:
+                    text = await asyncio.to_thread(agent.act, episode)
+                    await episode.step(text_turn(tokenizer, text))
+            finally:
+                await episode.close()
+            write_episode(episode, out / f"episode-{k}")
+            traj = episode.trajectory
+            trajectories.append(traj)
+            print(f"episode {k} ({sample.id}): {traj.turns} turn(s), finish={traj.finish_reason}, "
+                  f"answer={traj.answer!r} (expected {sample.answers[0]!r}), tools {traj.tool_stats()}")
+    summary = {"episodes": len(trajectories), "finish": dict(Counter(t.finish_reason for t in trajectories)),
+               **{k: sum(t.tool_stats()[k] for t in trajectories) for k in trajectories[0].tool_stats()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {len(trajectories)} episode(s) to {out}: {summary}")
+    return trajectories
+
+
+def write_episode(episode: Episode, folder: Path) -> None:
+    """transcript.md (messages with their images inline), image_K.png, trajectory.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    traj = episode.trajectory
+    lines, k = [f"# {traj.id}", ""], 0
+    for entry in episode.transcript:
+        lines += [f"## {entry.role}", "", "```text", entry.text, "```", ""]
+        for image in entry.images:
+            k += 1
+            image.save(folder / f"image_{k}.png")
+            lines += [f"![image_{k}](image_{k}.png)", ""]
+    lines.append(f"**finish:** {traj.finish_reason} · **answer:** {traj.answer!r}")
+    (folder / "transcript.md").write_text("\n".join(lines) + "\n")
+    record = {
+        "id": traj.id, "sample_id": traj.sample_id, "finish_reason": traj.finish_reason, "answer": traj.answer,
+        "turns": traj.turns, "tool_stats": traj.tool_stats(), "actions": [dataclasses.asdict(a) for a in traj.actions],
+        "images": len(traj.images), "token_ids": traj.token_ids, "loss_mask": traj.loss_mask,
+    }
+    (folder / "trajectory.json").write_text(json.dumps(record))
