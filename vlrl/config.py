@@ -156,3 +156,7 @@ class PlayConfig:
     n: int = 5  # episodes
     seed: int = 0
     out: str = "runs/play"
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")

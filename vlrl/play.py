@@ -38,6 +38,8 @@ async def play(cfg: PlayConfig) -> list[Trajectory]:
     vision = VisionInputs(model_dir)
     agent = resolve("agent", cfg.agent)(seed=cfg.seed)
     samples = list(islice(resolve("task", cfg.task)(seed=cfg.seed), cfg.n))
+    if not samples:
+        raise ValueError(f"task {cfg.task!r} gave no samples")
     out = Path(cfg.out)
     trajectories = []
     async with make_env(cfg.env, tokenizer, vision) as env:
