@@ -4,7 +4,7 @@ Two formats, in the order they appear in a turn:
 - ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Qwen / Hermes style;
   several per turn allowed; ``arguments`` may also be a JSON string of an object);
 - a fenced ```python block (VTool-R1 / ReFOCUS style) that calls tools and ``display()``s.
-A turn without either is a final answer. Every malformed action becomes an error
+A turn without either is a final answer (``vlrl.answer.extract_answer``). Every malformed action becomes an error
 message the model will read; nothing here raises on model text.
 """
 
@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Collection, Literal
 
+from vlrl.answer import extract_answer
+
 TOOL_OPEN, TOOL_CLOSE, FENCE_END = "<tool_call>", "</tool_call>", "```"
 ActionFormat = Literal["json", "code"]
 _OPENERS = {"json": r"<tool_call>", "code": r"```(?:python|py)[ \t]*\r?\n"}
-_ANSWER = re.compile(r"FINAL ANSWER\s*:\s*(.*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,8 @@ def parse_turn(text: str, formats: Collection[ActionFormat] = ("json", "code")) 
         (errors if isinstance(parsed, str) else actions).append(parsed)  # type: ignore[arg-type]
         pos = end + len(closer)
     if count == 0:
-        return ParsedTurn((), (), final_answer(text))
+        return ParsedTurn((), (), extract_answer(text))
     return ParsedTurn(tuple(actions), tuple(errors), None, text[pos:].strip())
-
-
-def final_answer(text: str) -> str:
-    """The text after the last ``FINAL ANSWER:`` (to the end of its line), else the whole text."""
-    found = _ANSWER.findall(text)
-    return found[-1].strip() if found else text.strip()
 
 
 def _tool_call(body: str, n: int) -> ToolCall | str:

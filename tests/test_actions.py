@@ -1,6 +1,6 @@
 import pytest
 
-from envs.actions import CodeAction, ToolCall, final_answer, parse_turn
+from envs.actions import CodeAction, ToolCall, parse_turn
 
 
 def test_json_tool_calls_several_per_turn_in_order():
@@ -24,7 +24,7 @@ def test_code_blocks_and_mixed_order():
 def test_a_turn_without_actions_is_the_final_answer():
     assert parse_turn("The tallest bar is 2019.\nFINAL ANSWER: 2019").answer == "2019"
     assert parse_turn("just 42").answer == "just 42"
-    assert final_answer("FINAL ANSWER: 1\nwait\nfinal answer:  7 \nmore") == "7"
+    assert parse_turn("FINAL ANSWER: 1\nwait\nfinal answer:  7 \nmore").answer == "7"
     assert parse_turn("```\nnot python\n```").is_final  # a plain fence is text, not code
 
 

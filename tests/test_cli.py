@@ -133,3 +133,20 @@ def test_env_play_names_a_bad_task_or_agent(tiny_dir, tmp_path):
     assert bad.returncode == 2 and "unknown task 'no_such_task'" in bad.stderr
     bad = vlrl("env", "play", "--agent", "nobody", "--model", str(tiny_dir), "--out", str(tmp_path), check=False)
     assert bad.returncode == 2 and "unknown agent 'nobody'" in bad.stderr
+
+
+def test_data_score_prints_means_per_split_and_names_bad_rows(tmp_path):
+    rows = [
+        {"prediction": "62%", "answer": "62", "split": "human"},  # wrong officially
+        {"prediction": "0.62", "answer": ["61", "62%"], "split": "human"},  # right: 62% is 0.62
+        {"prediction": "FINAL ANSWER: yes", "answer": "Yes", "split": "augmented"},
+    ]
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = vlrl("data", "score", "--reward", "chartqa_relaxed", "--pred", str(pred), "--json").stdout
+    assert json.loads(out.splitlines()[-1]) == {"overall": 66.67, "human": 50.0, "augmented": 100.0, "n": 3}
+    lenient = vlrl("data", "score", "--reward", "chartqa_lenient", "--pred", str(pred), "--json").stdout
+    assert json.loads(lenient.splitlines()[-1])["overall"] == 100.0
+    pred.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prediction": "1"}) + "\n")
+    bad = vlrl("data", "score", "--reward", "chartqa_relaxed", "--pred", str(pred), check=False)
+    assert bad.returncode == 2 and f"{pred}:2: missing field 'answer'" in bad.stderr

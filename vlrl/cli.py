@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     play.add_argument("--model", help="model folder whose tokenizer and chat template to use")
     play.add_argument("--seed", type=int)
 
+    data = sub.add_parser("data", help="datasets and scoring")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    score = data_sub.add_parser("score", help="score a JSON-lines file of predictions with a reward")
+    score.add_argument("--reward", required=True, help="chartqa_relaxed, chartqa_lenient, exact_match, ... or module:attr")
+    score.add_argument("--pred", required=True, help='rows {"prediction": str, "answer": str | [str], "split"?: str}')
+    score.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     eng = bench_sub.add_parser("engine", help="engine throughput, start time, memory, logprob parity")
@@ -96,6 +103,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                  "seed": args.seed}
         overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
         asyncio.run(play(load_config(PlayConfig, config, overrides)))
+    elif args.command == "data":
+        from vlrl.score import print_report, score_file
+
+        print_report(score_file(args.reward, args.pred), args.json)
     elif args.command == "tools" and args.tools_command == "list":
         from vlrl.tool import load_tools
 

@@ -112,6 +112,14 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A reward: the total that trains, and its named parts (e.g. accuracy, format) for logging."""
+
+    total: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ActionRecord:
     """One action a policy turn asked for, and how it went.
 

@@ -1,0 +1,53 @@
+"""Model text --> the answer it gives: one extraction for the environment, the rewards and evaluation.
+
+Kept apart from any comparison, so an official metric can be applied to extracted
+answers exactly as it is defined.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FINAL = re.compile(r"FINAL ANSWER\s*:[ \t]*([^\n]*)", re.IGNORECASE)
+_BOXED = "\\boxed{"
+
+
+def extract_answer(text: str) -> str:
+    """The answer in ``text``, by the first rule that applies:
+
+    1. after the last ``FINAL ANSWER:`` (to the end of its line), stripped;
+    2. inside the last ``\\boxed{...}`` (braces balanced), stripped;
+    3. the last non-empty line, stripped, when the text has several lines;
+    4. the text itself, unchanged (a bare prediction is compared as given).
+    """
+    found = _FINAL.findall(text)
+    if found:
+        return found[-1].strip()
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        return lines[-1].strip()
+    return text
+
+
+def has_final_answer(text: str) -> bool:
+    """Whether ``text`` states a non-empty answer with ``FINAL ANSWER:`` or ``\\boxed{}``."""
+    found = _FINAL.findall(text)
+    if found:
+        return bool(found[-1].strip())
+    boxed = _last_boxed(text)
+    return boxed is not None and bool(boxed.strip())
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None  # unbalanced: not an answer
