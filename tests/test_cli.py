@@ -105,7 +105,7 @@ def test_bench_tools_json():
 @pytest.mark.parametrize("agent", ["scripted", "random"])
 def test_env_play_writes_transcripts_images_and_a_summary(tiny_dir, tmp_path, agent):
     out = tmp_path / agent
-    result = vlrl("env", "play", "--task", "synthetic_bars", "--agent", agent, "--n", "5", "--out", str(out),
+    result = vlrl("env", "play", "--task", "synthetic_charts", "--agent", agent, "--n", "5", "--out", str(out),
                   "--model", str(tiny_dir), "--seed", "1", "env.action_formats=[json,code]")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["episodes"] == 5 and sum(summary["finish"].values()) == 5

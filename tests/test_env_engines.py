@@ -6,7 +6,7 @@ import pytest
 
 from envs.agents import ScriptedAgent
 from envs.visual_tool import VisualToolEnv
-from tasks.bars import synthetic_bars
+from tasks.charts import synthetic_charts
 from vlrl.config import EnvConfig
 from vlrl.engines.parity import logprob_parity
 from vlrl.play import text_turn
@@ -24,7 +24,7 @@ def engine(request):
 @pytest.mark.parametrize("formats", [["json"], ["code"]])
 def test_scripted_tool_call_then_engine_turn_matches_the_trainer(engine, run, tokenizer, vision, trainer_model,
                                                                  formats):
-    sample = next(s for s in synthetic_bars(seed=11) if s.question.startswith("What is the value"))
+    sample = next(synthetic_charts(seed=11, kinds=["v_bar"], families=["retrieval"]))
     env = VisualToolEnv(EnvConfig(action_formats=formats, sandbox=SandboxConfig(workers=1)), tokenizer, vision)
     run(env.__aenter__())
     try:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 
 from envs.agents import ScriptedAgent
 from envs.visual_tool import VisualToolEnv
-from tasks.bars import render, synthetic_bars
+from tasks.charts import synthetic_charts
 from tools import focus
 from vlrl.config import EnvConfig, PlayConfig, load_config
 from vlrl.play import text_turn
@@ -27,7 +25,7 @@ SANDBOX = SandboxConfig(workers=1, timeout_s=5.0, cpu_seconds=3.0)
 
 @pytest.fixture(scope="module")
 def sample() -> Sample:
-    return next(s for s in synthetic_bars(seed=3) if s.question.startswith("What is the value"))
+    return next(synthetic_charts(seed=3, kinds=["v_bar"], families=["retrieval"]))
 
 
 @pytest.fixture
@@ -198,25 +196,3 @@ def test_readme_custom_tool_named_in_a_config_works_in_an_episode(tmp_path, monk
         assert np.asarray(sample.images[0]).astype(int).std(axis=2).max() > 0  # the input was in colour
     finally:
         run(env.__aexit__(None, None, None))
-
-
-def test_synthetic_bar_boxes_are_where_the_bars_are():
-    for s in islice(synthetic_bars(seed=5), 20):
-        image = np.asarray(s.images[0])
-        strips, bars = s.metadata["x_values_bbox"], s.metadata["bars_bbox"]
-        assert [b["label"] for b in strips] == [b["label"] for b in bars]
-        for strip, bar in zip(strips, bars):
-            assert strip["x1"] <= bar["x1"] <= bar["x2"] <= strip["x2"] and bar["y2"] <= strip["y2"]
-            inside = image[bar["y1"] : bar["y2"] + 1, bar["x1"] : bar["x2"] + 1].reshape(-1, 3)
-            assert (inside == inside[0]).all() and tuple(inside[0]) != (255, 255, 255)
-            assert tuple(image[bar["y1"] - 1, (bar["x1"] + bar["x2"]) // 2]) != tuple(inside[0])
-        assert all(a["x2"] < b["x1"] for a, b in zip(strips, strips[1:]))
-
-
-def test_synthetic_bar_heights_follow_the_values():
-    chart = render(("A", "B", "C"), (10, 47, 35), random.Random(0))
-    heights = [b["y2"] - b["y1"] + 1 for b in chart.metadata["bars_bbox"]]
-    fig = chart.metadata["figure_bbox"]
-    full = fig["y2"] - fig["y1"]  # the plot's height is the top tick, 50 here
-    for h, v in zip(heights, chart.values):
-        assert abs(h - full * v / 50) <= 1.0, (heights, chart.values)

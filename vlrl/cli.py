@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     play = env_sub.add_parser("play", help="run episodes with a scripted or random agent; write transcripts")
     play.add_argument("config", nargs="?", help="YAML with model / env / task / agent sections (optional)")
     play.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.action_formats=[code]")
-    play.add_argument("--task", help="task name, entry point or module:attr (default synthetic_bars)")
+    play.add_argument("--task", help="task name, entry point or module:attr (default synthetic_charts)")
     play.add_argument("--agent", help="scripted | random | module:attr")
     play.add_argument("--n", type=int, help="episodes (default 5)")
     play.add_argument("--out", help="output folder (default runs/play)")

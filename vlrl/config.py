@@ -151,7 +151,7 @@ class PlayConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)  # only its tokenizer and image processor are used
     env: EnvConfig = field(default_factory=EnvConfig)
-    task: str = "synthetic_bars"  # registry name (kind task), entry point, or module:attr
+    task: str = "synthetic_charts"  # registry name (kind task), entry point, or module:attr
     agent: str = "scripted"  # "scripted", "random", or a module:attr / file.py:attr agent
     n: int = 5  # episodes
     seed: int = 0
