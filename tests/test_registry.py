@@ -53,9 +53,9 @@ def test_entry_point(tmp_path, monkeypatch):
     dist = tmp_path / "ep_user_tasks-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-user-tasks\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[vlrl.tasks]\nsynthetic_charts = ep_user_tasks:charts\n")
+    (dist / "entry_points.txt").write_text("[vlrl.tasks]\nep_user_charts = ep_user_tasks:charts\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert resolve("task", "synthetic_charts")() == "charts"
+    assert resolve("task", "ep_user_charts")() == "charts"
 
 
 def test_unknown_reference_says_what_was_tried():
