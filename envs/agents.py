@@ -83,8 +83,7 @@ class RandomAgent:
         if "json" in env.config.action_formats and ("code" not in env.config.action_formats or rng.random() < 0.5):
             return tool_call_text(spec.name, arguments)
         image = arguments.pop(spec.image_params[0], "image_1") if spec.image_params else "image_1"
-        bound = {p: key for p, key in spec.metadata_params.items()}
-        return code_text(spec.name, arguments, bound, image)
+        return code_text(spec.name, arguments, dict(spec.metadata_params), image)
 
     def _value(self, schema: dict[str, Any], labels: list[str]) -> Any:
         rng = self.rng

@@ -91,13 +91,12 @@ def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values:
     fig.tight_layout()
     fig.canvas.draw()
     height = int(round(fig.get_figheight() * fig.dpi))
-    box = _pixel_box_factory(height)
     renderer = fig.canvas.get_renderer()
-    plot = box(ax.get_window_extent(renderer))
-    bar_boxes = [dict(label=categories[c], series=series[s], **box(bar.get_window_extent(renderer)))
+    plot = _pixel_box(ax.get_window_extent(renderer), height)
+    bar_boxes = [dict(label=categories[c], series=series[s], **_pixel_box(bar.get_window_extent(renderer), height))
                  for s, bars in enumerate(containers) for c, bar in enumerate(bars)]
     ticks = ax.get_yticklabels() if kind == "h_bar" else ax.get_xticklabels()
-    label_boxes = [box(t.get_window_extent(renderer)) for t in ticks]
+    label_boxes = [_pixel_box(t.get_window_extent(renderer), height) for t in ticks]
     strips = _strips(kind, categories, bar_boxes, label_boxes, plot)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
@@ -110,14 +109,10 @@ def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values:
     return Chart(image, png, metadata)
 
 
-def _pixel_box_factory(height: int):
-    """matplotlib display boxes (origin bottom-left) --> inclusive pixel boxes (origin top-left)."""
-
-    def box(extent: Any) -> dict[str, int]:
-        return {"x1": int(extent.x0), "y1": int(height - extent.y1), "x2": int(extent.x1 + 0.999) - 1,
-                "y2": int(height - extent.y0 + 0.999) - 1}
-
-    return box
+def _pixel_box(extent: Any, height: int) -> dict[str, int]:
+    """A matplotlib display box (origin bottom-left) as an inclusive pixel box (origin top-left)."""
+    return {"x1": int(extent.x0), "y1": int(height - extent.y1), "x2": int(extent.x1 + 0.999) - 1,
+            "y2": int(height - extent.y0 + 0.999) - 1}
 
 
 def _strips(kind: Kind, categories: Sequence[str], bars: list[dict], labels: list[dict], plot: dict) -> list[dict]:

@@ -20,12 +20,9 @@ def extract_answer(text: str) -> str:
     3. the last non-empty line, stripped, when the text has several lines;
     4. the text itself, unchanged (a bare prediction is compared as given).
     """
-    found = _FINAL.findall(text)
-    if found:
-        return found[-1].strip()
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
+    marked = _marked(text)
+    if marked is not None:
+        return marked
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) > 1:
         return lines[-1].strip()
@@ -34,11 +31,16 @@ def extract_answer(text: str) -> str:
 
 def has_final_answer(text: str) -> bool:
     """Whether ``text`` states a non-empty answer with ``FINAL ANSWER:`` or ``\\boxed{}``."""
+    return bool(_marked(text))
+
+
+def _marked(text: str) -> str | None:
+    """The stripped answer after the last ``FINAL ANSWER:``, else inside the last ``\\boxed{}``."""
     found = _FINAL.findall(text)
     if found:
-        return bool(found[-1].strip())
+        return found[-1].strip()
     boxed = _last_boxed(text)
-    return boxed is not None and bool(boxed.strip())
+    return None if boxed is None else boxed.strip()
 
 
 def _last_boxed(text: str) -> str | None:

@@ -77,10 +77,8 @@ class ToolSpec:
     @property
     def signature(self) -> str:
         """The Python call shown in code-action prompts; metadata parameters default to their variable."""
-        fn = self.target.__call__ if inspect.isclass(self.target) else self.target
-        params = list(inspect.signature(fn).parameters.values())[1 if inspect.isclass(self.target) else 0 :]
         parts = []
-        for p in params:
+        for p in _call_parameters(self.target):
             if p.name in self.metadata_params:
                 parts.append(f"{p.name}={self.metadata_params[p.name]}")
             elif p.name in self.image_params:
@@ -172,10 +170,7 @@ def describe(obj: Any, name: str | None = None) -> ToolSpec:
     image_params: list[str] = []
     metadata_params: dict[str, str] = {}
     arg_types: dict[str, Any] = {}
-    params = list(inspect.signature(fn).parameters.values())
-    if inspect.isclass(obj):
-        params = params[1:]  # self
-    for p in params:
+    for p in _call_parameters(obj):
         where = f"tool {tool_name!r}, parameter {p.name!r}"
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise ToolDefinitionError(f"{where}: *args / **kwargs cannot be described")
@@ -270,6 +265,13 @@ def _json_schema(tp: Any, where: str) -> dict[str, Any]:
         f"{where}: type {tp!r} cannot be described as JSON; use str, int, float, bool, Literal, list, "
         f"tuple, Optional, PIL.Image.Image, or bind it from metadata with Annotated[..., Metadata(key)]"
     )
+
+
+def _call_parameters(obj: Any) -> list[inspect.Parameter]:
+    """What a call passes: a function's parameters, or a tool class's ``__call__`` without ``self``."""
+    if inspect.isclass(obj):
+        return list(inspect.signature(obj.__call__).parameters.values())[1:]
+    return list(inspect.signature(obj).parameters.values())
 
 
 def _py_type(schema: Mapping[str, Any]) -> str:
