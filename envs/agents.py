@@ -49,7 +49,7 @@ class ScriptedAgent:
         target = TARGETS[key]
         name = f"focus_on_{target}_with_{op}"
         arguments = {f"{target}_to_focus_on": named or labels}
-        thought = f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the chart.\n"
+        thought = f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the image.\n"
         if "json" in episode.env.config.action_formats:
             return thought + tool_call_text(name, {"image": "image_1", **arguments})
         return thought + code_text(name, arguments, {f"all_{target}_bounding_boxes": key})

@@ -11,31 +11,41 @@ from itertools import islice
 import numpy as np
 import pytest
 
+from solver import solve
 from tasks.charts import synthetic_charts
 from tasks.questions import FAMILIES, ask
 
 
 @pytest.fixture(scope="module")
 def charts():
-    return list(islice(synthetic_charts(seed=7), 45))
+    return list(islice(synthetic_charts(seed=7), 60))
 
 
-def test_every_bar_box_holds_its_bar_and_every_label_its_strip(charts):
-    kinds = Counter(s.metadata["type"] for s in charts)
-    assert set(kinds) == {"v_bar", "h_bar", "grouped"}
-    for s in charts:
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _strip_key(kind: str) -> str:
+    return "y_values_bbox" if kind == "h_bar" else "x_values_bbox"
+
+
+def test_every_kind_and_level_is_generated(charts):
+    assert {s.metadata["type"] for s in charts} == {"v_bar", "h_bar", "grouped", "line", "pie"}
+    assert {s.metadata["difficulty"] for s in charts} == {"easy", "medium", "hard"}
+
+
+def test_every_bar_box_holds_its_bar_and_every_bar_lies_in_its_strip(charts):
+    for s in (s for s in charts if "bars_bbox" in s.metadata):
         image = np.asarray(s.images[0]).astype(int)
-        key = "y_values_bbox" if s.metadata["type"] == "h_bar" else "x_values_bbox"
-        strips = {b["label"]: b for b in s.metadata[key]}
+        strips = {b["label"]: b for b in s.metadata[_strip_key(s.metadata["type"])]}
         assert list(strips) == s.metadata["table"]["categories"]
         for bar in s.metadata["bars_bbox"]:
             # inset 3 px: antialiased edges and the axis line drawn over a bar's base
             inner = image[bar["y1"] + 3 : bar["y2"] - 2, bar["x1"] + 3 : bar["x2"] - 2].reshape(-1, 3)
             if len(inner) == 0:  # a bar thinner than 6 px
                 continue
-            colours = Counter(map(tuple, inner))
-            colour, count = colours.most_common(1)[0]
-            assert count >= 0.9 * len(inner) and colour != (255, 255, 255), (s.id, bar)  # the legend may cover a corner
+            colour, count = Counter(map(tuple, inner)).most_common(1)[0]
+            assert count >= 0.9 * len(inner) and colour == _rgb(bar["color"]), (s.id, bar)
             strip = strips[bar["label"]]
             assert strip["x1"] <= bar["x1"] and bar["x2"] <= strip["x2"] and strip["y1"] <= bar["y1"]
             assert bar["y2"] <= strip["y2"]
@@ -52,12 +62,57 @@ def test_every_bar_box_holds_its_bar_and_every_label_its_strip(charts):
             assert all(a["x2"] < b["x1"] for a, b in zip(ordered, ordered[1:]))
 
 
+def test_every_line_marker_is_centred_in_its_box_and_strip(charts):
+    lines = [s for s in charts if s.metadata["type"] == "line"]
+    assert lines
+    for s in lines:
+        image = np.asarray(s.images[0]).astype(int)
+        strips = {b["label"]: b for b in s.metadata["x_values_bbox"]}
+        series = s.metadata["table"]["series"]
+        assert len(s.metadata["points_bbox"]) == sum(len(v) for v in series.values())
+        for point in s.metadata["points_bbox"]:
+            cx, cy = (point["x1"] + point["x2"]) // 2, (point["y1"] + point["y2"]) // 2
+            centre = image[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3)
+            # the marker's colour fills its centre (another series' marker or line may cross it)
+            colours = {_rgb(p["color"]) for p in s.metadata["points_bbox"]
+                       if p["label"] == point["label"] and abs(p["y1"] - point["y1"]) < 10}
+            near = [min(np.abs(c - np.array(k)).max() for k in colours) for c in centre]
+            assert sum(d <= 8 for d in near) >= 5, (s.id, point, centre)  # 8: antialiasing
+            assert point["x2"] - point["x1"] <= 12 and point["y2"] - point["y1"] <= 12
+            strip = strips[point["label"]]
+            assert strip["x1"] <= point["x1"] and point["x2"] <= strip["x2"], (s.id, point, strip)
+
+
+def test_every_pie_wedge_holds_its_colour_in_proportion_to_its_share(charts):
+    pies = [s for s in charts if s.metadata["type"] == "pie"]
+    assert pies
+    for s in pies:
+        image = np.asarray(s.images[0]).astype(int)
+        wedges = s.metadata["wedges_bbox"]
+        shares = [Decimal(v) for v in s.metadata["table"]["series"]["Value"]]
+        assert sum(shares) == 100
+        counts = []
+        for wedge in wedges:
+            ys, xs = np.nonzero((image == _rgb(wedge["color"])).all(axis=2))
+            assert len(xs) > 0, (s.id, wedge)
+            # every pixel of the wedge's colour lies in its box
+            assert wedge["x1"] <= xs.min() and xs.max() <= wedge["x2"] + 1, (s.id, wedge)
+            assert wedge["y1"] <= ys.min() and ys.max() <= wedge["y2"] + 1, (s.id, wedge)
+            counts.append(len(xs))
+        for share, count in zip(shares, counts):  # area follows the data table
+            assert abs(100 * count / sum(counts) - float(share)) < 1.5, (s.id, shares, counts)
+        gray = np.asarray(s.images[0].convert("L")).astype(int)
+        for label in s.metadata["labels_bbox"]:
+            part = gray[label["y1"] : label["y2"] + 1, label["x1"] : label["x2"] + 1]
+            assert (part < 100).any(), (s.id, label)  # its text is drawn inside
+
+
 def test_tick_label_text_lies_in_its_own_strip(charts):
     """Dark pixels in the tick-label band belong to exactly the strip of the label drawn there."""
-    for s in charts[:15]:
+    for s in [s for s in charts if s.metadata["type"] != "pie"][:20]:
         image = np.asarray(s.images[0].convert("L")).astype(int)
         kind = s.metadata["type"]
-        key = "y_values_bbox" if kind == "h_bar" else "x_values_bbox"
+        key = _strip_key(kind)
         fig = s.metadata["figure_bbox"]
         # the band holding the tick labels: left of the plot (h_bar) or below it
         band = image[:, : fig["x1"] - 4] if kind == "h_bar" else image[fig["y2"] + 4 :, :]
@@ -70,39 +125,6 @@ def test_tick_label_text_lies_in_its_own_strip(charts):
         for strip in s.metadata[key]:
             part = image[strip["y1"] : strip["y2"] + 1, strip["x1"] : strip["x2"] + 1]
             assert (part < 100).any(), (s.id, strip)  # text drawn inside
-
-
-def solve(question: str, categories: list[str], values: list[Decimal]) -> str:
-    """An independent solver: reads the question text and computes from the table."""
-    table = dict(zip(categories, values))
-    q = re.sub(r" for \w+(?=[?: (])", "", question)
-    if m := re.fullmatch(r"What is the value of (.+)\?", q):
-        return _s(table[m[1]])
-    if m := re.fullmatch(r"Which category has the (largest|smallest) value\?", q):
-        return (max if m[1] == "largest" else min)(table, key=table.get)
-    if m := re.fullmatch(r"Which is (larger|smaller): (.+) or (.+)\?", q):
-        a, b = table[m[2]], table[m[3]]
-        return m[2] if (a > b) == (m[1] == "larger") else m[3]
-    if m := re.fullmatch(r"What is the difference between the largest and the smallest value\?", q):
-        return _s(max(values) - min(values))
-    if m := re.fullmatch(r"What is the difference between (.+) and (.+)\?", q):
-        return _s(abs(table[m[1]] - table[m[2]]))
-    if q == "What is the sum of all values?":
-        return _s(sum(values))
-    if q == "What is the average of all values (round to one decimal)?":
-        mean = sum(values) / len(values)
-        return _s(Decimal(int(mean * 10 + Decimal("0.5"))) / 10)  # half-up, values are positive
-    if m := re.fullmatch(r"How many categories have a value above (.+)\?", q):
-        return str(sum(v > Decimal(m[1]) for v in values))
-    if m := re.fullmatch(r"Which category has the (\w+) largest value\?", q):
-        k = ["second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"].index(m[1]) + 2
-        return sorted(table, key=table.get, reverse=True)[k - 1]
-    raise AssertionError(f"unparsed question {question!r}")
-
-
-def _s(value) -> str:
-    value = Decimal(value)
-    return str(int(value)) if value == value.to_integral_value() else str(value.normalize())
 
 
 def test_answers_are_re_derived_from_the_data_table(charts):

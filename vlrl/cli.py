@@ -56,6 +56,21 @@ def main(argv: list[str] | None = None) -> int:
 
     data = sub.add_parser("data", help="datasets and scoring")
     data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write a synthetic chart or table dataset (images + parquet index)")
+    synth.add_argument("--kind", required=True, choices=["chart", "table"])
+    synth.add_argument("--n", type=int, required=True, help="samples to write")
+    synth.add_argument("--out", required=True, help="folder to write (images/ and data.parquet)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--families", nargs="*", help="question families (default: all nine)")
+    synth.add_argument("--difficulty", choices=["easy", "medium", "hard"], help="default: a mix of the three")
+    synth.add_argument("--workers", type=int, default=1, help="processes")
+    show = data_sub.add_parser("show", help="draw a contact sheet of samples with their boxes, questions, answers")
+    show.add_argument("path", help="a dataset file or folder, a hub name, or a task name (e.g. synthetic_charts)")
+    show.add_argument("--n", type=int, default=8)
+    show.add_argument("--out", default="contact_sheet.png", help="PNG to write")
+    show.add_argument("--format", default="auto", help="auto, chartqa, refocus or tablevqa (for a dataset path)")
+    show.add_argument("--split", default="", help="split to read (default: the loader's)")
+    show.add_argument("--seed", type=int, default=0)
     score = data_sub.add_parser("score", help="score a JSON-lines file of predictions with a reward")
     score.add_argument("--reward", required=True, help="chartqa_relaxed, chartqa_lenient, exact_match, ... or module:attr")
     score.add_argument("--pred", required=True, help='rows {"prediction": str, "answer": str | [str], "split"?: str}')
@@ -72,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--calls", type=int, default=200)
     bt.add_argument("--workers", type=int, default=2)
     bt.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+
+    bd = bench_sub.add_parser("data", help="synthetic samples per second, loader rows per second")
+    bd.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
     args = parser.parse_args(argv)
     try:
@@ -99,10 +117,20 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         config, overrides = args.config, list(args.overrides)
         if config is not None and "=" in config:  # only overrides were given
             config, overrides = None, [config, *overrides]
-        flags = {"task": args.task, "agent": args.agent, "n": args.n, "out": args.out, "model.path": args.model,
+        flags = {"task.name": args.task, "agent": args.agent, "n": args.n, "out": args.out, "model.path": args.model,
                  "seed": args.seed}
         overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
         asyncio.run(play(load_config(PlayConfig, config, overrides)))
+    elif args.command == "data" and args.data_command == "synth":
+        from vlrl.synth import SynthSpec, parse_families, synthesize
+
+        spec = SynthSpec(args.kind, args.seed, parse_families(args.families), args.difficulty)
+        index = synthesize(spec, args.n, args.out, args.workers)
+        print(f"wrote {args.n} {args.kind} samples to {index.parent} (index {index.name}; task: refocus)")
+    elif args.command == "data" and args.data_command == "show":
+        from vlrl.show import show
+
+        show(args.path, args.n, args.out, args.format, args.split, args.seed)
     elif args.command == "data":
         from vlrl.score import print_report, score_file
 
@@ -115,6 +143,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.sandbox.run_one import main as run_one
 
         run_one(args)
+    elif args.command == "bench" and args.bench_command == "data":
+        from vlrl.bench.data import run as run_data_bench
+
+        run_data_bench(args.json)
     elif args.command == "bench" and args.bench_command == "tools":
         from vlrl.bench.tools import run as run_tools_bench
 

@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence, TypeVar
 import yaml
 
 from vlrl.sandbox.pool import SandboxConfig
+from vlrl.task import TaskConfig
 from vlrl.typecheck import TypeCheckError, conform
 from vlrl.types import SamplingParams
 
@@ -151,7 +152,7 @@ class PlayConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)  # only its tokenizer and image processor are used
     env: EnvConfig = field(default_factory=EnvConfig)
-    task: str = "synthetic_charts"  # registry name (kind task), entry point, or module:attr
+    task: TaskConfig = field(default_factory=TaskConfig)
     agent: str = "scripted"  # "scripted", "random", or a module:attr / file.py:attr agent
     n: int = 5  # episodes
     seed: int = 0

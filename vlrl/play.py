@@ -21,6 +21,7 @@ from vlrl.config import PlayConfig
 from vlrl.engines.base import check_model_dir
 from vlrl.env import Episode, make_env
 from vlrl.registry import resolve
+from vlrl.task import open_task
 from vlrl.types import Completion, Trajectory
 from vlrl.vision import VisionInputs
 
@@ -37,9 +38,10 @@ async def play(cfg: PlayConfig) -> list[Trajectory]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vision = VisionInputs(model_dir)
     agent = resolve("agent", cfg.agent)(seed=cfg.seed)
-    samples = list(islice(resolve("task", cfg.task)(seed=cfg.seed), cfg.n))
+    source, _ = open_task(cfg.task, cfg.seed)
+    samples = list(islice(source, cfg.n))
     if not samples:
-        raise ValueError(f"task {cfg.task!r} gave no samples")
+        raise ValueError(f"task {cfg.task.name!r} gave no samples")
     out = Path(cfg.out)
     trajectories = []
     async with make_env(cfg.env, tokenizer, vision) as env:

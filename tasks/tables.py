@@ -1,0 +1,171 @@
+"""Synthetic tables rendered with PIL, with exact answers and the boxes the table focus tools need.
+
+A table has a header row, a first column of row starters (the names questions ask about),
+the numeric column the question is about, and distractor columns (numbers and text the
+question does not need; more as the difficulty rises). Boxes are recorded while drawing,
+in pixels of the image, in the ReFOCUS ``tablevqa`` schema:
+- ``column_headers`` and ``columns_bbox``: one box per column, spanning the whole table
+  height, the header included;
+- ``row_starters`` and ``rows_bbox``: one box per row across the whole table, **row 0 is
+  the header row** (as in ReFOCUS; the focus tools never mask it);
+- ``cells_bbox``: rows x columns of ``[x1, y1, x2, y2]``; ``table_bbox``;
+- ``cells``: the text of every cell, header first (never shown to the model), from which
+  the answers can be re-derived independently.
+Text is dark, grid lines are mid-grey and backgrounds light, so a test can check every
+glyph against its cell.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
+
+from matplotlib import font_manager
+from PIL import Image, ImageDraw, ImageFont
+
+from tasks.charts import CATEGORIES, LEVELS, SCALES, _distinct_values
+from tasks.questions import FAMILIES, ask, fmt
+from vlrl.task import task
+from vlrl.types import Sample
+
+NUMERIC_COLUMNS = ("Sales", "Exports", "Stock", "Budget", "Visitors", "Output", "Score", "Staff", "Orders", "Profit")
+TEXT_COLUMNS = {
+    "Region": ("North", "South", "East", "West", "Central"),
+    "Status": ("Open", "Closed", "Pending", "Active"),
+    "Grade": ("A", "B", "C", "D"),
+    "Owner": ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi"),
+}
+FIRST_HEADERS = ("Name", "Item", "Country", "Product")
+FONTS = ("DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono")
+HEADER_FILLS = ("#dbe8f6", "#e6e6e6", "#fbe5c8", "#d9f0d9")
+ZEBRA_FILLS = ("#f5f5f5", "#f2f7fc", "#ffffff")
+TEXT = (20, 20, 20)
+GRID = (150, 150, 150)
+
+
+@dataclass(frozen=True)
+class TableStyle:
+    """How a table looks; drawn from the sample's rng."""
+
+    font: str
+    size: int
+    pad: tuple[int, int]  # horizontal, vertical padding inside a cell
+    header_fill: str
+    zebra: str
+    grid: bool  # every cell boxed, or only lines under the header and around the table
+    margin: int
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> TableStyle:
+        return cls(rng.choice(FONTS), rng.choice((13, 14, 15, 16)), (rng.choice((8, 10, 14)), rng.choice((5, 7, 9))),
+                   rng.choice(HEADER_FILLS), rng.choice(ZEBRA_FILLS), rng.random() < 0.6, rng.choice((12, 20, 28)))
+
+
+@lru_cache(maxsize=None)
+def _font(family: str, size: int, bold: bool) -> ImageFont.FreeTypeFont:
+    props = font_manager.FontProperties(family=family, weight="bold" if bold else "normal")
+    return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), size)
+
+
+def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Sequence[bool]) -> tuple[Image.Image,
+                                                                                                    dict[str, Any]]:
+    """Draw ``cells`` (header row first) and return the image with its boxes."""
+    body, head = _font(style.font, style.size, False), _font(style.font, style.size, True)
+    px, py = style.pad
+    n_cols = len(cells[0])
+    widths = [max(int((head if r == 0 else body).getlength(row[c])) for r, row in enumerate(cells)) + 2 * px
+              for c in range(n_cols)]
+    ascent, descent = head.getmetrics()
+    row_height = ascent + descent + 2 * py
+    xs = [style.margin]
+    for w in widths:
+        xs.append(xs[-1] + w)
+    ys = [style.margin + r * row_height for r in range(len(cells) + 1)]
+    image = Image.new("RGB", (xs[-1] + style.margin + 1, ys[-1] + style.margin + 1), "white")
+    draw = ImageDraw.Draw(image)
+    for r in range(len(cells)):
+        fill = style.header_fill if r == 0 else (style.zebra if r % 2 == 0 else "#ffffff")
+        draw.rectangle((xs[0], ys[r], xs[-1], ys[r + 1]), fill=fill)
+    cell_boxes = []
+    for r, row in enumerate(cells):
+        font = head if r == 0 else body
+        boxes = []
+        for c, text in enumerate(row):
+            x1, y1, x2, y2 = xs[c], ys[r], xs[c + 1], ys[r + 1]
+            width = font.getlength(text)
+            x = x2 - px - width if numeric[c] and r > 0 else x1 + px  # numbers right-aligned, as people set them
+            draw.text((x, y1 + py), text, fill=TEXT, font=font)
+            boxes.append([x1, y1, x2, y2])
+        cell_boxes.append(boxes)
+    if style.grid:
+        for x in xs:
+            draw.line((x, ys[0], x, ys[-1]), fill=GRID)
+        for y in ys:
+            draw.line((xs[0], y, xs[-1], y), fill=GRID)
+    else:
+        draw.rectangle((xs[0], ys[0], xs[-1], ys[-1]), outline=GRID)
+        draw.line((xs[0], ys[1], xs[-1], ys[1]), fill=GRID)
+    top, bottom, left, right = ys[0], ys[-1], xs[0], xs[-1]
+    metadata = {
+        "type": "table",
+        "column_headers": list(cells[0]),
+        "columns_bbox": [{"label": cells[0][c], "x1": xs[c], "y1": top, "x2": xs[c + 1], "y2": bottom}
+                         for c in range(n_cols)],
+        "row_starters": [row[0] for row in cells],
+        "rows_bbox": [{"label": row[0], "x1": left, "y1": ys[r], "x2": right, "y2": ys[r + 1]}
+                      for r, row in enumerate(cells)],
+        "cells_bbox": cell_boxes,
+        "table_bbox": {"x1": left, "y1": top, "x2": right, "y2": bottom},
+        "cells": [list(row) for row in cells],
+    }
+    return image, metadata
+
+
+def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = FAMILIES,
+                 difficulty: str | None = None) -> Sample:
+    """One table question: data, table and question all drawn from ``rng``."""
+    name = difficulty or rng.choice(tuple(LEVELS))
+    if name not in LEVELS:
+        raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
+    if not families:
+        raise ValueError("families is empty; choose from " + ", ".join(FAMILIES))
+    level = LEVELS[name]
+    n = rng.randint(*level.categories)
+    starters = rng.sample(CATEGORIES, n)
+    extra = level.distractors + rng.randint(0, 1)
+    numeric_names = rng.sample(NUMERIC_COLUMNS, 1 + rng.randint(0, extra))
+    text_names = rng.sample(sorted(TEXT_COLUMNS), 1 + extra - len(numeric_names))
+    columns: list[tuple[str, list[str], bool]] = []
+    values = {}
+    for column in numeric_names:
+        values[column] = _distinct_values(rng, n, rng.random() < 0.3, rng.choice(SCALES))
+        columns.append((column, [fmt(v) for v in values[column]], True))
+    for column in text_names:
+        columns.append((column, [rng.choice(TEXT_COLUMNS[column]) for _ in range(n)], False))
+    rng.shuffle(columns)
+    header = [rng.choice(FIRST_HEADERS), *(c[0] for c in columns)]
+    cells = [header] + [[starters[r], *(c[1][r] for c in columns)] for r in range(n)]
+    image, metadata = render_table(cells, TableStyle.draw(rng), [False, *(c[2] for c in columns)])
+    asked = rng.choice(numeric_names)
+    about = f" for {asked}" if len(numeric_names) > 1 else ""
+    family = rng.choice(tuple(families))
+    question = ask(family, starters, values[asked], rng, about)
+    metadata |= {"family": family, "difficulty": name, "column_asked": asked}
+    return Sample(sample_id, (image,), question.text, (question.answer,), metadata, "synthetic_tables")
+
+
+@task("synthetic_tables", reward="chartqa_relaxed")
+def synthetic_tables(seed: int = 0, families: Sequence[str] = FAMILIES,
+                     difficulty: str | None = None) -> Iterator[Sample]:
+    """An endless, seeded stream of table questions; sample k depends only on (seed, k)."""
+    index = 0
+    while True:
+        yield table_at(seed, index, families, difficulty)
+        index += 1
+
+
+def table_at(seed: int, index: int, families: Sequence[str] = FAMILIES, difficulty: str | None = None) -> Sample:
+    """Sample ``index`` of the stream ``seed`` (any process can make any sample)."""
+    return table_sample(random.Random(f"table/{seed}/{index}"), f"table-{seed}-{index}", families, difficulty)

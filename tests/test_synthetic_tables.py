@@ -1,0 +1,82 @@
+"""Synthetic tables: every glyph inside its cell, answers re-derived from the cells, seeds reproducible."""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from solver import solve
+from tasks.tables import synthetic_tables
+from vlrl.task import TaskConfig, open_task
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return list(islice(synthetic_tables(seed=5), 150))
+
+
+def test_every_glyph_lies_in_a_cell_and_every_cell_holds_its_text(tables):
+    for s in tables:
+        m = s.metadata
+        gray = np.asarray(s.images[0].convert("L")).astype(int)
+        ink = gray < 80  # text; grid lines are mid-grey, fills light
+        covered = np.zeros_like(ink)
+        for r, row in enumerate(m["cells_bbox"]):
+            for c, (x1, y1, x2, y2) in enumerate(row):
+                # the glyphs stay off the grid lines on the box's edges
+                inside = ink[y1 + 1 : y2, x1 + 1 : x2]
+                assert inside.any(), (s.id, r, c, m["cells"][r][c])
+                covered[y1 + 1 : y2, x1 + 1 : x2] = True
+        assert not (ink & ~covered).any(), s.id
+        for c, column in enumerate(m["columns_bbox"]):
+            assert column["label"] == m["cells"][0][c] == m["column_headers"][c]
+            for x1, y1, x2, y2 in (row[c] for row in m["cells_bbox"]):
+                assert column["x1"] <= x1 and x2 <= column["x2"] and column["y1"] <= y1 and y2 <= column["y2"]
+        for r, row_box in enumerate(m["rows_bbox"]):
+            assert row_box["label"] == m["cells"][r][0] == m["row_starters"][r]
+            assert (row_box["y1"], row_box["y2"]) == (m["cells_bbox"][r][0][1], m["cells_bbox"][r][0][3])
+        # neighbouring rows and columns share an edge and never overlap
+        assert all(a["y2"] == b["y1"] for a, b in zip(m["rows_bbox"], m["rows_bbox"][1:]))
+        assert all(a["x2"] == b["x1"] for a, b in zip(m["columns_bbox"], m["columns_bbox"][1:]))
+
+
+def test_answers_are_re_derived_from_the_cells(tables):
+    for s in tables:
+        header, *rows = s.metadata["cells"]
+        column = header.index(s.metadata["column_asked"])
+        values = [Decimal(row[column]) for row in rows]
+        assert solve(s.question, [row[0] for row in rows], values) == s.answers[0], (s.id, s.question)
+
+
+def test_difficulty_adds_rows_and_distractor_columns(tables):
+    by_level: dict[str, list] = {}
+    for s in tables:
+        by_level.setdefault(s.metadata["difficulty"], []).append(s)
+    rows = {k: max(len(s.metadata["cells"]) - 1 for s in v) for k, v in by_level.items()}
+    columns = {k: min(len(s.metadata["cells"][0]) for s in v) for k, v in by_level.items()}
+    assert rows["easy"] <= 4 < rows["medium"] <= 7 < rows["hard"]
+    assert columns["easy"] < columns["medium"] < columns["hard"]
+    families = Counter(s.metadata["family"] for s in tables)
+    assert len(families) == 9
+
+
+def test_same_seed_same_bytes_other_seed_other_tables():
+    a = [(s.images[0].tobytes(), s.question, s.metadata) for s in islice(synthetic_tables(seed=1), 5)]
+    b = [(s.images[0].tobytes(), s.question, s.metadata) for s in islice(synthetic_tables(seed=1), 5)]
+    c = [(s.images[0].tobytes(), s.question, s.metadata) for s in islice(synthetic_tables(seed=2), 5)]
+    assert a == b and a != c
+
+
+def test_the_task_names_its_reward_and_a_config_can_override_it():
+    samples, reward = open_task(TaskConfig(name="synthetic_tables", args={"difficulty": "easy"}), seed=3)
+    first = next(iter(samples))
+    assert reward == "chartqa_relaxed" and first.metadata["difficulty"] == "easy"
+    assert open_task(TaskConfig(name="synthetic_tables", reward="exact_match"))[1] == "exact_match"
+    with pytest.raises(LookupError, match="no_such_reward"):
+        open_task(TaskConfig(name="synthetic_tables", reward="no_such_reward"))
+    with pytest.raises(ValueError, match="does not take the arguments"):
+        open_task(TaskConfig(name="synthetic_tables", args={"colour": "red"}))
