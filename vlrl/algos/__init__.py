@@ -1,0 +1,1 @@
+"""Losses and advantage estimators: plain functions over padded (batch, tokens) tensors."""
