@@ -39,8 +39,11 @@ def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards != rewards[:, :1]).any(dim=1)
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, total: float | None = None) -> torch.Tensor:
     """Reduce per-token ``values`` (B, T) over the tokens where ``mask`` is 1.
+
+    ``total`` replaces the denominator (tokens for ``token-mean``, sequences otherwise) so
+    that the losses of micro-batches add up to the loss of their whole batch.
 
     - ``token-mean``: sum over all tokens / number of tokens — every token weighs the same,
       so long answers weigh more (DAPO's choice).
@@ -51,14 +54,14 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation) -> to
     """
     mask = mask.to(values.dtype)
     if mode == "token-mean":
-        return (values * mask).sum() / mask.sum().clamp(min=1)
+        return (values * mask).sum() / (total if total is not None else mask.sum().clamp(min=1))
     per_sequence = (values * mask).sum(dim=1)
     if mode == "seq-mean-token-mean":
         per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1)
     elif mode != "seq-mean-token-sum":
         raise ValueError(f"unknown loss aggregation {mode!r}; choose token-mean, seq-mean-token-mean, "
                          "seq-mean-token-sum")
-    return per_sequence.mean()
+    return per_sequence.sum() / (total if total is not None else per_sequence.shape[0])
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class PolicyLoss:
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                         aggregation: Aggregation = "token-mean",
-                        weights: torch.Tensor | None = None) -> PolicyLoss:
+                        weights: torch.Tensor | None = None, total: float | None = None) -> PolicyLoss:
     """The PPO / GRPO surrogate, per token:
 
         L_{i,t} = -min( rho * A,  clip(rho, 1 - clip_low, 1 + clip_high) * A )
@@ -80,7 +83,8 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     ``advantages`` is (B,) (one per trajectory, GRPO) or (B, T) (per token, PPO with GAE).
     ``clip_high > clip_low`` is DAPO's clip-higher: a rare token may grow more before the
     clip stops it, which keeps entropy from collapsing. ``weights`` (B, T) multiplies each
-    token's loss: the truncated importance weights of ``off_policy_weights``.
+    token's loss: the truncated importance weights of ``off_policy_weights``. ``total``: see
+    ``aggregate``.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None]
@@ -91,7 +95,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     per_token = -torch.minimum(unclipped, clipped)
     if weights is not None:
         per_token = per_token * weights
-    loss = aggregate(per_token, mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, total)
     with torch.no_grad():
         m = mask.bool()
         n = m.sum().clamp(min=1)

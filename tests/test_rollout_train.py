@@ -1,0 +1,146 @@
+"""The rollout manager and the policy trainer with the tiny model, the real env and the HF engine."""
+
+from __future__ import annotations
+
+import copy
+from itertools import islice
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from envs.visual_tool import VisualToolEnv
+from tasks.charts import synthetic_charts
+from tasks.rewards import chartqa_relaxed
+from vlrl.algos.grpo import group_advantages
+from vlrl.config import EnvConfig
+from vlrl.engines.hf import HFEngine
+from vlrl.rollout.manager import RolloutManager
+from vlrl.sandbox.pool import SandboxConfig
+from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer, TrainItem, micro_batches
+from vlrl.types import SamplingParams, Score
+
+
+@pytest.fixture
+def engine(tiny_dir, run):
+    engine = HFEngine(tiny_dir)  # its own: these tests change its weights
+    yield engine
+    run(engine.close())
+
+
+def fresh_model(tiny_dir):
+    return AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=torch.float32)
+
+
+def rollout(run, engine, tokenizer, vision, env_config, reward, samples, group_size=2, seed=0, max_tokens=24,
+            **sampling):
+    async def go():
+        async with VisualToolEnv(env_config, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, reward,
+                                     SamplingParams(max_tokens=max_tokens, **sampling), group_size)
+            return await manager.rollout(samples, seed)
+
+    return run(go())
+
+
+NO_TOOLS = EnvConfig(tools=[], max_turns=1, sandbox=SandboxConfig(workers=1))
+
+
+def test_rollout_groups_record_rewards_masks_logprobs_and_times(run, engine, tokenizer, vision):
+    samples = list(islice(synthetic_charts(seed=2), 3))
+    result = rollout(run, engine, tokenizer, vision, EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)),
+                     chartqa_relaxed, samples, group_size=2)
+    assert [g.sample.id for g in result.groups] == [s.id for s in samples] and not result.dropped
+    for group in result.groups:
+        assert len(group.trajectories) == 2
+        for t in group.trajectories:
+            assert t.reward is not None and set(t.reward_parts) == {"accuracy", "format"}
+            assert t.finish_reason in ("answer", "length", "max_turns", "max_tool_calls", "context")
+            policy = [i for i, m in enumerate(t.loss_mask) if m]
+            assert policy and all(t.versions[i] == 0 for i in policy)
+            assert all(t.behavior_logprobs[i] <= 0 for i in policy)
+            assert {"decode_s", "env_s", "reward_s", "wall_s"} <= set(t.timings)
+    assert set(result.seconds) == {"wall", "generate", "reward"}
+    # the same seed samples the same tokens
+    again = rollout(run, engine, tokenizer, vision, EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)),
+                    chartqa_relaxed, samples, group_size=2)
+    assert [t.token_ids for t in again.trajectories] == [t.token_ids for t in result.trajectories]
+
+
+def test_a_reward_that_raises_is_counted_and_its_group_dropped(run, engine, tokenizer, vision):
+    samples = list(islice(synthetic_charts(seed=3), 2))
+
+    def flaky(text, answers):
+        if answers == samples[0].answers:
+            raise RuntimeError("verifier down")
+        return Score(1.0, {"accuracy": 1.0})
+
+    with pytest.raises(RuntimeError, match="verifier down"):  # a sync reward failing is the run's error
+        rollout(run, engine, tokenizer, vision, NO_TOOLS, flaky, samples)
+
+
+def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, engine, tokenizer, vision, tiny_dir):
+    samples = list(islice(synthetic_charts(seed=4), 2))
+    result = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples, group_size=2)
+    model = fresh_model(tiny_dir)
+    before = copy.deepcopy(model.state_dict())
+    trainer = PolicyTrainer(model, vision, OptimConfig(lr=1e-3), LossConfig(importance_cap=2.0), total_steps=2)
+    items = [TrainItem(t, a) for t, a in zip(result.trajectories, [1.0, -1.0, 0.5, -0.5])]
+    metrics = trainer.step(items)
+    assert metrics["parity"] < 1e-3  # the trainer agrees with the engine that sampled
+    assert metrics["ratio"] == pytest.approx(1.0, abs=1e-6) and metrics["clip_fraction"] == 0
+    assert abs(metrics["importance_weight"] - 1) < 1e-3 and metrics["grad_norm"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    run(trainer.push(engine))
+    assert engine.version == 1
+    after = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples[:1], group_size=2, seed=7)
+    assert all(v == 1 for t in after.trajectories for v, m in zip(t.versions, t.loss_mask) if m)
+    # the engine now samples with the trainer's new weights: parity holds again
+    check = PolicyTrainer(model, vision, OptimConfig(lr=1e-9), LossConfig(), total_steps=1)
+    assert check.step([TrainItem(t, 0.0) for t in after.trajectories])["parity"] < 1e-3
+
+
+def test_micro_batches_give_the_same_gradient_as_one_batch(run, engine, tokenizer, vision, tiny_dir):
+    samples = list(islice(synthetic_charts(seed=5), 2))
+    result = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples, group_size=2)
+    items = [TrainItem(t, a) for t, a in zip(result.trajectories, [1.0, -1.0, 0.3, -0.3])]
+    assert len(micro_batches(items, 1)) == 4
+    grads, losses = [], []
+    for budget, aggregation in ((100_000, "token-mean"), (1, "token-mean"), (100_000, "seq-mean-token-sum"),
+                                (1, "seq-mean-token-sum")):
+        model = fresh_model(tiny_dir)
+        trainer = PolicyTrainer(model, vision, OptimConfig(lr=1e-3, micro_batch_tokens=budget),
+                                LossConfig(aggregation=aggregation), total_steps=1)
+        losses.append(trainer.backward(items)["loss"])
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    for a, b in ((0, 1), (2, 3)):
+        assert losses[a] == pytest.approx(losses[b], abs=1e-6)
+        assert torch.allclose(grads[a], grads[b], atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(grads[0], grads[2], atol=1e-6)  # the aggregations really differ
+
+
+def test_grpo_steps_raise_the_reward_on_a_task_the_model_gets_partly_right(run, engine, tokenizer, vision,
+                                                                           tiny_dir):
+    """One token, top-2 sampling: the reward is whether it is the token the model now ranks second."""
+    samples = list(islice(synthetic_charts(seed=6, kinds=["v_bar"]), 4))
+    probe = rollout(run, engine, tokenizer, vision, NO_TOOLS, lambda t, a: Score(0.0), samples, group_size=1,
+                    max_tokens=1, temperature=0)
+    model = fresh_model(tiny_dir)
+    greedy = tokenizer.decode(probe.trajectories[0].token_ids[-1:])
+
+    def reward(text, answers):
+        return Score(float(text != greedy), {"accuracy": float(text != greedy)})
+
+    trainer = PolicyTrainer(model, vision, OptimConfig(lr=3e-3), LossConfig(), total_steps=6)
+    means = []
+    for step in range(6):
+        result = rollout(run, engine, tokenizer, vision, NO_TOOLS, reward, samples, group_size=8, seed=step,
+                         max_tokens=1, top_k=2)
+        rewards = torch.tensor([[t.reward for t in g.trajectories] for g in result.groups])
+        means.append(float(rewards.mean()))
+        advantages = group_advantages(rewards)
+        trainer.step([TrainItem(t, float(a)) for g, row in zip(result.groups, advantages)
+                      for t, a in zip(g.trajectories, row)])
+        run(trainer.push(engine))
+    assert 0.1 < means[0] < 0.9, means  # partly right at the start
+    assert means[-1] > means[0] + 0.2, means

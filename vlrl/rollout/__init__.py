@@ -1,0 +1,1 @@
+"""The rollout manager: many trajectories at once, each interleaving engine decoding, tools and rewards."""
