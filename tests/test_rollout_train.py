@@ -75,8 +75,10 @@ def test_a_reward_that_raises_is_counted_and_its_group_dropped(run, engine, toke
             raise RuntimeError("verifier down")
         return Score(1.0, {"accuracy": 1.0})
 
-    with pytest.raises(RuntimeError, match="verifier down"):  # a sync reward failing is the run's error
-        rollout(run, engine, tokenizer, vision, NO_TOOLS, flaky, samples)
+    result = rollout(run, engine, tokenizer, vision, NO_TOOLS, flaky, samples)
+    assert [g.sample.id for g in result.groups] == [samples[1].id]
+    assert dict(result.dropped) == {"error: RuntimeError": 2}  # both members of the first group, by reason
+    assert "verifier down" in result.errors[0] and samples[0].id in result.errors[0]
 
 
 def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, engine, tokenizer, vision, tiny_dir):

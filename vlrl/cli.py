@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
     gen.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.kind=vllm sampling.temperature=0")
 
+    tr_ = sub.add_parser("train", help="train a policy with RL (GRPO) on a task with tools")
+    tr_.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
+    tr_.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=20 rollout.group_size=8 resume=PATH")
+
     tools = sub.add_parser("tools", help="inspect tools")
     tools_sub = tools.add_subparsers(dest="tools_command", required=True)
     tl = tools_sub.add_parser("list", help="every tool with its JSON schema")
@@ -110,6 +114,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.generate import generate
 
         asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
+    elif args.command == "train":
+        from vlrl.config import TrainConfig, load_config
+        from vlrl.train import train
+
+        asyncio.run(train(load_config(TrainConfig, args.config, args.overrides)))
     elif args.command == "env":
         from vlrl.config import PlayConfig, load_config
         from vlrl.play import play

@@ -16,6 +16,7 @@ import yaml
 
 from vlrl.sandbox.pool import SandboxConfig
 from vlrl.task import TaskConfig
+from vlrl.trainer.policy import LossConfig, OptimConfig
 from vlrl.typecheck import TypeCheckError, conform
 from vlrl.types import SamplingParams
 
@@ -161,3 +162,72 @@ class PlayConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass
+class RolloutConfig:
+    """How each step's trajectories are sampled."""
+
+    prompts_per_step: int = 8  # samples drawn from the task per step
+    group_size: int = 4  # trajectories per sample (G)
+    max_new_tokens: int = 64  # per policy turn
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    schedule: Literal["sync", "async"] = "sync"  # sync: reward after all trajectories end; async: as each ends
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class AlgoConfig:
+    """The RL algorithm and its loss."""
+
+    name: Literal["grpo"] = "grpo"
+    scale_advantages: bool = True  # false: Dr.GRPO (no division by the group's std)
+    drop_uniform_groups: bool = False  # skip groups whose rewards are all equal (counted in metrics)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class LogConfig:
+    """Where a run writes, and what it shows."""
+
+    dir: str = "runs"  # runs/NAME-TIME/
+    transcripts_every: int = 10  # steps between sample transcripts (0: never)
+    plots_every: int = 1  # steps between rewriting reward.png / accuracy.png
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "vlrl"
+    progress: bool = True  # a progress bar with the key figures
+
+
+@dataclass
+class TrainConfig:
+    """`vlrl train`: RL on a task with an environment, an engine and the trainer."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    steps: int = 10
+    seed: int = 0
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    resume: str = ""  # a checkpoint folder to continue from
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.algo.name == "grpo" and self.rollout.group_size < 2:
+            raise ValueError(f"rollout.group_size must be >= 2 for GRPO (advantages are relative within a group), "
+                             f"got {self.rollout.group_size}")

@@ -8,8 +8,8 @@ logprob and the weight version that sampled it. G trajectories of one sample for
 trajectory after all have finished (the baseline the papers compare against); the
 overlap scheduler rewards each as it ends.
 
-Nothing is lost: a trajectory whose engine request or episode raises is recorded in
-``RolloutResult.dropped`` with the reason, and its group is not trained (GRPO trains
+Nothing is lost: a trajectory whose engine request, episode or reward raises is recorded
+in ``RolloutResult.dropped`` with the reason, and its group is not trained (GRPO trains
 groups whole).
 """
 
@@ -59,11 +59,11 @@ class RolloutManager:
         """One rollout: every sample ``group_size`` times. ``seed`` makes the sampling reproducible."""
         start = time.perf_counter()
         result = RolloutResult([])
-        jobs = [(s, k, f"{tag}-{i}-{k}") for i, s in enumerate(samples) for k in range(self.group_size)]
+        jobs = [(s, f"{tag}-{i}-{k}") for i, s in enumerate(samples) for k in range(self.group_size)]
         rewarded = self.schedule != "sync"
         outcomes = await asyncio.gather(
             *(self._trajectory(sample, traj_id, seed * 1_000_003 + n, rewarded)
-              for n, (sample, _, traj_id) in enumerate(jobs)),
+              for n, (sample, traj_id) in enumerate(jobs)),
             return_exceptions=True)
         generated = time.perf_counter()
         by_sample: dict[int, list[Trajectory | BaseException]] = {}
@@ -71,6 +71,8 @@ class RolloutManager:
             by_sample.setdefault(n // self.group_size, []).append(outcome)
         for i, sample in enumerate(samples):
             members = by_sample[i]
+            if not rewarded and not any(isinstance(m, BaseException) for m in members):
+                members = [self._score_or_error(m, sample) for m in members]  # type: ignore[arg-type]
             failures = [m for m in members if isinstance(m, BaseException)]
             if failures:
                 for failure in failures:
@@ -79,13 +81,10 @@ class RolloutManager:
                     result.dropped[f"error: {type(failure).__name__}"] += 1
                     if len(result.errors) < 5:
                         result.errors.append(f"sample {sample.id!r}: {type(failure).__name__}: {failure}")
-                result.dropped["group incomplete"] += len(members) - len(failures)
+                if len(failures) < len(members):
+                    result.dropped["group incomplete"] += len(members) - len(failures)
                 continue
-            trajectories = [m for m in members if isinstance(m, Trajectory)]
-            if not rewarded:
-                for traj in trajectories:
-                    self._score(traj, sample)
-            result.groups.append(Group(sample, trajectories))
+            result.groups.append(Group(sample, [m for m in members if isinstance(m, Trajectory)]))
         end = time.perf_counter()
         result.seconds = {"wall": end - start, "generate": generated - start, "reward": end - generated}
         return result
@@ -110,6 +109,13 @@ class RolloutManager:
         traj.timings = {"decode_s": decode, "env_s": act, "wall_s": time.perf_counter() - start}
         if reward_now:
             self._score(traj, sample)
+        return traj
+
+    def _score_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
+        try:
+            self._score(traj, sample)
+        except Exception as e:  # a broken reward drops this group, counted, and the run goes on
+            return e
         return traj
 
     def _score(self, traj: Trajectory, sample: Sample) -> None:

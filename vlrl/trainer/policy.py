@@ -18,16 +18,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
 from vlrl.algos.grpo import Aggregation, KLEstimator, aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
-from vlrl.engines.base import Engine
 from vlrl.trainer.logprobs import sequence_logprobs
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
+
+if TYPE_CHECKING:  # vlrl.engines imports the config, which imports this module's configs
+    from vlrl.engines.base import Engine
 
 
 @dataclass

@@ -1,0 +1,177 @@
+"""`vlrl train`: sample groups with tools, reward them, take a GRPO step, push the weights; repeat.
+
+Everything that can be checked is checked before any work starts (the config's keys and
+types, the model folder, the task, the reward). Each step:
+  rollout  -- the rollout manager runs prompts_per_step x group_size trajectories;
+  advantage -- group-normalized rewards; groups whose rewards all agree may be dropped (counted);
+  update   -- one optimizer step over the trajectories (in a thread: the event loop stays free);
+  sync     -- the new weights go to the engine as version + 1.
+Then metrics.jsonl, the curves, transcripts every K steps and checkpoints every N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+from vlrl.algos.grpo import group_advantages, informative_groups
+from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
+from vlrl.config import AlgoConfig, TrainConfig, to_dict
+from vlrl.engines import make_engine
+from vlrl.engines.base import check_model_dir
+from vlrl.env import make_env
+from vlrl.registry import resolve
+from vlrl.rollout.manager import RolloutManager, RolloutResult
+from vlrl.runlog import RunDir
+from vlrl.task import open_task
+from vlrl.trainer.policy import PolicyTrainer, TrainItem
+from vlrl.types import Group, Sample, SamplingParams
+from vlrl.vision import VisionInputs
+
+
+def advantage_items(groups: Sequence[Group], algo: AlgoConfig) -> tuple[list[TrainItem], int]:
+    """GRPO training items from whole groups; returns them and how many groups were dropped as uniform."""
+    if not groups:
+        return [], 0
+    rewards = torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
+    advantages = group_advantages(rewards, scale=algo.scale_advantages)
+    keep = informative_groups(rewards) if algo.drop_uniform_groups else torch.ones(len(groups), dtype=torch.bool)
+    items = [TrainItem(t, float(a)) for g, row, k in zip(groups, advantages, keep) if k
+             for t, a in zip(g.trajectories, row)]
+    return items, int((~keep).sum())
+
+
+def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
+    """Per-step means over the step's trajectories (reward and its parts, tools, turns, lengths, finishes)."""
+    trajs = result.trajectories
+    if not trajs:
+        return {"trajectories": 0, "dropped": dict(result.dropped)}
+    n = len(trajs)
+    stats = [t.tool_stats() for t in trajs]
+    calls = sum(s["tool_calls"] for s in stats)
+    policy_tokens = [sum(t.loss_mask) for t in trajs]
+    metrics: dict[str, Any] = {
+        "reward": sum(t.reward or 0.0 for t in trajs) / n,
+        **{k: sum(t.reward_parts.get(k, 0.0) for t in trajs) / n for k in trajs[0].reward_parts},
+        "tool_call_rate": sum(s["tool_calls"] > 0 for s in stats) / n,
+        "tool_calls": calls / n,
+        "tool_error_rate": sum(s["tool_errors"] for s in stats) / max(calls, 1),
+        "parse_errors": sum(s["parse_errors"] for s in stats) / n,
+        "sandbox_restarts": sum(s["sandbox_restarts"] for s in stats),
+        "turns": sum(t.turns for t in trajs) / n,
+        "response_length": sum(policy_tokens) / n,
+        "finish": dict(Counter(t.finish_reason for t in trajs)),
+        "trajectories": n,
+        "dropped": dict(result.dropped),
+        "rollout_s": result.seconds["generate"],
+        "reward_s": result.seconds["reward"],
+        "tokens_per_s": sum(policy_tokens) / max(result.seconds["generate"], 1e-9),
+        "behavior_version": min((v for t in trajs for v in t.versions if v >= 0), default=-1),
+    }
+    return metrics
+
+
+def task_stream(cfg: TrainConfig, cursor: int) -> Iterator[Sample]:
+    """The task's samples from ``cursor`` on, epoch after epoch (a finite dataset starts over)."""
+    epoch = 0
+    while True:
+        samples, _ = open_task(cfg.task, cfg.seed + epoch)
+        produced = 0
+        for sample in samples:
+            produced += 1
+            yield sample
+        if produced == 0:
+            raise ValueError(f"task {cfg.task.name!r} gave no samples")
+        epoch += 1
+
+
+async def train(cfg: TrainConfig) -> Path:
+    """Run ``cfg``; returns the run directory."""
+    model_dir = check_model_dir(cfg.model.path)
+    _, reward_name = open_task(cfg.task, cfg.seed)  # the task and its reward resolve before any work
+    reward = resolve("reward", reward_name)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vision = VisionInputs(model_dir)
+    dtype = getattr(torch, cfg.model.dtype)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef > 0 else None
+    trainer = PolicyTrainer(model, vision, cfg.optim, cfg.algo.loss, cfg.steps, reference)
+    state = load_checkpoint(cfg.resume, trainer) if cfg.resume else RunState()
+    run = RunDir.create(cfg.log.dir, cfg.name, to_dict(cfg), cfg.log.wandb, cfg.log.wandb_project)
+    for record in state.history:
+        run.log(record["step"], {k: v for k, v in record.items() if k != "step"})
+    sampling = SamplingParams(max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                              top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+    engine = await make_engine(cfg.model, cfg.engine)
+    wall = time.perf_counter()
+    try:
+        if trainer.version:
+            await engine.update_weights(model.state_dict(), trainer.version)
+        stream = islice(task_stream(cfg, 0), state.cursor, None)
+        async with make_env(cfg.env, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
+                                     cfg.rollout.schedule)
+            progress = _progress(cfg, state.step)
+            for step in range(state.step, cfg.steps):
+                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer)
+                state.step, state.cursor = step + 1, state.cursor + cfg.rollout.prompts_per_step
+                state.history = run.history
+                if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
+                    run.plot()
+                if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+                    save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}",
+                                         acc=f"{metrics.get('accuracy', 0):.3f}",
+                                         tools=f"{metrics.get('tool_call_rate', 0):.2f}")
+            if progress is not None:
+                progress.close()
+    finally:
+        await engine.close()
+    run.plot()
+    last = run.history[-1] if run.history else {}
+    run.finish({"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
+                "wall_seconds": time.perf_counter() - wall, "weights_version": trainer.version})
+    print(f"run written to {run.path} (metrics.jsonl, reward.png, accuracy.png, checkpoints/)")
+    return run.path
+
+
+async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: PolicyTrainer, engine: Any,
+                stream: Iterator[Sample], run: RunDir, tokenizer: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    samples = list(islice(stream, cfg.rollout.prompts_per_step))
+    result = await manager.rollout(samples, seed=cfg.seed * 100_003 + step, tag=f"s{step}")
+    metrics = rollout_metrics(result)
+    for message in result.errors:
+        print(f"step {step}: dropped: {message}")
+    items, uniform = advantage_items(result.groups, cfg.algo)
+    metrics["uniform_groups_dropped"] = uniform
+    if items:
+        metrics |= await asyncio.to_thread(trainer.step, items)
+        metrics["sync_s"] = await trainer.push(engine)
+    metrics["version"] = trainer.version
+    metrics["step_s"] = time.perf_counter() - start
+    run.log(step, metrics)
+    if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
+        run.transcripts(step, result.trajectories, tokenizer)
+    return metrics
+
+
+def _progress(cfg: TrainConfig, start: int) -> Any:
+    if not cfg.log.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.name, unit="step")
