@@ -3,6 +3,8 @@
 - ``scripted``: an expert that focuses on what the question names (or outlines every
   category), reads the result, and answers with the sample's answer. Its trajectories
   show the protocol end to end and serve as demonstrations for a supervised warm start.
+- ``teacher``: the scripted expert made imperfect (tool use and accuracy below 1), the
+  kind of traces a warm start imitates before RL has to do better.
 - ``random``: a fuzzer. Each turn is a random tool call with arguments drawn from the
   schema, a random code block, malformed text, or a random answer; seeded.
 """
@@ -39,10 +41,21 @@ class ScriptedAgent:
     def act(self, episode: ToolEpisode) -> str:
         traj = episode.trajectory
         if traj.actions or traj.turns > 0:
-            return f"THOUGHT: the edited image shows it.\nFINAL ANSWER: {episode.sample.answers[0]}"
+            return f"THOUGHT: the edited image shows it.\nFINAL ANSWER: {self.answer(episode)}"
+        action = self.focus(episode) if self.wants_tool(episode) else None
+        return action or f"FINAL ANSWER: {self.answer(episode)}"
+
+    def wants_tool(self, episode: ToolEpisode) -> bool:
+        return True
+
+    def answer(self, episode: ToolEpisode) -> str:
+        return episode.sample.answers[0]
+
+    def focus(self, episode: ToolEpisode) -> str | None:
+        """A focus-tool call on the labels the question names (or all of them), or None without boxes."""
         key = next((k for k in TARGETS if episode.bound.get(k)), None)
         if key is None:
-            return f"FINAL ANSWER: {episode.sample.answers[0]}"
+            return None
         labels = label_names(episode.bound[key], key)
         named = [label for label in labels if re.search(rf"\b{re.escape(label)}\b", episode.sample.question, re.I)]
         op = "mask" if named else "draw"
@@ -53,6 +66,48 @@ class ScriptedAgent:
         if "json" in episode.env.config.action_formats:
             return thought + tool_call_text(name, {"image": "image_1", **arguments})
         return thought + code_text(name, arguments, {f"all_{target}_bounding_boxes": key})
+
+
+@register("agent", "teacher")
+class TeacherAgent(ScriptedAgent):
+    """An imperfect expert, as a weaker model's traces are: it calls the focus tool with
+    probability ``p_tool`` and answers right with probability ``p_correct``, else with a
+    plausible wrong answer (another label of the chart, or a number 10-25% off). Each
+    episode's draws depend only on (seed, episode id), so its turns agree and runs repeat.
+    """
+
+    def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6):
+        super().__init__(seed)
+        if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1):
+            raise ValueError(f"p_tool and p_correct must be in [0, 1], got {p_tool}, {p_correct}")
+        self.p_tool, self.p_correct = p_tool, p_correct
+
+    def _rng(self, episode: ToolEpisode) -> random.Random:
+        return random.Random(f"{self.seed}/{episode.id}")
+
+    def wants_tool(self, episode: ToolEpisode) -> bool:
+        return self._rng(episode).random() < self.p_tool
+
+    def answer(self, episode: ToolEpisode) -> str:
+        rng = self._rng(episode)
+        rng.random()  # the tool draw
+        right = episode.sample.answers[0]
+        return right if rng.random() < self.p_correct else plausible_wrong(episode, right, rng)
+
+
+def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random) -> str:
+    """A wrong answer of the right kind: another label of the image, or a nearby number."""
+    labels = [label for k, v in episode.bound.items() if k in TARGETS for label in label_names(v, k)]
+    labels += [str(c) for c in episode.sample.metadata.get("table", {}).get("categories", [])]
+    others = sorted({label for label in labels if label != right})
+    if right in labels and others:
+        return rng.choice(others)
+    try:
+        value = float(right)
+    except ValueError:
+        return rng.choice(others) if others else "unknown"
+    wrong = value * rng.choice((0.75, 0.9, 1.1, 1.25)) + (rng.choice((-2, 2)) if abs(value) < 8 else 0)
+    return f"{wrong:.1f}".rstrip("0").rstrip(".")
 
 
 @register("agent", "random")

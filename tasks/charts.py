@@ -36,6 +36,8 @@ from vlrl.types import Sample
 
 Kind = Literal["v_bar", "h_bar", "grouped", "line", "pie"]
 KINDS: tuple[Kind, ...] = ("v_bar", "h_bar", "grouped", "line", "pie")
+Labels = Literal["names", "letters"]
+LETTERS = "ABCDEFGHIJ"
 PIE_FAMILIES = tuple(f for f in FAMILIES if f not in ("sum", "average"))  # a pie always sums to 100
 
 
@@ -252,8 +254,15 @@ def _strips(kind: Kind, categories: Sequence[str], marks: list[dict], labels: li
 
 
 def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KINDS,
-                 families: Sequence[str] = FAMILIES, difficulty: str | None = None) -> Sample:
-    """One chart question: data, chart and question all drawn from ``rng``."""
+                 families: Sequence[str] = FAMILIES, difficulty: str | None = None,
+                 labels: Labels = "names") -> Sample:
+    """One chart question: data, chart and question all drawn from ``rng``.
+
+    ``labels="letters"`` names the categories A, B, C, ... in order: the easiest rung, where
+    a label follows from a bar's position and a tiny model need not read text.
+    """
+    if labels not in ("names", "letters"):
+        raise ValueError(f"labels must be 'names' or 'letters', got {labels!r}")
     name = difficulty or rng.choice(tuple(LEVELS))
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
@@ -269,7 +278,10 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     if kind in ("grouped", "pie"):
         low, high = min(low, 6), min(high, 6)  # more groups or slices than 6 stop being readable
     n = rng.randint(low, high)
-    categories = tuple(rng.choice(PERIODS)[:n] if kind == "line" else rng.sample(CATEGORIES, n))
+    if labels == "letters":
+        categories = tuple(LETTERS[:n])
+    else:
+        categories = tuple(rng.choice(PERIODS)[:n] if kind == "line" else rng.sample(CATEGORIES, n))
     series = tuple(rng.sample(SERIES, rng.randint(2, 3))) if kind == "grouped" else ("Value",)
     if kind == "line" and level.distractors:
         series = tuple(rng.sample(SERIES, 1 + level.distractors))
@@ -313,15 +325,16 @@ def _references(rng: random.Random, values: Sequence[Sequence[Decimal]], count: 
 
 @task("synthetic_charts", reward="chartqa_relaxed")
 def synthetic_charts(seed: int = 0, kinds: Sequence[Kind] = KINDS, families: Sequence[str] = FAMILIES,
-                     difficulty: str | None = None) -> Iterator[Sample]:
+                     difficulty: str | None = None, labels: Labels = "names") -> Iterator[Sample]:
     """An endless, seeded stream of chart questions; sample k depends only on (seed, k)."""
     index = 0
     while True:
-        yield chart_at(seed, index, kinds, families, difficulty)
+        yield chart_at(seed, index, kinds, families, difficulty, labels)
         index += 1
 
 
 def chart_at(seed: int, index: int, kinds: Sequence[Kind] = KINDS, families: Sequence[str] = FAMILIES,
-             difficulty: str | None = None) -> Sample:
+             difficulty: str | None = None, labels: Labels = "names") -> Sample:
     """Sample ``index`` of the stream ``seed`` (any process can make any sample)."""
-    return chart_sample(random.Random(f"{seed}/{index}"), f"chart-{seed}-{index}", kinds, families, difficulty)
+    return chart_sample(random.Random(f"{seed}/{index}"), f"chart-{seed}-{index}", kinds, families, difficulty,
+                        labels)

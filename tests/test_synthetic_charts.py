@@ -170,3 +170,13 @@ def test_same_seed_same_bytes_other_seed_other_data():
     assert [s.images[0].tobytes() for s in a] == [s.images[0].tobytes() for s in b]
     assert [(s.question, s.answers, s.metadata) for s in a] == [(s.question, s.answers, s.metadata) for s in b]
     assert [s.images[0].tobytes() for s in a] != [s.images[0].tobytes() for s in c]
+
+
+def test_letter_labels_follow_the_bars_in_order():
+    for s in islice(synthetic_charts(seed=5, kinds=["v_bar", "h_bar"], labels="letters"), 6):
+        cats = s.metadata["table"]["categories"]
+        assert cats == list("ABCDEFGHIJ"[: len(cats)])
+        key = "y_values_bbox" if s.metadata["type"] == "h_bar" else "x_values_bbox"
+        assert [b["label"] for b in s.metadata[key]] == cats
+    with pytest.raises(ValueError, match="labels must be"):
+        next(synthetic_charts(labels="digits"))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_cli import vlrl
+from test_cli import ROOT, vlrl
+from vlrl.config import TrainConfig, load_config
 
 REWARD = textwrap.dedent('''
     from vlrl.types import Score
@@ -90,3 +92,40 @@ def test_bad_config_fails_before_any_work(config, tmp_path, override, message):
     result = vlrl("train", str(config), override, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "runs").exists()  # no run directory, no engine started
+
+
+def test_the_readme_training_config_is_valid(tmp_path):
+    """The README's training config, extracted verbatim, loads."""
+    section = (ROOT / "README.md").read_text().split("### Training", 1)[1].split("\n### ", 1)[0]
+    path = tmp_path / "readme.yaml"
+    path.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    cfg = load_config(TrainConfig, path)
+    assert cfg.algo.loss.clip_high == 0.28 and cfg.env.action_formats == ["code"]
+
+
+@pytest.mark.slow
+def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
+    path = tmp_path / "ws.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: ws
+        model: {{path: {tiny_dir}}}
+        env: {{max_turns: 2, action_formats: [code], sandbox: {{workers: 2}}}}
+        task: {{name: synthetic_tables, args: {{difficulty: easy, families: [extrema, comparison]}}}}
+        rollout: {{prompts_per_step: 2, group_size: 2, max_new_tokens: 12}}
+        warmstart: {{agent: teacher, agent_args: {{p_tool: 1.0, p_correct: 0.5}}, samples: 12, steps: 3,
+                    batch_size: 4}}
+        heldout: {{samples: 6, agent: teacher}}
+        steps: 2
+        log: {{dir: {tmp_path / 'runs'}, progress: false}}
+    """))
+    out = vlrl("train", str(path)).stdout
+    run = (tmp_path / "runs" / "latest").resolve()
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"heldout_questions", "teacher_accuracy", "heldout_accuracy_warmstart", "heldout_accuracy_rl",
+            "rl_gain_ci95", "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "wall_seconds",
+            "peak_rss_gb"} <= set(summary)
+    assert summary["heldout_questions"] == 6 and summary["teacher_tool_call_rate"] == 1.0
+    assert summary["weights_version"] == 3  # the warm start's push, then two RL steps
+    warm = [json.loads(line) for line in (run / "warmstart.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["sft_loss"] < warm[0]["sft_loss"]
+    assert "heldout_accuracy_rl" in out

@@ -30,6 +30,7 @@ class RunState:
     cursor: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # trajectories in flight between steps (overlap scheduler)
+    summary: dict[str, Any] = field(default_factory=dict)  # figures measured before RL (warm start, held-out)
 
 
 def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model_dir: Path) -> Path:
@@ -46,6 +47,7 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
         "scheduler": trainer.scheduler.state_dict(),
         "version": trainer.version,
         "step": state.step, "cursor": state.cursor, "history": state.history, "pending": state.pending,
+        "summary": state.summary,
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
     }, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
@@ -67,4 +69,4 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer) -> RunState:
     trainer.version = saved["version"]
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
-    return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"])
+    return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"], saved["summary"])

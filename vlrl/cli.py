@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--out", required=True, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl"])
+    tiny.add_argument("--max-pixels", type=int, default=448 * 448,
+                      help="largest image the processor passes (28 x 28 pixels per image token)")
 
     gen = sub.add_parser("generate", help="answer one question about one image with an engine")
     gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
@@ -107,7 +109,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "model":
         from vlrl.model.tiny import build_tiny_model
 
-        out = build_tiny_model(args.out, seed=args.seed, arch=args.arch)
+        out = build_tiny_model(args.out, seed=args.seed, arch=args.arch, max_pixels=args.max_pixels)
         print(f"wrote tiny {args.arch} model to {out}")
     elif args.command == "generate":
         from vlrl.config import GenerateConfig, load_config

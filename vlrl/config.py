@@ -208,6 +208,33 @@ class LogConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """Supervised steps on an agent's trajectories before RL (the model must learn the format first)."""
+
+    agent: str = ""  # "teacher", "scripted" or module:attr; empty: no warm start
+    agent_args: dict[str, Any] = field(default_factory=dict)  # e.g. {p_tool: 0.8, p_correct: 0.6}
+    samples: int = 512  # trajectories the agent plays once (task seed + 1); the steps draw batches from them
+    steps: int = 100
+    batch_size: int = 32
+    lr: float = 1.0e-3
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "steps", "batch_size"):
+            if self.agent and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 with a warm-start agent, got {getattr(self, name)}")
+
+
+@dataclass
+class HeldoutConfig:
+    """Questions never trained on, answered greedily after the warm start and after RL."""
+
+    samples: int = 0  # 0: no held-out evaluation
+    seed: int = 1_000_003  # the task's seed for held-out questions (training uses `seed`)
+    task_args: dict[str, Any] = field(default_factory=dict)  # merged into task.args, e.g. {split: test}
+    agent: str = ""  # also score this agent (e.g. the warm start's teacher) on the same questions
+
+
+@dataclass
 class TrainConfig:
     """`vlrl train`: RL on a task with an environment, an engine and the trainer."""
 
@@ -220,6 +247,8 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     steps: int = 10
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)

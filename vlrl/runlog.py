@@ -57,13 +57,16 @@ class RunDir:
         latest.symlink_to(path.name)
         return cls(path, config, wandb_mode, project)
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], phase: str = "rl") -> None:
+        """One step's figures: RL steps go to metrics.jsonl (and the curves), others to PHASE.jsonl."""
         record = {"step": step, **metrics}
-        self.history.append(record)
-        with (self.path / "metrics.jsonl").open("a") as f:
+        if phase == "rl":
+            self.history.append(record)
+        with (self.path / ("metrics.jsonl" if phase == "rl" else f"{phase}.jsonl")).open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+            prefix = "" if phase == "rl" else f"{phase}/"
+            self._wandb.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     def plot(self) -> None:
         """Rewrite the curves from the history so far."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import random
+import resource
 import time
 from collections import Counter
 from itertools import islice
@@ -28,13 +30,15 @@ from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
 from vlrl.config import AlgoConfig, TrainConfig, to_dict
 from vlrl.engines import make_engine
 from vlrl.engines.base import check_model_dir
-from vlrl.env import make_env
+from vlrl.env import Env, make_env
+from vlrl.heldout import evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
+from vlrl.play import text_turn
 from vlrl.registry import resolve
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.runlog import RunDir
-from vlrl.task import open_task
+from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.policy import PolicyTrainer, TrainItem
-from vlrl.types import Group, Sample, SamplingParams
+from vlrl.types import Group, Sample, SamplingParams, Trajectory
 from vlrl.vision import VisionInputs
 
 
@@ -97,8 +101,14 @@ def task_stream(cfg: TrainConfig, cursor: int) -> Iterator[Sample]:
 async def train(cfg: TrainConfig) -> Path:
     """Run ``cfg``; returns the run directory."""
     model_dir = check_model_dir(cfg.model.path)
-    _, reward_name = open_task(cfg.task, cfg.seed)  # the task and its reward resolve before any work
+    _, reward_name = open_task(cfg.task, cfg.seed)  # the task, its reward and the agents resolve before any work
     reward = resolve("reward", reward_name)
+    teacher = resolve("agent", cfg.warmstart.agent)(seed=cfg.seed, **cfg.warmstart.agent_args) \
+        if cfg.warmstart.agent else None
+    judge_agent = cfg.heldout.agent
+    heldout_agent = (teacher if judge_agent == cfg.warmstart.agent else resolve("agent", judge_agent)(seed=cfg.seed)) \
+        if judge_agent else None
+    heldout = _heldout_samples(cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -120,6 +130,10 @@ async def train(cfg: TrainConfig) -> Path:
             await engine.update_weights(model.state_dict(), trainer.version)
         stream = islice(task_stream(cfg, 0), state.cursor, None)
         async with make_env(cfg.env, tokenizer, vision) as env:
+            if teacher is not None and not cfg.resume:
+                await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run)
+            if heldout and not cfg.resume:
+                state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
             manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
                                      cfg.rollout.schedule)
             progress = _progress(cfg, state.step)
@@ -138,14 +152,113 @@ async def train(cfg: TrainConfig) -> Path:
                                          tools=f"{metrics.get('tool_call_rate', 0):.2f}")
             if progress is not None:
                 progress.close()
+            summary = dict(state.summary)
+            if heldout:
+                summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
     finally:
         await engine.close()
     run.plot()
     last = run.history[-1] if run.history else {}
-    run.finish({"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
-                "wall_seconds": time.perf_counter() - wall, "weights_version": trainer.version})
-    print(f"run written to {run.path} (metrics.jsonl, reward.png, accuracy.png, checkpoints/)")
+    summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
+                "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
+                "weights_version": trainer.version}
+    summary.pop("heldout_correct_warmstart", None)
+    run.finish(summary)
+    _print_summary(summary, run.path)
     return run.path
+
+
+def _heldout_samples(cfg: TrainConfig) -> list[Sample]:
+    if not cfg.heldout.samples:
+        return []
+    task = TaskConfig(cfg.task.name, {**cfg.task.args, **cfg.heldout.task_args}, cfg.task.reward)
+    samples = list(islice(open_task(task, cfg.heldout.seed)[0], cfg.heldout.samples))
+    if len(samples) < cfg.heldout.samples:
+        raise ValueError(f"heldout.samples is {cfg.heldout.samples} but the held-out task has {len(samples)}")
+    return samples
+
+
+async def play_agent(env: Env, tokenizer: Any, agent: Any, samples: Sequence[Sample], tag: str) -> list[Trajectory]:
+    """The agent's trajectories on ``samples`` (its turns as text tokens, version -1, the env's observations)."""
+
+    async def one(k: int, sample: Sample) -> Trajectory:
+        episode = env.reset(sample, f"{tag}-{k}")
+        try:
+            while not episode.done:
+                await episode.step(text_turn(tokenizer, await asyncio.to_thread(agent.act, episode)))
+        finally:
+            await episode.close()
+        return episode.trajectory
+
+    return list(await asyncio.gather(*(one(k, s) for k, s in enumerate(samples))))
+
+
+async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: VisionInputs, agent: Any,
+                      trainer: PolicyTrainer, engine: Any, run: RunDir) -> None:
+    """Supervised steps on the agent's trajectories, then the weights go to the engine."""
+    ws = cfg.warmstart
+    samples = list(islice(task_stream(dataclasses.replace(cfg, seed=cfg.seed + 7919), 0), ws.samples))
+    start = time.perf_counter()
+    demos = await play_agent(env, tokenizer, agent, samples, "warmstart")
+    print(f"warm start: {len(demos)} {ws.agent} trajectories in {time.perf_counter() - start:.1f} s")
+    optim = dataclasses.replace(cfg.optim, lr=ws.lr, warmup_steps=0, schedule="constant")
+    sft = PolicyTrainer(trainer.model, trainer.vision, optim, cfg.algo.loss, ws.steps)
+    rng = random.Random(cfg.seed)
+    progress = _progress(dataclasses.replace(cfg, steps=ws.steps, name=f"{cfg.name} warm start"), 0)
+    for step in range(ws.steps):
+        metrics = await asyncio.to_thread(sft.imitate, rng.sample(demos, min(ws.batch_size, len(demos))))
+        run.log(step, metrics, phase="warmstart")
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
+    if progress is not None:
+        progress.close()
+    await sft.push(engine)
+    trainer.version = sft.version
+
+
+async def _heldout_before(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any, reward: Any,
+                          samples: list[Sample], agent: Any) -> dict[str, Any]:
+    figures: dict[str, Any] = {"heldout_questions": len(samples), "majority_baseline": majority_baseline(samples,
+                                                                                                          reward)}
+    if agent is not None:
+        judged = await evaluate_agent(env, tokenizer, reward, agent, samples, tag="heldout-agent")
+        figures |= {"teacher_accuracy": judged.accuracy, "teacher_tool_call_rate": judged.tool_call_rate}
+    before = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-ws")
+    figures |= {"heldout_accuracy_warmstart": before.accuracy, "tool_call_rate_warmstart": before.tool_call_rate,
+                "heldout_correct_warmstart": before.correct}
+    return figures
+
+
+async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any, reward: Any,
+                         samples: list[Sample], before: dict[str, Any]) -> dict[str, Any]:
+    after = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-rl")
+    figures: dict[str, Any] = {"heldout_accuracy_rl": after.accuracy, "tool_call_rate_rl": after.tool_call_rate}
+    if "heldout_correct_warmstart" in before:
+        figures["rl_gain_ci95"] = list(paired_bootstrap(before["heldout_correct_warmstart"], after.correct,
+                                                        seed=cfg.seed))
+    return figures
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process plus its largest child (an engine's workers), in GB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024**2
+
+
+def _print_summary(summary: dict[str, Any], path: Path) -> None:
+    keys = ("heldout_questions", "teacher_accuracy", "heldout_accuracy_warmstart", "heldout_accuracy_rl",
+            "rl_gain_ci95", "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "final_reward",
+            "wall_seconds", "peak_rss_gb")
+    for key in keys:
+        if summary.get(key) is not None:
+            value = summary[key]
+            shown = f"[{value[0]:+.3f}, {value[1]:+.3f}]" if isinstance(value, list) else (
+                f"{value:.3f}" if isinstance(value, float) else value)
+            print(f"  {key:28s} {shown}")
+    print(f"run written to {path} (summary.json, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
+          "checkpoints/)")
 
 
 async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: PolicyTrainer, engine: Any,

@@ -163,21 +163,29 @@ def model_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> 
     )
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> Qwen2VLProcessor:
+def build_processor(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl",
+                    max_pixels: int = IMAGE_MAX_PIXELS) -> Qwen2VLProcessor:
     template = resources.files("vlrl.model").joinpath("chat_template.jinja").read_text()
     tokenizer.chat_template = template
     return ARCHS[arch][2](
-        image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS),
+        image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=max_pixels),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,
         chat_template=template,
     )
 
 
-def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl") -> Path:
-    """Write a tiny random Qwen2-VL folder to ``out``; the same seed gives the same bytes."""
+def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl",
+                     max_pixels: int = IMAGE_MAX_PIXELS) -> Path:
+    """Write a tiny random Qwen2-VL folder to ``out``; the same seed gives the same bytes.
+
+    ``max_pixels`` caps the image size the processor feeds the model (each 28 x 28 pixels
+    is one image token): the quickstart's small cap keeps a CPU step short.
+    """
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny model arch {arch!r}; supported: {sorted(ARCHS)}")
+    if not IMAGE_MIN_PIXELS <= max_pixels:
+        raise ValueError(f"max_pixels must be >= {IMAGE_MIN_PIXELS}, got {max_pixels}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
@@ -190,5 +198,5 @@ def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl") -> 
         pad_token_id=config.text_config.pad_token_id,
     )
     model.save_pretrained(out)
-    build_processor(tokenizer, arch).save_pretrained(out)
+    build_processor(tokenizer, arch, max_pixels).save_pretrained(out)
     return out

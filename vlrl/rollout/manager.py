@@ -119,13 +119,17 @@ class RolloutManager:
         return traj
 
     def _score(self, traj: Trajectory, sample: Sample) -> None:
-        """Reward the final policy turn's text (decoded for the reward only; training keeps the ids)."""
-        t0 = time.perf_counter()
-        last = next((s for s in reversed(traj.segments) if s.kind == "policy"), None)
-        text = self.tokenizer.decode(last.token_ids, skip_special_tokens=True) if last is not None else ""
-        score = self.reward(text, sample.answers)
-        traj.reward, traj.reward_parts = score.total, dict(score.parts)
-        traj.timings["reward_s"] = time.perf_counter() - t0
+        score_trajectory(traj, sample, self.tokenizer, self.reward)
+
+
+def score_trajectory(traj: Trajectory, sample: Sample, tokenizer: Any, reward: Reward) -> None:
+    """Reward the final policy turn's text (decoded for the reward only; training keeps the ids)."""
+    t0 = time.perf_counter()
+    last = next((s for s in reversed(traj.segments) if s.kind == "policy"), None)
+    text = tokenizer.decode(last.token_ids, skip_special_tokens=True) if last is not None else ""
+    score = reward(text, sample.answers)
+    traj.reward, traj.reward_parts = score.total, dict(score.parts)
+    traj.timings["reward_s"] = time.perf_counter() - t0
 
 
 def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:

@@ -154,6 +154,32 @@ class PolicyTrainer:
                 sums["weight"] += float((weights * mask).sum())
         return sums
 
+    def imitate(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """One supervised step: maximize the log-likelihood of the policy tokens (loss mask 1) of ``trajectories``.
+
+        The warm start on expert (or teacher) trajectories: the same ids, images and masks
+        as RL, so the model learns the format and the tool protocol before RL improves it.
+        """
+        if not trajectories:
+            raise ValueError("a supervised step needs at least one trajectory")
+        self.model.train()
+        start = time.perf_counter()
+        total = float(sum(sum(t.loss_mask[1:]) for t in trajectories))
+        loss_sum = correct = 0.0
+        for batch in micro_batches(trajectories, self.optim_cfg.micro_batch_tokens):
+            scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
+            logp = _pad([s.logprobs for s in scores])
+            mask = _pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
+            loss = aggregate(-logp, mask, "token-mean", total)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            correct += float(((logp.detach() > math.log(0.5)) * mask).sum())
+        metrics = {"sft_loss": loss_sum, "sft_token_p_over_half": correct / max(total, 1.0),
+                   "grad_norm": self._apply(), "lr": self.scheduler.get_last_lr()[0],
+                   "update_s": time.perf_counter() - start}
+        self.scheduler.step()
+        return metrics
+
     def _apply(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
@@ -172,7 +198,7 @@ class PolicyTrainer:
 
 
 def micro_batches(items: Sequence[Any], budget: int) -> list[list[Any]]:
-    """Consecutive runs of items whose padded size (count x longest) stays within ``budget`` tokens.
+    """Consecutive runs of items (trajectories or TrainItems) whose padded size stays within ``budget`` tokens.
 
     An item longer than the budget goes alone (it cannot be split without breaking its images).
     """
@@ -180,7 +206,7 @@ def micro_batches(items: Sequence[Any], budget: int) -> list[list[Any]]:
     current: list[Any] = []
     longest = 0
     for item in items:
-        length = len(item.trajectory.token_ids)
+        length = len(getattr(item, "trajectory", item).token_ids)
         if current and max(longest, length) * (len(current) + 1) > budget:
             batches.append(current)
             current, longest = [], 0

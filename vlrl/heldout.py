@@ -1,0 +1,96 @@
+"""Held-out accuracy of a policy (greedy, through the rollout manager) or of a model-free agent.
+
+Per question: whether the answer was right (the reward's ``accuracy`` part, else its total)
+and whether a tool was called. A question whose trajectory was dropped counts as wrong
+and is counted, so a broken episode can never raise the accuracy. ``paired_bootstrap``
+gives the 95% interval of a difference measured on the same questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlrl.engines.base import Engine
+from vlrl.env import Env
+from vlrl.play import text_turn
+from vlrl.rollout.manager import Reward, RolloutManager, score_trajectory
+from vlrl.types import Sample, SamplingParams, Trajectory
+
+
+@dataclass
+class Heldout:
+    """Per-question results, in the order of the questions."""
+
+    correct: list[float]
+    tool_called: list[bool]
+    dropped: Counter = field(default_factory=Counter)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / max(len(self.correct), 1)
+
+    @property
+    def tool_call_rate(self) -> float:
+        return sum(self.tool_called) / max(len(self.tool_called), 1)
+
+
+def _outcome(traj: Trajectory) -> tuple[float, bool]:
+    correct = traj.reward_parts.get("accuracy", traj.reward or 0.0)
+    return float(correct), traj.tool_stats()["tool_calls"] > 0
+
+
+async def evaluate_policy(engine: Engine, env: Env, tokenizer: Any, reward: Reward, samples: Sequence[Sample],
+                          max_new_tokens: int, tag: str = "heldout") -> Heldout:
+    """Greedy answers of the engine's current weights to ``samples``."""
+    manager = RolloutManager(engine, env, tokenizer, reward, SamplingParams(max_tokens=max_new_tokens, temperature=0),
+                             group_size=1)
+    result = await manager.rollout(samples, seed=0, tag=tag)
+    by_id = {g.sample.id: _outcome(g.trajectories[0]) for g in result.groups}
+    outcomes = [by_id.get(s.id, (0.0, False)) for s in samples]
+    return Heldout([c for c, _ in outcomes], [t for _, t in outcomes], result.dropped)
+
+
+async def evaluate_agent(env: Env, tokenizer: Any, reward: Reward, agent: Any, samples: Sequence[Sample],
+                         tag: str = "agent") -> Heldout:
+    """The answers of a model-free ``agent`` (e.g. the teacher) to ``samples``, scored like a policy's."""
+
+    async def one(k: int, sample: Sample) -> tuple[float, bool]:
+        episode = env.reset(sample, f"{tag}-{k}")
+        try:
+            while not episode.done:
+                text = await asyncio.to_thread(agent.act, episode)
+                await episode.step(text_turn(tokenizer, text))
+        finally:
+            await episode.close()
+        score_trajectory(episode.trajectory, sample, tokenizer, reward)
+        return _outcome(episode.trajectory)
+
+    outcomes = await asyncio.gather(*(one(k, s) for k, s in enumerate(samples)))
+    return Heldout([c for c, _ in outcomes], [t for _, t in outcomes])
+
+
+def majority_baseline(samples: Sequence[Sample], reward: Reward) -> float:
+    """Accuracy of always giving the most common answer: what a model that ignores the image can reach."""
+    if not samples:
+        return 0.0
+    common = Counter(s.answers[0] for s in samples).most_common(1)[0][0]
+    scores = [reward(f"FINAL ANSWER: {common}", s.answers) for s in samples]
+    return sum(s.parts.get("accuracy", s.total) for s in scores) / len(samples)
+
+
+def paired_bootstrap(before: Sequence[float], after: Sequence[float], resamples: int = 10_000,
+                     seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(after - before) over questions resampled with replacement."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired samples must have one non-zero length, got {len(before)} and {len(after)}")
+    diffs = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([diffs[rng.integers(0, len(diffs), (min(1000, resamples - k), len(diffs)))].mean(axis=1)
+                            for k in range(0, resamples, 1000)])
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
