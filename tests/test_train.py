@@ -129,3 +129,17 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     warm = [json.loads(line) for line in (run / "warmstart.jsonl").read_text().splitlines()]
     assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["sft_loss"] < warm[0]["sft_loss"]
     assert "heldout_accuracy_rl" in out
+
+
+@pytest.mark.slow
+def test_ppo_with_a_critic_trains_and_resumes(config, tmp_path):
+    overrides = ["algo.name=ppo", "rollout.group_size=1", "rollout.prompts_per_step=3", "algo.critic.lr=1.0e-3"]
+    vlrl("train", str(config), *overrides)
+    whole = (tmp_path / "runs" / "latest").resolve()
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["value_loss"] > 0 and r["grad_norm"] > 0 for r in records)
+    assert records[-1]["value_loss"] < records[0]["value_loss"]  # the critic learns the rewards' scale
+    vlrl("train", str(config), *overrides, f"resume={whole / 'checkpoints' / 'step-1'}")
+    resumed = (tmp_path / "runs" / "latest").resolve()
+    a, b = weights(whole, 3), weights(resumed, 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)

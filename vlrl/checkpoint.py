@@ -33,7 +33,8 @@ class RunState:
     summary: dict[str, Any] = field(default_factory=dict)  # figures measured before RL (warm start, held-out)
 
 
-def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model_dir: Path) -> Path:
+def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model_dir: Path,
+                    critic: torch.nn.Module | None = None) -> Path:
     """Write ``folder`` (replacing it) and return it."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,13 +50,15 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
         "step": state.step, "cursor": state.cursor, "history": state.history, "pending": state.pending,
         "summary": state.summary,
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+        "critic": None if critic is None else {"weights": critic.state_dict(),
+                                               "optimizer": critic.optimizer.state_dict()},
     }, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
 
 
-def load_checkpoint(folder: str | Path, trainer: PolicyTrainer) -> RunState:
+def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, critic: torch.nn.Module | None = None) -> RunState:
     """Restore ``trainer`` from ``folder``; returns where the run was."""
     folder = Path(folder)
     if not (folder / "state.pt").is_file() or not (folder / "model").is_dir():
@@ -67,6 +70,11 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer) -> RunState:
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     trainer.version = saved["version"]
+    if critic is not None:
+        if saved.get("critic") is None:
+            raise ValueError(f"{folder}: the run uses a critic (PPO) but the checkpoint has none")
+        critic.load_state_dict(saved["critic"]["weights"])
+        critic.optimizer.load_state_dict(saved["critic"]["optimizer"])
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
     return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"], saved["summary"])

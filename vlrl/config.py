@@ -16,6 +16,7 @@ import yaml
 
 from vlrl.sandbox.pool import SandboxConfig
 from vlrl.task import TaskConfig
+from vlrl.trainer.critic import CriticConfig
 from vlrl.trainer.policy import LossConfig, OptimConfig
 from vlrl.typecheck import TypeCheckError, conform
 from vlrl.types import SamplingParams
@@ -189,10 +190,11 @@ class RolloutConfig:
 class AlgoConfig:
     """The RL algorithm and its loss."""
 
-    name: Literal["grpo"] = "grpo"
-    scale_advantages: bool = True  # false: Dr.GRPO (no division by the group's std)
-    drop_uniform_groups: bool = False  # skip groups whose rewards are all equal (counted in metrics)
+    name: Literal["grpo", "ppo"] = "grpo"
+    scale_advantages: bool = True  # (grpo) false: Dr.GRPO (no division by the group's std)
+    drop_uniform_groups: bool = False  # (grpo) skip groups whose rewards are all equal (counted in metrics)
     loss: LossConfig = field(default_factory=LossConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)  # (ppo) the value model, GAE's gamma and lambda
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from vlrl.algos.grpo import group_advantages, informative_groups
+from vlrl.algos.ppo import gae
 from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
 from vlrl.config import AlgoConfig, TrainConfig, to_dict
 from vlrl.engines import make_engine
@@ -37,7 +38,8 @@ from vlrl.registry import resolve
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
-from vlrl.trainer.policy import PolicyTrainer, TrainItem
+from vlrl.trainer.critic import Critic
+from vlrl.trainer.policy import PolicyTrainer, TrainItem, pad
 from vlrl.types import Group, Sample, SamplingParams, Trajectory
 from vlrl.vision import VisionInputs
 
@@ -52,6 +54,35 @@ def advantage_items(groups: Sequence[Group], algo: AlgoConfig) -> tuple[list[Tra
     items = [TrainItem(t, float(a)) for g, row, k in zip(groups, advantages, keep) if k
              for t, a in zip(g.trajectories, row)]
     return items, int((~keep).sum())
+
+
+def ppo_items(groups: Sequence[Group], critic: Critic) -> tuple[list[TrainItem], list[torch.Tensor],
+                                                                 list[torch.Tensor]]:
+    """PPO training items: per-token advantages by GAE over the critic's values, whitened over the batch.
+
+    The outcome reward sits on each trajectory's last policy token. Returns the items, the
+    values they were computed with and the returns (the critic's targets).
+    """
+    trajs = [t for g in groups for t in g.trajectories]
+    if not trajs:
+        return [], [], []
+    values = critic.values(trajs)
+    masks = [torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs]
+    rewards = []
+    for traj, mask in zip(trajs, masks):
+        r = torch.zeros_like(mask)
+        policy = mask.nonzero().flatten()
+        if len(policy):
+            r[policy[-1]] = float(traj.reward or 0.0)
+        rewards.append(r)
+    advantages, returns = gae(pad(rewards), pad(values), pad(masks), critic.cfg.gamma, critic.cfg.lam)
+    mask = pad(masks)
+    n = mask.sum().clamp(min=1)
+    mean = (advantages * mask).sum() / n
+    std = (((advantages - mean) * mask) ** 2).sum().div(n).sqrt()
+    whitened = (advantages - mean) / (std + 1e-8) * mask
+    items = [TrainItem(t, whitened[k, : len(masks[k])].clone()) for k, t in enumerate(trajs)]
+    return items, values, [returns[k, : len(masks[k])].clone() for k in range(len(trajs))]
 
 
 def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
@@ -117,7 +148,9 @@ async def train(cfg: TrainConfig) -> Path:
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef > 0 else None
     trainer = PolicyTrainer(model, vision, cfg.optim, cfg.algo.loss, cfg.steps, reference)
-    state = load_checkpoint(cfg.resume, trainer) if cfg.resume else RunState()
+    critic = Critic(cfg.algo.critic.model_path or model_dir, vision, cfg.algo.critic, dtype) \
+        if cfg.algo.name == "ppo" else None
+    state = load_checkpoint(cfg.resume, trainer, critic) if cfg.resume else RunState()
     run = RunDir.create(cfg.log.dir, cfg.name, to_dict(cfg), cfg.log.wandb, cfg.log.wandb_project)
     for record in state.history:
         run.log(record["step"], {k: v for k, v in record.items() if k != "step"})
@@ -138,13 +171,14 @@ async def train(cfg: TrainConfig) -> Path:
                                      cfg.rollout.schedule)
             progress = _progress(cfg, state.step)
             for step in range(state.step, cfg.steps):
-                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer)
+                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer, critic)
                 state.step, state.cursor = step + 1, state.cursor + cfg.rollout.prompts_per_step
                 state.history = run.history
                 if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
                     run.plot()
                 if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-                    save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir)
+                    save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir,
+                                    critic)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}",
@@ -262,17 +296,22 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
 
 
 async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: PolicyTrainer, engine: Any,
-                stream: Iterator[Sample], run: RunDir, tokenizer: Any) -> dict[str, Any]:
+                stream: Iterator[Sample], run: RunDir, tokenizer: Any, critic: Critic | None) -> dict[str, Any]:
     start = time.perf_counter()
     samples = list(islice(stream, cfg.rollout.prompts_per_step))
     result = await manager.rollout(samples, seed=cfg.seed * 100_003 + step, tag=f"s{step}")
     metrics = rollout_metrics(result)
     for message in result.errors:
         print(f"step {step}: dropped: {message}")
-    items, uniform = advantage_items(result.groups, cfg.algo)
-    metrics["uniform_groups_dropped"] = uniform
+    if critic is None:
+        items, uniform = advantage_items(result.groups, cfg.algo)
+        metrics["uniform_groups_dropped"] = uniform
+    else:
+        items, values, returns = await asyncio.to_thread(ppo_items, result.groups, critic)
     if items:
         metrics |= await asyncio.to_thread(trainer.step, items)
+        if critic is not None:
+            metrics |= await asyncio.to_thread(critic.step, [it.trajectory for it in items], values, returns)
         metrics["sync_s"] = await trainer.push(engine)
     metrics["version"] = trainer.version
     metrics["step_s"] = time.perf_counter() - start

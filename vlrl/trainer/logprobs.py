@@ -9,7 +9,7 @@ the 3-D positions of each whole sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -28,14 +28,9 @@ class TokenScores:
     entropy: torch.Tensor  # (L - 1,)
 
 
-def sequence_logprobs(
-    model: PreTrainedModel,
-    vision: VisionInputs,
-    sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
-) -> list[TokenScores]:
-    """Score every next token of each (ids, images) sequence under ``model``."""
-    if not sequences:
-        return []
+def forward(model: PreTrainedModel, vision: VisionInputs, sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
+            hidden_states: bool = False) -> tuple[Any, torch.Tensor, list[int]]:
+    """The model's forward over right-padded ``sequences``: (output, input ids, lengths)."""
     images: list[Image.Image] = []
     for i, (ids, ims) in enumerate(sequences):
         if len(ids) < 2:
@@ -60,9 +55,22 @@ def sequence_logprobs(
         pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
         image_grid_thw=grid.to(device) if grid is not None else None,
         use_cache=False,
+        output_hidden_states=hidden_states,
     )
+    return out, input_ids.to(device), lengths
+
+
+def sequence_logprobs(
+    model: PreTrainedModel,
+    vision: VisionInputs,
+    sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
+) -> list[TokenScores]:
+    """Score every next token of each (ids, images) sequence under ``model``."""
+    if not sequences:
+        return []
+    out, input_ids, lengths = forward(model, vision, sequences)
     logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:].to(device)
+    targets = input_ids[:, 1:]
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
     return [TokenScores(token_logp[r, : n - 1], entropy[r, : n - 1]) for r, n in enumerate(lengths)]

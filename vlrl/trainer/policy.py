@@ -68,10 +68,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainItem:
-    """A trajectory and its advantage (one number for all its policy tokens)."""
+    """A trajectory and its advantage: one number for all its policy tokens (GRPO), or one per
+    token aligned with ``loss_mask[1:]`` (PPO's GAE)."""
 
     trajectory: Trajectory
-    advantage: float
+    advantage: float | torch.Tensor
 
 
 class PolicyTrainer:
@@ -122,27 +123,31 @@ class PolicyTrainer:
         for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
             trajs = [it.trajectory for it in batch]
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in trajs])
-            logp = _pad([s.logprobs for s in scores])
-            mask = _pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs])
-            behavior = _pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs])
-            sampled = _pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]) * mask
+            logp = pad([s.logprobs for s in scores])
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs])
+            behavior = pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs])
+            sampled = pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]) * mask
             old = logp.detach()
             weights = off_policy_weights(old, behavior, cfg.importance_cap) * sampled + (1 - sampled) \
                 if cfg.importance_cap > 0 else None
-            advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32)
+            if all(isinstance(it.advantage, float) for it in batch):
+                advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32)
+            else:
+                advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(len(it.trajectory.token_ids)
+                                                                                           - 1) for it in batch])
             out = clipped_policy_loss(logp, old, advantages, mask, cfg.clip_low, cfg.clip_high, cfg.aggregation,
                                       weights, total)
             loss = out.loss
             if cfg.kl_coef > 0:
                 with torch.no_grad():
-                    ref = _pad([s.logprobs for s in sequence_logprobs(self.reference, self.vision,
+                    ref = pad([s.logprobs for s in sequence_logprobs(self.reference, self.vision,
                                                                       [(t.token_ids, t.images) for t in trajs])])
                 kl = kl_penalty(logp, ref, cfg.kl_estimator)
                 loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregation, total)
                 sums["kl"] += float((kl.detach() * mask).sum())
             loss.backward()
             n = float(mask.sum())
-            entropy = _pad([s.entropy.detach() for s in scores])
+            entropy = pad([s.entropy.detach() for s in scores])
             sums["loss"] += float(loss.detach())
             sums["clipped"] += out.clip_fraction * n
             sums["ratio"] += out.ratio_mean * n
@@ -168,8 +173,8 @@ class PolicyTrainer:
         loss_sum = correct = 0.0
         for batch in micro_batches(trajectories, self.optim_cfg.micro_batch_tokens):
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
-            logp = _pad([s.logprobs for s in scores])
-            mask = _pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
+            logp = pad([s.logprobs for s in scores])
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
             loss = aggregate(-logp, mask, "token-mean", total)
             loss.backward()
             loss_sum += float(loss.detach())
@@ -240,5 +245,6 @@ def vision_tower(model: PreTrainedModel) -> torch.nn.Module:
     return tower
 
 
-def _pad(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+def pad(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right-pad 1-D tensors with zeros into one (B, T) tensor."""
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)

@@ -1,0 +1,85 @@
+"""PPO's critic: a copy of the VLM with a scalar value head on its last hidden state.
+
+V(s_t) is read at the position before token t, aligned like the logprobs (entry t-1 of
+a sequence of L ids belongs to token t), so GAE, the policy loss and the value loss all
+index the same (B, L - 1) grid. The critic has its own optimizer; it never sends
+weights to the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from vlrl.algos.ppo import clipped_value_loss
+from vlrl.trainer.logprobs import forward
+from vlrl.trainer.policy import micro_batches, pad
+from vlrl.types import Trajectory
+from vlrl.vision import VisionInputs
+
+
+@dataclass
+class CriticConfig:
+    """The value model: its own copy of a VLM (by default the policy's folder) plus a linear head."""
+
+    model_path: str = ""  # empty: the policy's model folder
+    lr: float = 1.0e-4
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    micro_batch_tokens: int = 8192
+
+
+class Critic(torch.nn.Module):
+    """Values per token of whole multimodal trajectories."""
+
+    def __init__(self, model_dir: str | Path, vision: VisionInputs, cfg: CriticConfig, dtype: torch.dtype):
+        super().__init__()
+        self.backbone = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+        hidden = self.backbone.config.get_text_config().hidden_size
+        self.head = torch.nn.Linear(hidden, 1, dtype=dtype)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self.vision, self.cfg = vision, cfg
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr)
+
+    def _values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        out, _, lengths = forward(self.backbone, self.vision, [(t.token_ids, t.images) for t in trajectories],
+                                  hidden_states=True)
+        values = self.head(out.hidden_states[-1][:, :-1]).squeeze(-1).float()
+        return [values[r, : n - 1] for r, n in enumerate(lengths)]
+
+    @torch.no_grad()
+    def values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """V per token (length L - 1 each), without gradient: the values GAE uses."""
+        self.eval()
+        out: list[torch.Tensor] = []
+        for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
+            out += self._values(batch)
+        return out
+
+    def step(self, trajectories: Sequence[Trajectory], old_values: Sequence[torch.Tensor],
+             returns: Sequence[torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on the clipped value loss over the policy tokens."""
+        self.train()
+        start = time.perf_counter()
+        total = float(sum(sum(t.loss_mask[1:]) for t in trajectories))
+        index = {id(t): k for k, t in enumerate(trajectories)}
+        loss_sum = 0.0
+        for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
+            rows = [index[id(t)] for t in batch]
+            values = pad(self._values(batch))
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
+            loss = clipped_value_loss(values, pad([old_values[r] for r in rows]), pad([returns[r] for r in rows]),
+                                      mask, self.cfg.value_clip) * (mask.sum() / max(total, 1.0))
+            loss.backward()
+            loss_sum += float(loss.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"value_loss": loss_sum, "value_grad_norm": grad_norm, "critic_s": time.perf_counter() - start}
