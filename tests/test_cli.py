@@ -150,3 +150,11 @@ def test_data_score_prints_means_per_split_and_names_bad_rows(tmp_path):
     pred.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prediction": "1"}) + "\n")
     bad = vlrl("data", "score", "--reward", "chartqa_relaxed", "--pred", str(pred), check=False)
     assert bad.returncode == 2 and f"{pred}:2: missing field 'answer'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_bench_train_json():
+    out = vlrl("bench", "train", "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert set(figures) == {"step_s", "rollout_s", "update_s", "sync_s", "tokens_per_s"}
+    assert figures["step_s"] >= figures["rollout_s"] + figures["update_s"] and figures["tokens_per_s"] > 0

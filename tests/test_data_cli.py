@@ -83,3 +83,4 @@ def test_bench_data_json():
     figures = json.loads(out.strip().splitlines()[-1])
     assert set(figures) == {"charts_per_s", "tables_per_s", "loader_rows_per_s"}
     assert all(v > 0 for v in figures.values())
+

@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--workers", type=int, default=2)
     bt.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
+    btr = bench_sub.add_parser("train", help="one GRPO step on the tiny model, phase by phase")
+    btr.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
+    btr.add_argument("--engine", default="hf", choices=["hf", "vllm"])
+    btr.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     bd = bench_sub.add_parser("data", help="synthetic samples per second, loader rows per second")
     bd.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
@@ -154,6 +158,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.sandbox.run_one import main as run_one
 
         run_one(args)
+    elif args.command == "bench" and args.bench_command == "train":
+        from vlrl.bench.train import run as run_train_bench
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
+            run_train_bench(model_dir, args.engine, args.json)
     elif args.command == "bench" and args.bench_command == "data":
         from vlrl.bench.data import run as run_data_bench
 

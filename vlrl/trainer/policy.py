@@ -102,7 +102,7 @@ class PolicyTrainer:
         metrics = {"loss": sums["loss"], "clip_fraction": sums["clipped"] / tokens, "ratio": sums["ratio"] / tokens,
                    "entropy": sums["entropy"] / tokens, "parity": sums["parity"] / engine_tokens,
                    "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], "policy_tokens": sums["tokens"],
-                   "update_s": time.perf_counter() - start}
+                   "forward_s": sums["forward_s"], "update_s": time.perf_counter() - start}
         if cfg.kl_coef > 0:
             metrics["kl"] = sums["kl"] / tokens
         if cfg.importance_cap > 0:
@@ -119,10 +119,12 @@ class PolicyTrainer:
         masks = [torch.tensor(it.trajectory.loss_mask[1:], dtype=torch.float32) for it in items]
         total = float(sum(m.sum() for m in masks)) if cfg.aggregation == "token-mean" else float(len(items))
         sums: dict[str, float] = {k: 0.0 for k in ("loss", "clipped", "ratio", "entropy", "kl", "parity",
-                                                   "weight", "tokens", "engine_tokens")}
+                                                   "weight", "tokens", "engine_tokens", "forward_s")}
         for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
             trajs = [it.trajectory for it in batch]
+            t0 = time.perf_counter()
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in trajs])
+            sums["forward_s"] += time.perf_counter() - t0
             logp = pad([s.logprobs for s in scores])
             mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs])
             behavior = pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs])
