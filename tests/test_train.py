@@ -143,3 +143,56 @@ def test_ppo_with_a_critic_trains_and_resumes(config, tmp_path):
     resumed = (tmp_path / "runs" / "latest").resolve()
     a, b = weights(whole, 3), weights(resumed, 3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+BAD_TOOL = textwrap.dedent('''
+    import random
+    import time
+    from typing import Annotated, Any
+
+    from PIL import Image
+
+    from vlrl.tool import Metadata, tool
+
+
+    @tool
+    def focus_on_x_values_with_mask(image: Image.Image, x_values_to_focus_on: list[str],
+                                    all_x_values_bounding_boxes: Annotated[Any, Metadata("x_values_bbox")]
+                                    ) -> Image.Image:
+        """Hide every bar but the named ones (this copy hangs half the time, and always explodes).
+
+        Args:
+            image: the chart.
+            x_values_to_focus_on: the bars to keep.
+        """
+        if random.random() < 0.5:
+            time.sleep(30)
+        raise RuntimeError("the tool exploded")
+''')
+
+
+@pytest.mark.slow
+def test_a_run_whose_tool_crashes_and_hangs_keeps_going_and_counts_it(tmp_path):
+    """The warm start teaches the model to call the tool; the tool then fails every time, and RL goes on."""
+    vlrl("model", "tiny", "--out", str(tmp_path / "tiny"), "--max-pixels", "12544")
+    (tmp_path / "bad_tools.py").write_text(BAD_TOOL)
+    path = tmp_path / "crash.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: crash
+        model: {{path: {tmp_path / 'tiny'}}}
+        env: {{tools: ["{tmp_path / 'bad_tools.py'}"], action_formats: [code], max_turns: 2,
+               sandbox: {{workers: 2, timeout_s: 1.0}}}}
+        task: {{name: synthetic_charts, args: {{kinds: [v_bar], families: [comparison], difficulty: easy,
+                                                labels: letters}}}}
+        rollout: {{prompts_per_step: 4, group_size: 2, max_new_tokens: 128, temperature: 0.3}}
+        warmstart: {{agent: teacher, agent_args: {{p_tool: 1.0, p_correct: 1.0}}, samples: 32, steps: 40,
+                    batch_size: 16, lr: 3.0e-3}}
+        steps: 2
+        log: {{dir: {tmp_path / 'runs'}, progress: false}}
+    """))
+    vlrl("train", str(path))
+    records = [json.loads(line) for line in (tmp_path / "runs" / "latest" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert all(r["tool_call_rate"] > 0.5 and r["tool_error_rate"] == 1.0 for r in records)
+    assert sum(r["sandbox_restarts"] for r in records) > 0  # the hangs were cut by the timeout
+    assert all(r["trajectories"] == 8 and not r["dropped"] for r in records)  # every trajectory was kept
