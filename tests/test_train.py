@@ -196,3 +196,19 @@ def test_a_run_whose_tool_crashes_and_hangs_keeps_going_and_counts_it(tmp_path):
     assert all(r["tool_call_rate"] > 0.5 and r["tool_error_rate"] == 1.0 for r in records)
     assert sum(r["sandbox_restarts"] for r in records) > 0  # the hangs were cut by the timeout
     assert all(r["trajectories"] == 8 and not r["dropped"] for r in records)  # every trajectory was kept
+
+
+@pytest.mark.slow
+def test_lora_trains_adapters_serves_merged_weights_and_resumes(config, tmp_path, tiny_dir):
+    lora = ["optim.lora_rank=4", "optim.lr=1.0e-2"]
+    vlrl("train", str(config), *lora)
+    whole = (tmp_path / "runs" / "latest").resolve()
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["parity"] < 1e-3 for r in records)  # the engine samples with the merged adapters
+    initial, final = load_file(tiny_dir / "model.safetensors"), weights(whole, 3)
+    changed = {k for k in final if not torch.equal(initial[k], final[k])}
+    assert changed and all(k.endswith("_proj.weight") and "visual" not in k for k in changed)
+    assert (whole / "checkpoints" / "step-3" / "adapter" / "adapter_model.safetensors").is_file()
+    vlrl("train", str(config), *lora, f"resume={whole / 'checkpoints' / 'step-1'}")
+    resumed = weights((tmp_path / "runs" / "latest").resolve(), 3)
+    assert all(torch.equal(final[k], resumed[k]) for k in final)

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
 
+from vlrl.trainer.lora import merged_state_dict
 from vlrl.trainer.policy import PolicyTrainer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -42,7 +45,11 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
     for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
             shutil.copy2(f, tmp / "model" / f.name)
-    trainer.model.save_pretrained(tmp / "model")
+    if isinstance(trainer.model, PeftModel):  # the adapter to resume from, the merged model to serve
+        trainer.model.save_pretrained(tmp / "adapter")
+        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=merged_state_dict(trainer.model))
+    else:
+        trainer.model.save_pretrained(tmp / "model")
     torch.save({
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -63,9 +70,13 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, critic: torch.nn
     folder = Path(folder)
     if not (folder / "state.pt").is_file() or not (folder / "model").is_dir():
         raise FileNotFoundError(f"{folder} is not a vlrl checkpoint (no state.pt and model/)")
-    # through from_pretrained: it maps the saved key names to the in-memory ones
-    saved_model = type(trainer.model).from_pretrained(folder / "model", dtype=trainer.model.dtype)
-    trainer.model.load_state_dict(saved_model.state_dict())
+    if isinstance(trainer.model, PeftModel):
+        if not (folder / "adapter").is_dir():
+            raise ValueError(f"{folder}: the run trains LoRA adapters but the checkpoint has none")
+        set_peft_model_state_dict(trainer.model, load_file(folder / "adapter" / "adapter_model.safetensors"))
+    else:  # through from_pretrained: it maps the saved key names to the in-memory ones
+        saved_model = type(trainer.model).from_pretrained(folder / "model", dtype=trainer.model.dtype)
+        trainer.model.load_state_dict(saved_model.state_dict())
     saved = torch.load(folder / "state.pt", weights_only=False)
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])

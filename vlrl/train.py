@@ -39,6 +39,7 @@ from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
+from vlrl.trainer.lora import merged_state_dict
 from vlrl.trainer.policy import PolicyTrainer, TrainItem, pad
 from vlrl.types import Group, Sample, SamplingParams, Trajectory
 from vlrl.vision import VisionInputs
@@ -160,7 +161,7 @@ async def train(cfg: TrainConfig) -> Path:
     wall = time.perf_counter()
     try:
         if trainer.version:
-            await engine.update_weights(model.state_dict(), trainer.version)
+            await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
         stream = islice(task_stream(cfg, 0), state.cursor, None)
         async with make_env(cfg.env, tokenizer, vision) as env:
             if teacher is not None and not cfg.resume:
@@ -235,7 +236,7 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
     start = time.perf_counter()
     demos = await play_agent(env, tokenizer, agent, samples, "warmstart")
     print(f"warm start: {len(demos)} {ws.agent} trajectories in {time.perf_counter() - start:.1f} s")
-    optim = dataclasses.replace(cfg.optim, lr=ws.lr, warmup_steps=0, schedule="constant")
+    optim = dataclasses.replace(cfg.optim, lr=ws.lr, warmup_steps=0, schedule="constant", lora_rank=0)
     sft = PolicyTrainer(trainer.model, trainer.vision, optim, cfg.algo.loss, ws.steps)
     rng = random.Random(cfg.seed)
     progress = _progress(dataclasses.replace(cfg, steps=ws.steps, name=f"{cfg.name} warm start"), 0)

@@ -21,8 +21,11 @@ def mrope_positions(
 ) -> torch.Tensor:
     """(3, B, L) positions for ``input_ids`` (B, L); padded slots get position 0.
 
-    Uses the model's own ``get_rope_index`` so Qwen2-VL and Qwen2.5-VL each get theirs.
+    Uses the model's own ``get_rope_index`` so Qwen2-VL and Qwen2.5-VL each get theirs
+    (through a LoRA wrapper too).
     """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     image_token_id = model.config.image_token_id
     mm_token_type_ids = (input_ids == image_token_id).to(torch.int32)
     positions, _ = model.model.get_rope_index(

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from vlrl.algos.grpo import Aggregation, KLEstimator, aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
 from vlrl.trainer.logprobs import sequence_logprobs
+from vlrl.trainer.lora import apply_lora, merged_state_dict
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
 
@@ -44,6 +45,9 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     micro_batch_tokens: int = 8192  # tokens per forward; the gradient accumulates over micro-batches
     freeze_vision: bool = False  # keep the vision tower as loaded
+    lora_rank: int = 0  # > 0: train LoRA adapters on the language model's projections instead of every weight
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -84,6 +88,9 @@ class PolicyTrainer:
             raise ValueError("loss.kl_coef > 0 needs a reference model")
         self.model, self.vision, self.optim_cfg, self.loss_cfg = model, vision, optim, loss
         self.reference = reference
+        if optim.lora_rank > 0:
+            model = apply_lora(model, optim.lora_rank, optim.lora_alpha, optim.lora_dropout)
+            self.model = model
         if optim.freeze_vision:
             vision_tower(model).requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -200,7 +207,7 @@ class PolicyTrainer:
         start = time.perf_counter()
         self.version += 1
         with torch.no_grad():
-            await engine.update_weights({k: v.detach() for k, v in self.model.state_dict().items()}, self.version)
+            await engine.update_weights(merged_state_dict(self.model), self.version)
         return time.perf_counter() - start
 
 
@@ -239,8 +246,9 @@ def lr_factor(cfg: OptimConfig, total_steps: int) -> Any:
 
 
 def vision_tower(model: PreTrainedModel) -> torch.nn.Module:
-    """The Qwen2-VL / Qwen2.5-VL vision encoder inside ``model``."""
-    inner = getattr(model, "model", model)
+    """The Qwen2-VL / Qwen2.5-VL vision encoder inside ``model`` (or inside its LoRA wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
     tower = getattr(inner, "visual", None)
     if tower is None:
         raise ValueError(f"{type(model).__name__} has no vision tower at .model.visual")
