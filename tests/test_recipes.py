@@ -1,4 +1,4 @@
-"""The recipes in configs/ load as train configs; the CPU one runs."""
+"""The recipes in configs/ hold the settings they claim (test_config loads every shipped file); the CPU one runs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,6 @@ import pytest
 
 from test_cli import ROOT, vlrl
 from vlrl.config import TrainConfig, load_config
-
-RECIPES = ["chartqa_grpo.yaml", "tablevqa_grpo.yaml", "ppo_critic.yaml"]
-
-
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipe_loads(name):
-    cfg = load_config(TrainConfig, ROOT / "configs" / name)
-    assert cfg.steps > 0 and cfg.rollout.group_size >= 1
 
 
 def test_the_vtool_r1_setting():
