@@ -8,7 +8,6 @@ gives the 95% interval of a difference measured on the same questions.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 
 from vlrl.engines.base import Engine
 from vlrl.env import Env
-from vlrl.play import text_turn
+from vlrl.play import play_agent
 from vlrl.rollout.manager import Reward, RolloutManager, score_trajectory
 from vlrl.types import Sample, SamplingParams, Trajectory
 
@@ -58,19 +57,10 @@ async def evaluate_policy(engine: Engine, env: Env, tokenizer: Any, reward: Rewa
 async def evaluate_agent(env: Env, tokenizer: Any, reward: Reward, agent: Any, samples: Sequence[Sample],
                          tag: str = "agent") -> Heldout:
     """The answers of a model-free ``agent`` (e.g. the teacher) to ``samples``, scored like a policy's."""
-
-    async def one(k: int, sample: Sample) -> tuple[float, bool]:
-        episode = env.reset(sample, f"{tag}-{k}")
-        try:
-            while not episode.done:
-                text = await asyncio.to_thread(agent.act, episode)
-                await episode.step(text_turn(tokenizer, text))
-        finally:
-            await episode.close()
-        score_trajectory(episode.trajectory, sample, tokenizer, reward)
-        return _outcome(episode.trajectory)
-
-    outcomes = await asyncio.gather(*(one(k, s) for k, s in enumerate(samples)))
+    trajectories = await play_agent(env, tokenizer, agent, samples, tag)
+    for traj, sample in zip(trajectories, samples):
+        score_trajectory(traj, sample, tokenizer, reward)
+    outcomes = [_outcome(t) for t in trajectories]
     return Heldout([c for c, _ in outcomes], [t for _, t in outcomes])
 
 

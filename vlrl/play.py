@@ -13,16 +13,16 @@ import json
 from collections import Counter
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import AutoTokenizer
 
 from vlrl.config import PlayConfig
 from vlrl.engines.base import check_model_dir
-from vlrl.env import Episode, make_env
+from vlrl.env import Env, Episode, make_env
 from vlrl.registry import resolve
 from vlrl.task import open_task
-from vlrl.types import Completion, Trajectory
+from vlrl.types import Completion, Sample, Trajectory
 from vlrl.vision import VisionInputs
 
 
@@ -30,6 +30,25 @@ def text_turn(tokenizer: Any, text: str, request_id: str = "agent") -> Completio
     """A policy turn written as text: its ids closed by ``<|im_end|>``; no logprobs (0.0), version -1."""
     ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.convert_tokens_to_ids("<|im_end|>")]
     return Completion(request_id, tuple(ids), (0.0,) * len(ids), (-1,) * len(ids), "stop")
+
+
+async def play_episode(env: Env, tokenizer: Any, agent: Any, sample: Sample, episode_id: str) -> Episode:
+    """One episode of ``agent`` on ``sample``: its turns as text tokens (version -1), the env's observations."""
+    episode = env.reset(sample, episode_id)
+    try:
+        while not episode.done:
+            text = await asyncio.to_thread(agent.act, episode)
+            await episode.step(text_turn(tokenizer, text))
+    finally:
+        await episode.close()
+    return episode
+
+
+async def play_agent(env: Env, tokenizer: Any, agent: Any, samples: Sequence[Sample], tag: str) -> list[Trajectory]:
+    """The agent's trajectories on ``samples``, played concurrently."""
+    episodes = await asyncio.gather(*(play_episode(env, tokenizer, agent, s, f"{tag}-{k}")
+                                      for k, s in enumerate(samples)))
+    return [e.trajectory for e in episodes]
 
 
 async def play(cfg: PlayConfig) -> list[Trajectory]:
@@ -46,13 +65,7 @@ async def play(cfg: PlayConfig) -> list[Trajectory]:
     trajectories = []
     async with make_env(cfg.env, tokenizer, vision) as env:
         for k, sample in enumerate(samples):
-            episode = env.reset(sample, f"{sample.id}-play{k}")
-            try:
-                while not episode.done:
-                    text = await asyncio.to_thread(agent.act, episode)
-                    await episode.step(text_turn(tokenizer, text))
-            finally:
-                await episode.close()
+            episode = await play_episode(env, tokenizer, agent, sample, f"{sample.id}-play{k}")
             write_episode(episode, out / f"episode-{k}")
             traj = episode.trajectory
             trajectories.append(traj)

@@ -20,70 +20,28 @@ import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from vlrl.algos.grpo import group_advantages, informative_groups
-from vlrl.algos.ppo import gae
 from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
-from vlrl.config import AlgoConfig, TrainConfig, to_dict
+from vlrl.config import TrainConfig, to_dict
 from vlrl.engines import make_engine
 from vlrl.engines.base import check_model_dir
 from vlrl.env import Env, make_env
 from vlrl.heldout import evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
-from vlrl.play import text_turn
+from vlrl.play import play_agent
 from vlrl.registry import resolve
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
+from vlrl.trainer.items import grpo_items, ppo_items
 from vlrl.trainer.lora import merged_state_dict
-from vlrl.trainer.policy import PolicyTrainer, TrainItem, pad
-from vlrl.types import Group, Sample, SamplingParams, Trajectory
+from vlrl.trainer.policy import PolicyTrainer
+from vlrl.types import Sample, SamplingParams
 from vlrl.vision import VisionInputs
-
-
-def advantage_items(groups: Sequence[Group], algo: AlgoConfig) -> tuple[list[TrainItem], int]:
-    """GRPO training items from whole groups; returns them and how many groups were dropped as uniform."""
-    if not groups:
-        return [], 0
-    rewards = torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
-    advantages = group_advantages(rewards, scale=algo.scale_advantages)
-    keep = informative_groups(rewards) if algo.drop_uniform_groups else torch.ones(len(groups), dtype=torch.bool)
-    items = [TrainItem(t, float(a)) for g, row, k in zip(groups, advantages, keep) if k
-             for t, a in zip(g.trajectories, row)]
-    return items, int((~keep).sum())
-
-
-def ppo_items(groups: Sequence[Group], critic: Critic) -> tuple[list[TrainItem], list[torch.Tensor],
-                                                                 list[torch.Tensor]]:
-    """PPO training items: per-token advantages by GAE over the critic's values, whitened over the batch.
-
-    The outcome reward sits on each trajectory's last policy token. Returns the items, the
-    values they were computed with and the returns (the critic's targets).
-    """
-    trajs = [t for g in groups for t in g.trajectories]
-    if not trajs:
-        return [], [], []
-    values = critic.values(trajs)
-    masks = [torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs]
-    rewards = []
-    for traj, mask in zip(trajs, masks):
-        r = torch.zeros_like(mask)
-        policy = mask.nonzero().flatten()
-        if len(policy):
-            r[policy[-1]] = float(traj.reward or 0.0)
-        rewards.append(r)
-    advantages, returns = gae(pad(rewards), pad(values), pad(masks), critic.cfg.gamma, critic.cfg.lam)
-    mask = pad(masks)
-    n = mask.sum().clamp(min=1)
-    mean = (advantages * mask).sum() / n
-    std = (((advantages - mean) * mask) ** 2).sum().div(n).sqrt()
-    whitened = (advantages - mean) / (std + 1e-8) * mask
-    items = [TrainItem(t, whitened[k, : len(masks[k])].clone()) for k, t in enumerate(trajs)]
-    return items, values, [returns[k, : len(masks[k])].clone() for k in range(len(trajs))]
 
 
 def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
@@ -213,21 +171,6 @@ def _heldout_samples(cfg: TrainConfig) -> list[Sample]:
     return samples
 
 
-async def play_agent(env: Env, tokenizer: Any, agent: Any, samples: Sequence[Sample], tag: str) -> list[Trajectory]:
-    """The agent's trajectories on ``samples`` (its turns as text tokens, version -1, the env's observations)."""
-
-    async def one(k: int, sample: Sample) -> Trajectory:
-        episode = env.reset(sample, f"{tag}-{k}")
-        try:
-            while not episode.done:
-                await episode.step(text_turn(tokenizer, await asyncio.to_thread(agent.act, episode)))
-        finally:
-            await episode.close()
-        return episode.trajectory
-
-    return list(await asyncio.gather(*(one(k, s) for k, s in enumerate(samples))))
-
-
 async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: VisionInputs, agent: Any,
                       trainer: PolicyTrainer, engine: Any, run: RunDir) -> None:
     """Supervised steps on the agent's trajectories, then the weights go to the engine."""
@@ -305,7 +248,7 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
     for message in result.errors:
         print(f"step {step}: dropped: {message}")
     if critic is None:
-        items, uniform = advantage_items(result.groups, cfg.algo)
+        items, uniform = grpo_items(result.groups, cfg.algo.scale_advantages, cfg.algo.drop_uniform_groups)
         metrics["uniform_groups_dropped"] = uniform
     else:
         items, values, returns = await asyncio.to_thread(ppo_items, result.groups, critic)
