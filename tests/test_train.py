@@ -84,6 +84,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     ("rollout.group_size=0", "group_size must be >= 1, got 0"),
     ("rollout.group_size=1", "group_size must be >= 2 for GRPO"),
     ("optim.lr=-1", "lr must be > 0"),
+    ("algo.mini_batches=4", "group_size = 6 trajectories is not divisible by algo.mini_batches = 4"),
     ("model.path=/nowhere", "model folder '/nowhere' does not exist"),
     ("task.name=no_such_task", "unknown task 'no_such_task'"),
     ("resume=/nowhere", "not a vlrl checkpoint"),
@@ -212,3 +213,14 @@ def test_lora_trains_adapters_serves_merged_weights_and_resumes(config, tmp_path
     vlrl("train", str(config), *lora, f"resume={whole / 'checkpoints' / 'step-1'}")
     resumed = weights((tmp_path / "runs" / "latest").resolve(), 3)
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_several_updates_per_rollout_use_the_rollouts_old_policy(config, tmp_path):
+    vlrl("train", str(config), "algo.epochs=2", "algo.mini_batches=3", "steps=2", "checkpoint_every=0")
+    run = (tmp_path / "runs" / "latest").resolve()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["optimizer_steps"] == 6 and r["parity"] < 1e-3 for r in records)
+    # after the first update the policy has moved away from pi_old: the mean ratio is no longer exactly 1
+    assert all(abs(r["ratio"] - 1) > 1e-6 for r in records)
+

@@ -193,6 +193,8 @@ class AlgoConfig:
     name: Literal["grpo", "ppo"] = "grpo"
     scale_advantages: bool = True  # (grpo) false: Dr.GRPO (no division by the group's std)
     drop_uniform_groups: bool = False  # (grpo) skip groups whose rewards are all equal (counted in metrics)
+    epochs: int = 1  # passes over each rollout's trajectories
+    mini_batches: int = 1  # optimizer steps per pass; the step's trajectories must divide evenly
     loss: LossConfig = field(default_factory=LossConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)  # (ppo) the value model, GAE's gamma and lambda
 
@@ -259,6 +261,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.algo.epochs < 1 or self.algo.mini_batches < 1:
+            raise ValueError(f"algo.epochs and algo.mini_batches must be >= 1, got {self.algo.epochs}, "
+                             f"{self.algo.mini_batches}")
+        batch = self.rollout.prompts_per_step * self.rollout.group_size
+        if batch % self.algo.mini_batches:
+            raise ValueError(f"rollout.prompts_per_step x rollout.group_size = {batch} trajectories is not divisible "
+                             f"by algo.mini_batches = {self.algo.mini_batches}")
         if self.algo.name == "grpo" and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for GRPO (advantages are relative within a group), "
                              f"got {self.rollout.group_size}")

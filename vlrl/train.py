@@ -39,7 +39,7 @@ from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
 from vlrl.trainer.items import grpo_items, ppo_items
 from vlrl.trainer.lora import merged_state_dict
-from vlrl.trainer.policy import PolicyTrainer
+from vlrl.trainer.policy import PolicyTrainer, TrainItem
 from vlrl.types import Sample, SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -106,7 +106,8 @@ async def train(cfg: TrainConfig) -> Path:
     dtype = getattr(torch, cfg.model.dtype)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef > 0 else None
-    trainer = PolicyTrainer(model, vision, cfg.optim, cfg.algo.loss, cfg.steps, reference)
+    trainer = PolicyTrainer(model, vision, cfg.optim, cfg.algo.loss, cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches,
+                            reference)
     critic = Critic(cfg.algo.critic.model_path or model_dir, vision, cfg.algo.critic, dtype) \
         if cfg.algo.name == "ppo" else None
     state = load_checkpoint(cfg.resume, trainer, critic) if cfg.resume else RunState()
@@ -253,7 +254,7 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
     else:
         items, values, returns = await asyncio.to_thread(ppo_items, result.groups, critic)
     if items:
-        metrics |= await asyncio.to_thread(trainer.step, items)
+        metrics |= await asyncio.to_thread(_update, cfg, trainer, items, step)
         if critic is not None:
             metrics |= await asyncio.to_thread(critic.step, [it.trajectory for it in items], values, returns)
         metrics["sync_s"] = await trainer.push(engine)
@@ -263,6 +264,25 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
     if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
         run.transcripts(step, result.trajectories, tokenizer)
     return metrics
+
+
+def _update(cfg: TrainConfig, trainer: PolicyTrainer, items: list[TrainItem], step: int) -> dict[str, Any]:
+    """epochs x mini_batches optimizer steps on one rollout; figures averaged over them (grad norm: the last)."""
+    updates = cfg.algo.epochs * cfg.algo.mini_batches
+    if updates == 1:
+        return trainer.step(items)
+    old = trainer.logprobs(items)
+    items = [dataclasses.replace(it, old_logprobs=lp) for it, lp in zip(items, old)]
+    rng = random.Random(cfg.seed * 7_919 + step)
+    size = len(items) // cfg.algo.mini_batches
+    runs: list[dict[str, float]] = []
+    for _ in range(cfg.algo.epochs):
+        order = rng.sample(items, len(items))
+        runs += [trainer.step(order[k: k + size]) for k in range(0, len(order), size)]
+    merged = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    merged |= {"grad_norm": runs[-1]["grad_norm"], "lr": runs[-1]["lr"], "optimizer_steps": len(runs),
+               "update_s": sum(r["update_s"] for r in runs)}
+    return merged
 
 
 def _progress(cfg: TrainConfig, start: int) -> Any:

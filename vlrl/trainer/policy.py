@@ -5,8 +5,9 @@ the gradient of the clipped surrogate (``vlrl.algos.grpo``) with each micro-batc
 normalized by the whole batch (so the sum is the batch's loss whatever the cut), clips
 the gradient norm and steps AdamW and the LR schedule.
 
-pi_old is the trainer's own policy at the start of the step: with one optimizer step per
-rollout its logprobs are the forward's, detached, so the ratio starts at exactly 1. The
+pi_old is the trainer's own policy before the rollout's first update: with one optimizer
+step per rollout its logprobs are the forward's, detached, so the ratio starts at exactly 1;
+with several (epochs x mini-batches) they are computed once beforehand (``logprobs``). The
 engine sampled from mu, whose logprobs (recorded per token) differ by kernel numerics
 and, with deferral, by version; ``importance_cap`` > 0 weights each token by
 min(pi_old / mu, cap) (truncated importance sampling), and the mean |pi_old - mu| is
@@ -77,6 +78,7 @@ class TrainItem:
 
     trajectory: Trajectory
     advantage: float | torch.Tensor
+    old_logprobs: torch.Tensor | None = None  # pi_old per token (L - 1); None: this step's own forward, detached
 
 
 class PolicyTrainer:
@@ -136,7 +138,7 @@ class PolicyTrainer:
             mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs])
             behavior = pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs])
             sampled = pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]) * mask
-            old = logp.detach()
+            old = logp.detach() if batch[0].old_logprobs is None else pad([it.old_logprobs for it in batch])
             weights = off_policy_weights(old, behavior, cfg.importance_cap) * sampled + (1 - sampled) \
                 if cfg.importance_cap > 0 else None
             if all(isinstance(it.advantage, float) for it in batch):
@@ -167,6 +169,17 @@ class PolicyTrainer:
             if weights is not None:
                 sums["weight"] += float((weights * mask).sum())
         return sums
+
+    @torch.no_grad()
+    def logprobs(self, items: Sequence[TrainItem]) -> list[torch.Tensor]:
+        """The current policy's logprobs of each item's tokens: pi_old, when one rollout feeds several updates."""
+        self.model.eval()
+        out: list[torch.Tensor] = []
+        for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
+            out += [s.logprobs for s in sequence_logprobs(self.model, self.vision,
+                                                          [(it.trajectory.token_ids, it.trajectory.images)
+                                                           for it in batch])]
+        return out
 
     def imitate(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
         """One supervised step: maximize the log-likelihood of the policy tokens (loss mask 1) of ``trajectories``.
