@@ -22,8 +22,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tools.regions import box_coords, is_relative, to_rect
 from vlrl.data import Loaded, load_image, open_rows
 from vlrl.task import DataError, OnError, task
+from vlrl.tool import ToolError
 from vlrl.types import Sample
 
 # metadata key of the boxes -> key of the labels they are aligned with (ReFOCUS' list form)
@@ -148,7 +150,11 @@ def _answers(value: Any, key: str, separator: str = "") -> tuple[str, ...]:
 
 
 def _boxes(meta: Mapping[str, Any], size: tuple[int, int], loaded: Loaded) -> dict[str, list[dict[str, Any]]]:
-    """Every box field of ``meta`` as labelled pixel boxes, checked against an image of ``size``."""
+    """Every box field of ``meta`` as labelled pixel boxes, checked against an image of ``size``.
+
+    Coordinates are read, judged normalised or not (once per field) and clamped exactly as
+    the focus tools do (``tools.regions``), so what is checked here is what the tools use.
+    """
     out = {}
     for key, labels_key in BOX_KEYS.items():
         value = meta.get(key)
@@ -164,34 +170,28 @@ def _boxes(meta: Mapping[str, Any], size: tuple[int, int], loaded: Loaded) -> di
                 raise DataError(f"{key} has {len(value)} boxes for {len(labels)} {labels_key}",
                                 problem="boxes not aligned with labels")
             pairs = list(zip(labels, value))
-        out[key] = [_pixel_box(str(label), box, size, key, loaded) for label, box in pairs]
+        try:
+            coords = [box_coords(box) for _, box in pairs]
+        except ToolError as e:
+            raise DataError(f"{key}: {e}", problem="malformed box") from None
+        relative = all(is_relative(c) for c in coords)
+        out[key] = [_pixel_box(str(label), c, size, key, relative, loaded) for (label, _), c in zip(pairs, coords)]
     return out
 
 
-def _pixel_box(label: str, box: Any, size: tuple[int, int], key: str, loaded: Loaded) -> dict[str, Any]:
-    try:
-        coords = [float(box[k]) for k in ("x1", "y1", "x2", "y2")] if isinstance(box, Mapping) else [
-            float(c) for c in box]
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{key} box for {label!r} is not x1, y1, x2, y2: {box!r}", problem="malformed box") from None
-    if len(coords) != 4:
-        raise DataError(f"{key} box for {label!r} has {len(coords)} numbers: {box!r}", problem="malformed box")
-    w, h = size
-    if all(0 <= c <= 1 for c in coords) and max(coords) > 0:  # ReFOCUS' normalised table boxes
-        coords = [coords[0] * w, coords[1] * h, coords[2] * w, coords[3] * h]
+def _pixel_box(label: str, coords: list[float], size: tuple[int, int], key: str, relative: bool,
+               loaded: Loaded) -> dict[str, Any]:
     x1, y1, x2, y2 = coords
     if x2 < x1 or y2 < y1:
-        raise DataError(f"{key} box for {label!r} is inverted: {box!r}", problem="inverted box")
-    if x1 > w - 1 or y1 > h - 1 or x2 < 0 or y2 < 0:
-        raise DataError(f"{key} box for {label!r} lies outside the {w}x{h} image: {box!r}",
+        raise DataError(f"{key} box for {label!r} is inverted: {coords}", problem="inverted box")
+    rect = to_rect(coords, size, relative)
+    if rect is None:
+        raise DataError(f"{key} box for {label!r} lies outside the {size[0]}x{size[1]} image: {coords}",
                         problem="box outside the image")
-    clamped = [max(0.0, x1), max(0.0, y1), min(float(w - 1), x2), min(float(h - 1), y2)]
-    if clamped != [x1, y1, x2, y2]:
+    scale = (size[0], size[1], size[0], size[1]) if relative else (1, 1, 1, 1)
+    if rect != tuple(int(round(c * k)) for c, k in zip(coords, scale)):
         loaded.notes["boxes clamped to the image"] += 1
-    x1, y1, x2, y2 = (int(round(c)) for c in clamped)
-    return {"label": label, "x1": x1, "y1": y1, "x2": x2, "y2": y2}
-
-
+    return {"label": label, "x1": rect[0], "y1": rect[1], "x2": rect[2], "y2": rect[3]}
 
 
 def detect_format(columns: Sequence[str]) -> str:

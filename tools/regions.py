@@ -31,8 +31,8 @@ def labeled_rects(value: Any, size: tuple[int, int], inset: int = 0) -> list[tup
             items.append((str(entry["label"]), entry))
     else:
         raise ToolError(f"expected labelled boxes, got {type(value).__name__}")
-    relative = all(_is_relative(_coords(box)) for _, box in items)
-    return [(label, to_rect(_coords(box), size, relative, inset)) for label, box in items]
+    relative = all(is_relative(box_coords(box)) for _, box in items)
+    return [(label, to_rect(box_coords(box), size, relative, inset)) for label, box in items]
 
 
 def to_rect(coords: Sequence[float], size: tuple[int, int], relative: bool = False, inset: int = 0) -> Rect | None:
@@ -52,7 +52,7 @@ def to_rect(coords: Sequence[float], size: tuple[int, int], relative: bool = Fal
 
 def box_arg(box: Sequence[float], image: Image.Image, relative: bool) -> Rect:
     """A model-given [x1, y1, x2, y2] as a rectangle; ToolError when it misses the image."""
-    if relative and not _is_relative(box):
+    if relative and not is_relative(box):
         raise ToolError(f"relative box {list(box)} must hold fractions in [0, 1]")
     rect = to_rect(box, image.size, relative)
     if rect is None:
@@ -86,7 +86,8 @@ def tint(arr: np.ndarray, rect: Rect, color: Sequence[int] = (255, 0, 0), alpha:
     arr[y1 : y2 + 1, x1 : x2 + 1] = np.rint(blended).astype(np.uint8)
 
 
-def _coords(box: Any) -> list[float]:
+def box_coords(box: Any) -> list[float]:
+    """x1, y1, x2, y2 of a box given as {x1, y1, x2, y2} or [x1, y1, x2, y2]."""
     if isinstance(box, Mapping):
         try:
             return [float(box[k]) for k in ("x1", "y1", "x2", "y2")]
@@ -97,5 +98,6 @@ def _coords(box: Any) -> list[float]:
     raise ToolError(f"box {box!r} is neither {{x1, y1, x2, y2}} nor [x1, y1, x2, y2]")
 
 
-def _is_relative(coords: Sequence[float]) -> bool:
+def is_relative(coords: Sequence[float]) -> bool:
+    """All coordinates within [0, 1]: fractions of the image size (ReFOCUS table boxes)."""
     return all(0.0 <= float(c) <= 1.0 for c in coords)
