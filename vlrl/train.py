@@ -74,8 +74,8 @@ def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
     return metrics
 
 
-def task_stream(cfg: TrainConfig, cursor: int) -> Iterator[Sample]:
-    """The task's samples from ``cursor`` on, epoch after epoch (a finite dataset starts over)."""
+def task_stream(cfg: TrainConfig) -> Iterator[Sample]:
+    """The task's samples, epoch after epoch (a finite dataset starts over with the next seed)."""
     epoch = 0
     while True:
         samples, _ = open_task(cfg.task, cfg.seed + epoch)
@@ -121,7 +121,7 @@ async def train(cfg: TrainConfig) -> Path:
     try:
         if trainer.version:
             await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
-        stream = islice(task_stream(cfg, 0), state.cursor, None)
+        stream = islice(task_stream(cfg), state.cursor, None)
         async with make_env(cfg.env, tokenizer, vision) as env:
             if teacher is not None and not cfg.resume:
                 await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run)
@@ -176,7 +176,7 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
                       trainer: PolicyTrainer, engine: Any, run: RunDir) -> None:
     """Supervised steps on the agent's trajectories, then the weights go to the engine."""
     ws = cfg.warmstart
-    samples = list(islice(task_stream(dataclasses.replace(cfg, seed=cfg.seed + 7919), 0), ws.samples))
+    samples = list(islice(task_stream(dataclasses.replace(cfg, seed=cfg.seed + 7919)), ws.samples))
     start = time.perf_counter()
     demos = await play_agent(env, tokenizer, agent, samples, "warmstart")
     print(f"warm start: {len(demos)} {ws.agent} trajectories in {time.perf_counter() - start:.1f} s")
