@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
@@ -74,11 +74,14 @@ def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
     return metrics
 
 
-def task_stream(cfg: TrainConfig) -> Iterator[Sample]:
-    """The task's samples, epoch after epoch (a finite dataset starts over with the next seed)."""
+def task_stream(cfg: TrainConfig, first: Iterable[Sample] | None = None) -> Iterator[Sample]:
+    """The task's samples, epoch after epoch (a finite dataset starts over with the next seed).
+
+    ``first``: the task already opened with ``cfg.seed``, used as the first epoch.
+    """
     epoch = 0
     while True:
-        samples, _ = open_task(cfg.task, cfg.seed + epoch)
+        samples = first if epoch == 0 and first is not None else open_task(cfg.task, cfg.seed + epoch)[0]
         produced = 0
         for sample in samples:
             produced += 1
@@ -91,7 +94,7 @@ def task_stream(cfg: TrainConfig) -> Iterator[Sample]:
 async def train(cfg: TrainConfig) -> Path:
     """Run ``cfg``; returns the run directory."""
     model_dir = check_model_dir(cfg.model.path)
-    _, reward_name = open_task(cfg.task, cfg.seed)  # the task, its reward and the agents resolve before any work
+    first_epoch, reward_name = open_task(cfg.task, cfg.seed)  # the task, its reward, the agents: before any work
     reward = resolve("reward", reward_name)
     teacher = resolve("agent", cfg.warmstart.agent)(seed=cfg.seed, **cfg.warmstart.agent_args) \
         if cfg.warmstart.agent else None
@@ -121,7 +124,7 @@ async def train(cfg: TrainConfig) -> Path:
     try:
         if trainer.version:
             await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
-        stream = islice(task_stream(cfg), state.cursor, None)
+        stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
         async with make_env(cfg.env, tokenizer, vision) as env:
             if teacher is not None and not cfg.resume:
                 await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run)

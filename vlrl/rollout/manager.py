@@ -108,18 +108,15 @@ class RolloutManager:
             await episode.close()
         traj.timings = {"decode_s": decode, "env_s": act, "wall_s": time.perf_counter() - start}
         if reward_now:
-            self._score(traj, sample)
+            score_trajectory(traj, sample, self.tokenizer, self.reward)
         return traj
 
     def _score_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
         try:
-            self._score(traj, sample)
+            score_trajectory(traj, sample, self.tokenizer, self.reward)
         except Exception as e:  # a broken reward drops this group, counted, and the run goes on
             return e
         return traj
-
-    def _score(self, traj: Trajectory, sample: Sample) -> None:
-        score_trajectory(traj, sample, self.tokenizer, self.reward)
 
 
 def score_trajectory(traj: Trajectory, sample: Sample, tokenizer: Any, reward: Reward) -> None:
