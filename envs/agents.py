@@ -33,15 +33,20 @@ def code_text(name: str, arguments: dict[str, Any], bound: dict[str, str], image
 
 @register("agent", "scripted")
 class ScriptedAgent:
-    """Focus on what the question is about, then answer correctly."""
+    """Focus on what the question is about, then answer correctly.
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    ``brief``: no THOUGHT lines and no arguments left at their default, the shortest
+    traces (every token costs time when a small model learns from them on a CPU).
+    """
+
+    def __init__(self, seed: int = 0, brief: bool = False):
+        self.seed, self.brief = seed, brief
 
     def act(self, episode: ToolEpisode) -> str:
         traj = episode.trajectory
         if traj.actions or traj.turns > 0:
-            return f"THOUGHT: the edited image shows it.\nFINAL ANSWER: {self.answer(episode)}"
+            thought = "" if self.brief else "THOUGHT: the edited image shows it.\n"
+            return f"{thought}FINAL ANSWER: {self.answer(episode)}"
         action = self.focus(episode) if self.wants_tool(episode) else None
         return action or f"FINAL ANSWER: {self.answer(episode)}"
 
@@ -62,9 +67,9 @@ class ScriptedAgent:
         target = TARGETS[key]
         name = f"focus_on_{target}_with_{op}"
         arguments = {f"{target}_to_focus_on": named or labels}
-        thought = f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the image.\n"
+        thought = "" if self.brief else f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the image.\n"
         if "json" in episode.env.config.action_formats:
-            return thought + tool_call_text(name, {"image": "image_1", **arguments})
+            return thought + tool_call_text(name, arguments if self.brief else {"image": "image_1", **arguments})
         return thought + code_text(name, arguments, {f"all_{target}_bounding_boxes": key})
 
 
@@ -72,12 +77,13 @@ class ScriptedAgent:
 class TeacherAgent(ScriptedAgent):
     """An imperfect expert, as a weaker model's traces are: it calls the focus tool with
     probability ``p_tool`` and answers right with probability ``p_correct``, else with a
-    plausible wrong answer (another label of the chart, or a number 10-25% off). Each
-    episode's draws depend only on (seed, episode id), so its turns agree and runs repeat.
+    plausible wrong answer (``plausible_wrong``: the label closest in value, or a number
+    10-25% off). Each episode's draws depend only on (seed, episode id), so its turns
+    agree and runs repeat.
     """
 
-    def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6):
-        super().__init__(seed)
+    def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6, brief: bool = False):
+        super().__init__(seed, brief)
         if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1):
             raise ValueError(f"p_tool and p_correct must be in [0, 1], got {p_tool}, {p_correct}")
         self.p_tool, self.p_correct = p_tool, p_correct
@@ -96,7 +102,15 @@ class TeacherAgent(ScriptedAgent):
 
 
 def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random) -> str:
-    """A wrong answer of the right kind: another label of the image, or a nearby number."""
+    """A wrong answer of the right kind, made as a weak reader makes it.
+
+    A label: the one whose value is closest to the right label's, when the sample carries
+    its data (a consistent confusion of neighbours in value, which imitation inherits and
+    only a reward can correct); otherwise another label of the image. A number: 10-25% off.
+    """
+    values = asked_values(episode.sample.metadata)
+    if right in values and len(values) > 1:
+        return min((label for label in values if label != right), key=lambda c: abs(values[c] - values[right]))
     labels = [label for k, v in episode.bound.items() if k in TARGETS for label in label_names(v, k)]
     labels += [str(c) for c in episode.sample.metadata.get("table", {}).get("categories", [])]
     others = sorted({label for label in labels if label != right})
@@ -108,6 +122,21 @@ def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random) -> str
         return rng.choice(others) if others else "unknown"
     wrong = value * rng.choice((0.75, 0.9, 1.1, 1.25)) + (rng.choice((-2, 2)) if abs(value) < 8 else 0)
     return f"{wrong:.1f}".rstrip("0").rstrip(".")
+
+
+def asked_values(metadata: dict[str, Any]) -> dict[str, float]:
+    """label -> value of the series (chart) or column (table) the question asks about; {} without the data."""
+    try:
+        if "series_asked" in metadata:
+            table = metadata["table"]
+            return {str(c): float(v) for c, v in zip(table["categories"], table["series"][metadata["series_asked"]])}
+        if "column_asked" in metadata:
+            header, *rows = metadata["cells"]
+            column = header.index(metadata["column_asked"])
+            return {str(row[0]): float(row[column]) for row in rows}
+    except (KeyError, ValueError, TypeError, IndexError):
+        pass
+    return {}
 
 
 @register("agent", "random")

@@ -45,6 +45,9 @@ class VisualToolEnv:
         self.tools = load_tools(config.tools)
         self.im_end: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.end_ids = {self.im_end, tokenizer.eos_token_id}
+        if config.templates and not Path(config.templates).is_dir():
+            raise ValueError(f"env.templates {config.templates!r} is not a folder (relative paths start at "
+                             f"{Path.cwd()})")
         search = [config.templates, str(TEMPLATES)] if config.templates else [str(TEMPLATES)]
         self._jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(search), undefined=jinja2.StrictUndefined,
                                          trim_blocks=True, autoescape=False)

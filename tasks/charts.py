@@ -14,7 +14,10 @@ answers can be re-derived independently.
 
 Difficulty is a curriculum (``LEVELS``): more categories, fewer value labels (the model
 must read the axis), and more distractors (dashed reference lines with their own numbers,
-drawn behind the marks) as it rises.
+drawn behind the marks) as it rises. Below it, ``starter`` (only when asked for by name)
+is the quickstart's rung for a model trained from scratch in minutes: 3-4 bars on a
+square figure, no printed values, and a largest / smallest value that stands out from the
+runner-up.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
@@ -30,7 +34,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tasks.questions import FAMILIES, ask, fmt
+from tasks.questions import BUILDERS, FAMILIES, ask, fmt
+from tasks.stream import indexed_stream
 from vlrl.task import task
 from vlrl.types import Sample
 
@@ -38,7 +43,7 @@ Kind = Literal["v_bar", "h_bar", "grouped", "line", "pie"]
 KINDS: tuple[Kind, ...] = ("v_bar", "h_bar", "grouped", "line", "pie")
 Labels = Literal["names", "letters"]
 LETTERS = "ABCDEFGHIJ"
-PIE_FAMILIES = tuple(f for f in FAMILIES if f not in ("sum", "average"))  # a pie always sums to 100
+PIE_FAMILIES = tuple(f for f in BUILDERS if f not in ("sum", "average"))  # a pie always sums to 100
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,17 @@ class Level:
     categories: tuple[int, int]  # how many bars / points / rows (inclusive range)
     p_value_labels: float  # chance that values are printed on the marks
     distractors: int  # reference lines (charts) or extra columns (tables) the question does not need
+    spread: float = 1.0  # the largest value is >= spread x the runner-up, the smallest <= the next / spread
+    square: bool = False  # square figures: shrunk to a few image tokens, each bar keeps tokens of its own
 
 
 LEVELS = {
+    "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True),
     "easy": Level((3, 4), 1.0, 0),
     "medium": Level((5, 7), 0.5, 1),
     "hard": Level((8, 10), 0.0, 2),
 }
+CURRICULUM = ("easy", "medium", "hard")  # the rungs drawn at random when no difficulty is given
 CATEGORIES = (
     "Apples", "Pears", "Plums", "Kiwis", "Limes", "Figs", "Dates", "Grapes", "Mango", "Melon", "Peach", "Cherry",
     "Lemon", "Olive", "Guava", "Papaya", "Brazil", "Chile", "Kenya", "Norway", "Japan", "Peru", "Spain", "India",
@@ -75,6 +84,7 @@ PALETTES = (
 )
 FONTS = ("DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono")
 SIZES = ((6.4, 4.8), (8.0, 5.0), (5.6, 5.6), (7.2, 4.0))
+SQUARE = (2.8, 2.8)
 TITLES = ("Sales by category", "Survey results", "Production in tonnes", "Index", "Visitors (thousands)")
 PIE_TITLES = ("Share of respondents (%)", "Market share (%)", "Budget split (%)")
 REFERENCES = ("Target", "Average", "Last year", "Forecast")
@@ -101,8 +111,8 @@ class Style:
     title: str
 
     @classmethod
-    def draw(cls, rng: random.Random, pie: bool = False) -> Style:
-        return cls(rng.choice(SIZES), {"family": rng.choice(FONTS), "size": rng.choice((8, 9, 10))},
+    def draw(cls, rng: random.Random, pie: bool = False, square: bool = False) -> Style:
+        return cls(SQUARE if square else rng.choice(SIZES), {"family": rng.choice(FONTS), "size": rng.choice((8, 9, 10))},
                    rng.choice(PALETTES), rng.random() < 0.5, rng.choice(PIE_TITLES if pie else TITLES))
 
 
@@ -263,7 +273,7 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     """
     if labels not in ("names", "letters"):
         raise ValueError(f"labels must be 'names' or 'letters', got {labels!r}")
-    name = difficulty or rng.choice(tuple(LEVELS))
+    name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
     unknown = sorted(set(kinds) - set(KINDS))
@@ -289,9 +299,9 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
         values = [_shares(rng, n)]
     else:
         decimals, top = rng.random() < 0.3, rng.choice(SCALES)  # one scale for every series of a chart
-        values = [_distinct_values(rng, n, decimals, top) for _ in series]
+        values = [_distinct_values(rng, n, decimals, top, level.spread) for _ in series]
     references = [] if kind == "pie" else _references(rng, values, level.distractors)
-    chart = render(kind, categories, series, values, Style.draw(rng, kind == "pie"),
+    chart = render(kind, categories, series, values, Style.draw(rng, kind == "pie", level.square),
                    value_labels=rng.random() < level.p_value_labels, references=references)
     family = rng.choice(allowed)
     s = rng.randrange(len(series))
@@ -301,10 +311,17 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     return Sample(sample_id, (chart.image,), question.text, (question.answer,), metadata, "synthetic_charts")
 
 
-def _distinct_values(rng: random.Random, n: int, decimals: bool, top: int) -> list[Decimal]:
-    """n distinct values below ``top``, at least 2 apart in their last digit (so thresholds fit between)."""
-    picks = rng.sample(range(2, top * (10 if decimals else 1), 2), n)
-    return [Decimal(p) / 10 if decimals else Decimal(p) for p in picks]
+def _distinct_values(rng: random.Random, n: int, decimals: bool, top: int, spread: float = 1.0) -> list[Decimal]:
+    """n distinct values below ``top``, at least 2 apart in their last digit (so thresholds fit between).
+
+    ``spread`` > 1: redrawn until the largest is >= spread x the runner-up and the smallest
+    <= the next one / spread (for 4 values at 1.5, about one draw in eight qualifies).
+    """
+    while True:
+        picks = rng.sample(range(2, top * (10 if decimals else 1), 2), n)
+        ranked = sorted(picks)
+        if spread <= 1 or n < 2 or (ranked[-1] >= spread * ranked[-2] and ranked[1] >= spread * ranked[0]):
+            return [Decimal(p) / 10 if decimals else Decimal(p) for p in picks]
 
 
 def _shares(rng: random.Random, n: int) -> list[Decimal]:
@@ -325,12 +342,14 @@ def _references(rng: random.Random, values: Sequence[Sequence[Decimal]], count: 
 
 @task("synthetic_charts", reward="chartqa_relaxed")
 def synthetic_charts(seed: int = 0, kinds: Sequence[Kind] = KINDS, families: Sequence[str] = FAMILIES,
-                     difficulty: str | None = None, labels: Labels = "names") -> Iterator[Sample]:
-    """An endless, seeded stream of chart questions; sample k depends only on (seed, k)."""
-    index = 0
-    while True:
-        yield chart_at(seed, index, kinds, families, difficulty, labels)
-        index += 1
+                     difficulty: str | None = None, labels: Labels = "names", workers: int = 1) -> Iterator[Sample]:
+    """An endless, seeded stream of chart questions; sample k depends only on (seed, k).
+
+    ``workers`` > 1 renders ahead in that many processes (same samples, same order).
+    """
+    chart_sample(random.Random(f"{seed}/0"), "check", kinds, families, difficulty, labels)  # bad args fail here
+    return indexed_stream(partial(chart_at, seed, kinds=tuple(kinds), families=tuple(families),
+                                  difficulty=difficulty, labels=labels), workers)
 
 
 def chart_at(seed: int, index: int, kinds: Sequence[Kind] = KINDS, families: Sequence[str] = FAMILIES,

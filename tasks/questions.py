@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable, Sequence
 
 FAMILIES = ("retrieval", "extrema", "comparison", "difference", "sum", "average", "counting", "ranking",
-            "multi_hop")
+            "multi_hop")  # the default mix; BUILDERS also has "largest", asked for by name
 ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth", 7: "seventh", 8: "eighth", 9: "ninth"}
 
 
@@ -35,7 +35,7 @@ def ask(family: str, categories: Sequence[str], values: Sequence[Decimal], rng: 
         about: str = "") -> Question:
     """One question of ``family`` about ``values`` (``about`` names the series, e.g. " for 2019")."""
     if family not in BUILDERS:
-        raise ValueError(f"unknown question family {family!r}; families: {list(FAMILIES)}")
+        raise ValueError(f"unknown question family {family!r}; families: {list(BUILDERS)}")
     if len(set(values)) != len(values) or len(values) < 2:
         raise ValueError(f"questions need at least two distinct values, got {list(values)}")
     text, answer = BUILDERS[family](list(categories), list(values), rng, about)
@@ -50,6 +50,10 @@ def _retrieval(cats, vals, rng, about):
 def _extrema(cats, vals, rng, about):
     word, pick = rng.choice((("largest", max), ("smallest", min)))
     return f"Which category has the {word} value{about}?", cats[vals.index(pick(vals))]
+
+
+def _largest(cats, vals, rng, about):
+    return f"Which category has the largest value{about}?", cats[vals.index(max(vals))]
 
 
 def _comparison(cats, vals, rng, about):
@@ -104,4 +108,5 @@ def _multi_hop(cats, vals, rng, about):
 BUILDERS: dict[str, Callable] = {
     "retrieval": _retrieval, "extrema": _extrema, "comparison": _comparison, "difference": _difference,
     "sum": _sum, "average": _average, "counting": _counting, "ranking": _ranking, "multi_hop": _multi_hop,
+    "largest": _largest,  # extrema without "smallest": the starter rung's one question
 }

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Iterator, Sequence
 
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.charts import CATEGORIES, LEVELS, SCALES, _distinct_values
+from tasks.charts import CATEGORIES, CURRICULUM, LEVELS, SCALES, _distinct_values
 from tasks.questions import FAMILIES, ask, fmt
+from tasks.stream import indexed_stream
 from vlrl.task import task
 from vlrl.types import Sample
 
@@ -126,7 +127,7 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
 def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = FAMILIES,
                  difficulty: str | None = None) -> Sample:
     """One table question: data, table and question all drawn from ``rng``."""
-    name = difficulty or rng.choice(tuple(LEVELS))
+    name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
     if not families:
@@ -140,7 +141,7 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
     columns: list[tuple[str, list[str], bool]] = []
     values = {}
     for column in numeric_names:
-        values[column] = _distinct_values(rng, n, rng.random() < 0.3, rng.choice(SCALES))
+        values[column] = _distinct_values(rng, n, rng.random() < 0.3, rng.choice(SCALES), level.spread)
         columns.append((column, [fmt(v) for v in values[column]], True))
     for column in text_names:
         columns.append((column, [rng.choice(TEXT_COLUMNS[column]) for _ in range(n)], False))
@@ -157,13 +158,14 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
 
 
 @task("synthetic_tables", reward="chartqa_relaxed")
-def synthetic_tables(seed: int = 0, families: Sequence[str] = FAMILIES,
-                     difficulty: str | None = None) -> Iterator[Sample]:
-    """An endless, seeded stream of table questions; sample k depends only on (seed, k)."""
-    index = 0
-    while True:
-        yield table_at(seed, index, families, difficulty)
-        index += 1
+def synthetic_tables(seed: int = 0, families: Sequence[str] = FAMILIES, difficulty: str | None = None,
+                     workers: int = 1) -> Iterator[Sample]:
+    """An endless, seeded stream of table questions; sample k depends only on (seed, k).
+
+    ``workers`` > 1 renders ahead in that many processes (same samples, same order).
+    """
+    table_sample(random.Random(f"table/{seed}/0"), "check", families, difficulty)  # bad args fail here
+    return indexed_stream(partial(table_at, seed, families=tuple(families), difficulty=difficulty), workers)
 
 
 def table_at(seed: int, index: int, families: Sequence[str] = FAMILIES, difficulty: str | None = None) -> Sample:

@@ -26,18 +26,18 @@ def test_model_tiny_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_generate_with_hf_prints_samples(tiny_dir):
-    out = vlrl("generate", "configs/quickstart.yaml", f"model.path={tiny_dir}", "n=2", "sampling.max_tokens=8").stdout
+    out = vlrl("generate", "configs/generate.yaml", f"model.path={tiny_dir}", "n=2", "sampling.max_tokens=8").stdout
     assert out.count("sample ") == 2 and "tokens/s" in out
 
 
 def test_generate_rejects_bad_config_and_inputs(tiny_dir, tmp_path):
-    bad = vlrl("generate", "configs/quickstart.yaml", "engine.kindd=hf", check=False)
+    bad = vlrl("generate", "configs/generate.yaml", "engine.kindd=hf", check=False)
     assert bad.returncode != 0 and "unknown key 'engine.kindd'" in bad.stderr
-    missing = vlrl("generate", "configs/quickstart.yaml", f"model.path={tmp_path / 'absent'}", check=False)
+    missing = vlrl("generate", "configs/generate.yaml", f"model.path={tmp_path / 'absent'}", check=False)
     assert missing.returncode != 0 and "absent" in missing.stderr and "does not exist" in missing.stderr
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png")
-    broken = vlrl("generate", "configs/quickstart.yaml", f"model.path={tiny_dir}", f"image={corrupt}", check=False)
+    broken = vlrl("generate", "configs/generate.yaml", f"model.path={tiny_dir}", f"image={corrupt}", check=False)
     assert broken.returncode != 0 and "cannot read image" in broken.stderr and "corrupt.png" in broken.stderr
 
 

@@ -9,8 +9,8 @@ from vlrl.types import SamplingParams
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # every shipped config, with the dataclass that reads it
-SHIPPED = {"quickstart.yaml": GenerateConfig, "chartqa_grpo.yaml": TrainConfig, "tablevqa_grpo.yaml": TrainConfig,
-           "ppo_critic.yaml": TrainConfig}
+SHIPPED = {"generate.yaml": GenerateConfig, "quickstart.yaml": TrainConfig, "chartqa_grpo.yaml": TrainConfig,
+           "tablevqa_grpo.yaml": TrainConfig, "ppo_critic.yaml": TrainConfig}
 
 
 @dataclass

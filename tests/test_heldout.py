@@ -8,10 +8,12 @@ import pytest
 
 from envs.agents import TeacherAgent
 from envs.visual_tool import VisualToolEnv
+from tasks.charts import synthetic_charts
 from tasks.rewards import chartqa_relaxed
 from tasks.tables import synthetic_tables
 from vlrl.config import EnvConfig
 from vlrl.heldout import evaluate_agent, majority_baseline, paired_bootstrap
+from vlrl.play import play_agent
 from vlrl.sandbox.pool import SandboxConfig
 from vlrl.types import Sample
 
@@ -48,3 +50,20 @@ def test_paired_bootstrap_interval():
     assert 0.35 < low < 0.5 < high < 0.65
     with pytest.raises(ValueError, match="paired"):
         paired_bootstrap([1.0], [1.0, 0.0])
+
+
+def test_a_wrong_teacher_answers_the_label_nearest_in_value(run, tokenizer, vision):
+    """The teacher's mistakes are consistent (the runner-up, for "largest"), so imitation inherits them."""
+    samples = list(islice(synthetic_charts(seed=3, kinds=["v_bar"], families=["largest"], difficulty="starter",
+                                           labels="letters"), 12))
+
+    async def go():
+        async with VisualToolEnv(EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=1)), tokenizer, vision) as env:
+            return await play_agent(env, tokenizer, TeacherAgent(seed=0, p_tool=0.5, p_correct=0.0, brief=True),
+                                    samples, "wrong")
+
+    for sample, traj in zip(samples, run(go())):
+        table = sample.metadata["table"]
+        ranked = sorted(zip(map(float, table["series"]["Value"]), table["categories"]))
+        assert traj.answer == ranked[-2][1]
+        assert "THOUGHT" not in tokenizer.decode(traj.token_ids)  # brief traces

@@ -180,3 +180,26 @@ def test_letter_labels_follow_the_bars_in_order():
         assert [b["label"] for b in s.metadata[key]] == cats
     with pytest.raises(ValueError, match="labels must be"):
         next(synthetic_charts(labels="digits"))
+
+
+def test_the_starter_rung_is_square_with_a_clear_largest_bar():
+    samples = list(islice(synthetic_charts(seed=2, kinds=["v_bar"], families=["largest"], difficulty="starter",
+                                           labels="letters"), 40))
+    for s in samples:
+        cats = s.metadata["table"]["categories"]
+        values = [Decimal(v) for v in s.metadata["table"]["series"]["Value"]]
+        ranked = sorted(values)
+        assert 3 <= len(values) <= 4 and s.images[0].width == s.images[0].height
+        assert ranked[-1] >= Decimal("1.5") * ranked[-2] and ranked[1] >= Decimal("1.5") * ranked[0]
+        assert s.question == "Which category has the largest value?"
+        assert s.answers == (solve(s.question, cats, values),)
+    assert len({s.answers[0] for s in samples}) >= 3  # the winner's place varies
+
+
+def test_workers_render_the_same_stream_in_the_same_order():
+    alone = list(islice(synthetic_charts(seed=4, difficulty="easy"), 20))
+    pooled = list(islice(synthetic_charts(seed=4, difficulty="easy", workers=2), 20))
+    assert [(s.id, s.question, s.images[0].tobytes()) for s in pooled] == \
+        [(s.id, s.question, s.images[0].tobytes()) for s in alone]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        next(synthetic_charts(workers=0))

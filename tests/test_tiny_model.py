@@ -77,3 +77,14 @@ def test_forward_with_processor_inputs(tiny_dir):
     with torch.no_grad():
         logits = model(**enc).logits
     assert logits.shape[:2] == enc["input_ids"].shape and torch.isfinite(logits).all()
+
+
+def test_a_focus_tool_call_is_a_handful_of_tokens(tokenizer):
+    """Whitespace-only pre-splitting: names and JSON keys merge, so a call costs ~10 tokens, not ~40."""
+    from tools.focus import __all__ as focus_tools
+
+    for name in focus_tools:
+        target = name[len("focus_on_"): name.index("_with_")]
+        call = f'<tool_call>{{"name": "{name}", "arguments": {{"{target}_to_focus_on": ["A", "B", "C"]}}}}</tool_call>'
+        ids = tokenizer.encode(call, add_special_tokens=False)
+        assert len(ids) <= 14 and tokenizer.decode(ids) == call

@@ -196,3 +196,21 @@ def test_readme_custom_tool_named_in_a_config_works_in_an_episode(tmp_path, monk
         assert np.asarray(sample.images[0]).astype(int).std(axis=2).max() > 0  # the input was in colour
     finally:
         run(env.__aexit__(None, None, None))
+
+
+def test_a_templates_folder_replaces_the_prompts_it_holds(open_env, run, tokenizer, sample):
+    """The quickstart's compact prompts: tools by name, the answer line, tool results as the new image's name."""
+    env = open_env(templates=str(ROOT / "configs/templates/compact"), max_turns=2)
+    episode = env.reset(sample, "compact")
+    system = episode.transcript[0].text
+    assert "focus_on_x_values_with_mask(image, x_values_to_focus_on)" in system and "FINAL ANSWER" in system
+    assert '"description"' not in system  # no schemas: each prompt token costs time in every step
+    agent = ScriptedAgent(brief=True)
+    first = agent.act(episode)
+    assert "THOUGHT" not in first and '"image"' not in first
+    step = run(episode.step(text_turn(tokenizer, first)))
+    assert step.observation.text.strip() == "image_2" and len(step.observation.images) == 1
+    done = run(episode.step(text_turn(tokenizer, agent.act(episode))))
+    assert done.reason == "answer" and episode.trajectory.answer == sample.answers[0]
+    with pytest.raises(ValueError, match="env.templates 'no/such/folder' is not a folder"):
+        VisualToolEnv(EnvConfig(templates="no/such/folder"), tokenizer, None)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="largest image the processor passes (28 x 28 pixels per image token)")
 
     gen = sub.add_parser("generate", help="answer one question about one image with an engine")
-    gen.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
+    gen.add_argument("config", help="YAML config (see configs/generate.yaml)")
     gen.add_argument("overrides", nargs="*", help="dotted overrides, e.g. engine.kind=vllm sampling.temperature=0")
 
     tr_ = sub.add_parser("train", help="train a policy with RL (GRPO) on a task with tools")

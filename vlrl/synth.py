@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.charts import chart_at
-from tasks.questions import FAMILIES
+from tasks.questions import BUILDERS, FAMILIES
 from tasks.tables import table_at
 
 SynthKind = Literal["chart", "table"]
@@ -49,9 +49,9 @@ def synthesize(spec: SynthSpec, n: int, out: str | Path, workers: int = 1) -> Pa
         raise ValueError(f"kind must be 'chart' or 'table', got {spec.kind!r}")
     if n < 1 or workers < 1:
         raise ValueError(f"n and workers must be >= 1, got n={n}, workers={workers}")
-    unknown = sorted(set(spec.families) - set(FAMILIES))
+    unknown = sorted(set(spec.families) - set(BUILDERS))
     if unknown or not spec.families:
-        raise ValueError(f"unknown question families {unknown or []}; families: {list(FAMILIES)}")
+        raise ValueError(f"unknown question families {unknown or []}; families: {list(BUILDERS)}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     make = partial(_write_one, spec, out)

@@ -102,26 +102,30 @@ class _Batch:
         self.mask = self.mask[:, lead:]
         return out
 
-    def join(self, req: _Request) -> None:
-        """Add a prefilled request, left-padding whichever side is shorter."""
-        kv, req.kv = req.kv, None
-        assert kv is not None
-        length = kv[0][0].shape[2]
-        width = self.mask.shape[1]
-        if not self.rows:
-            self.rows, self.mask = [req], torch.ones(1, length, dtype=torch.long)
-            self.cache = DynamicCache(ddp_cache_data=kv)
+    def join(self, reqs: list[_Request]) -> None:
+        """Add prefilled requests, left-padding every row to the longest (one copy of the cache per step)."""
+        if not reqs:
             return
-        total = max(width, length)
+        kvs = []
+        for req in reqs:
+            assert req.kv is not None
+            kvs.append(req.kv)
+            req.kv = None
+        lengths = [kv[0][0].shape[2] for kv in kvs]
+        width = self.mask.shape[1] if self.rows else 0
+        total = max(width, *lengths)
+        parts = ([([(k, v) for k, v, *_ in self.cache], width)] if self.rows else []) + list(zip(kvs, lengths))
         layers = []
-        for (k, v, *_), (nk, nv) in zip(self.cache, kv):
-            k, v = (F.pad(t, (0, 0, total - width, 0)) for t in (k, v))
-            nk, nv = (F.pad(t, (0, 0, total - length, 0)) for t in (nk, nv))
-            layers.append((torch.cat([k, nk]), torch.cat([v, nv])))
+        for layer in range(len(kvs[0])):
+            keys = [F.pad(kv[layer][0], (0, 0, total - n, 0)) for kv, n in parts]
+            values = [F.pad(kv[layer][1], (0, 0, total - n, 0)) for kv, n in parts]
+            layers.append((torch.cat(keys), torch.cat(values)))
         self.cache = DynamicCache(ddp_cache_data=layers)
-        new_mask = torch.cat([torch.zeros(total - length, dtype=torch.long), torch.ones(length, dtype=torch.long)])
-        self.mask = torch.cat([F.pad(self.mask, (total - width, 0)), new_mask[None]])
-        self.rows.append(req)
+        masks = [F.pad(self.mask, (total - width, 0))] if self.rows else []
+        masks += [torch.cat([torch.zeros(total - n, dtype=torch.long), torch.ones(n, dtype=torch.long)])[None]
+                  for n in lengths]
+        self.mask = torch.cat(masks)
+        self.rows += reqs
 
 
 class HFEngine(Engine):
@@ -352,15 +356,24 @@ class HFEngine(Engine):
         for req, kv in self._batch.drop(gone):
             self._keep_prefix(req.cache_key, req.fed_ids, req.image_keys, kv)
         results = self._decode() if self._batch.rows else []
+        fresh: dict[tuple, tuple[torch.Tensor, KV, int]] = {}  # prompt -> its prefill in this step
+        joining: list[_Request] = []
         for req in admit:
-            logits = self._prefill(req)
+            same = (tuple(req.prompt_ids), tuple(req.image_keys))
+            if same in fresh:  # a group's other samples: one prefill serves them all
+                logits, req.kv, req.next_pos = fresh[same]
+                req.reused = len(req.prompt_ids) - 1  # counted as vLLM does: the last prompt token is computed
+            else:
+                logits = self._prefill(req)
+                fresh[same] = (logits, req.kv, req.next_pos)
             if req.sampling.max_tokens == 0:
                 self._keep_prefix(req.cache_key, req.prompt_ids, req.image_keys, req.kv)
                 req.finish = "length"
                 continue
             (tok,), (lp,) = sample_next(logits, [req.sampling], [req.generator], [req.suppress])
             results.append((req, tok, lp, self.version))
-            self._batch.join(req)
+            joining.append(req)
+        self._batch.join(joining)
         return results
 
     def _prefill(self, req: _Request) -> torch.Tensor:

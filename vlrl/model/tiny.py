@@ -3,7 +3,8 @@
 The folder holds everything a real checkpoint holds (config, safetensors weights,
 tokenizer, image processor, chat template, generation config), so the HF engine, the
 vLLM engine and the trainer load it exactly as they load Qwen2-VL-2B. The tokenizer is
-a byte-level BPE trained here on chart / table QA and tool-call text; the model is
+a byte-level BPE trained here on chart / table QA and tool-call text, split at
+whitespace only (a focus-tool call is a handful of tokens, not forty); the model is
 sized for CPU: head_dim 64 (vLLM's CPU attention rejects smaller), vision output size
 equal to the text hidden size, ``mrope_section`` summing to head_dim / 2.
 """
@@ -15,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     PretrainedConfig,
@@ -76,7 +77,12 @@ WORDS = (
     "enlarge read small text compare close rectangle mark pixels fractions height reference "
     "Printed error: unknown tool argument missing not valid JSON code block does compile "
     "displayed no last now Defined OBSERVATION: Execution success. The result is"
+    # capitalised, as questions and prompts start
+    " Which What How Is Answer About Tools Call End Hide Draw Tint Returns Args"
 ).split()
+LABELS = [*"ABCDEFGHIJ", "Apples", "Peru", "Total", "Men", "2019"]  # labels a focus call names
+FOCUS_NAMES = [f"focus_on_{t}_with_{op}" for t in ("columns", "rows", "x_values", "y_values")
+               for op in ("mask", "draw", "highlight")]
 
 
 def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
@@ -86,10 +92,15 @@ def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
         words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
         number = rng.choice([str(rng.randint(0, 100)), f"{rng.uniform(0, 1000):.1f}"])
         out.append(" ".join(words) + f" {number}")
+        out.append(f"FINAL ANSWER: {rng.choice([*LABELS, number])}")  # as an answer line starts
         out.append(
             f'<tool_call>{{"name": "{rng.choice(WORDS)}", "arguments": '
             f'{{"labels": ["{rng.choice(WORDS)}", "{rng.randint(1990, 2030)}"]}}}}</tool_call>'
         )
+        name = rng.choice(FOCUS_NAMES)
+        labels = ", ".join(f'"{rng.choice(LABELS)}"' for _ in range(rng.randint(1, 4)))
+        out.append(f'<tool_call>{{"name": "{name}", "arguments": {{"{name[9:name.index("_with")]}_to_focus_on": '
+                   f'[{labels}]}}}}</tool_call>')
         out.append(f"```python\nimage_{rng.randint(1, 3)} = {rng.choice(WORDS)}(image_1)\ndisplay(image_1)\n```")
     return out
 
@@ -101,7 +112,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     seed of its weights.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # split at whitespace only, so a tool name or a JSON key with its quotes can be one token
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?\S+|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS) - len(ADDED_TOKENS),
