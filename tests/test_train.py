@@ -105,6 +105,19 @@ def test_the_readme_training_config_is_valid(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_shipped_quickstart_runs_end_to_end_when_shrunk(tmp_path, tiny_dir):
+    """`make quickstart`'s config as shipped (compact prompts, brief teacher, 2 render workers), fewer of everything."""
+    vlrl("train", "configs/quickstart.yaml", f"model.path={tiny_dir}", f"log.dir={tmp_path / 'runs'}",
+         "log.progress=false", "warmstart.samples=16", "warmstart.steps=2", "warmstart.batch_size=8",
+         "heldout.samples=8", "steps=2", "rollout.prompts_per_step=2")
+    run = (tmp_path / "runs" / "latest").resolve()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["heldout_questions"] == 8 and summary["weights_version"] == 3
+    assert 0 < summary["teacher_tool_call_rate"] <= 1 and summary["majority_baseline"] > 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
 def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     path = tmp_path / "ws.yaml"
     path.write_text(textwrap.dedent(f"""
