@@ -24,9 +24,10 @@ def indexed_stream(make: Callable[[int], Sample], workers: int = 1) -> Iterator[
     """``make(0), make(1), ...``; ``make`` must be picklable (a module-level function or a partial of one)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1:
-        yield from map(make, count())
-        return
+    return map(make, count()) if workers == 1 else _pooled(make, workers)
+
+
+def _pooled(make: Callable[[int], Sample], workers: int) -> Iterator[Sample]:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         starts = count(0, CHUNK)

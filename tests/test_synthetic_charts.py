@@ -202,4 +202,4 @@ def test_workers_render_the_same_stream_in_the_same_order():
     assert [(s.id, s.question, s.images[0].tobytes()) for s in pooled] == \
         [(s.id, s.question, s.images[0].tobytes()) for s in alone]
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        next(synthetic_charts(workers=0))
+        synthetic_charts(workers=0)  # when the task is opened, not at its first sample
