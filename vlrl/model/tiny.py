@@ -81,8 +81,7 @@ WORDS = (
     " Which What How Is Answer About Tools Call End Hide Draw Tint Returns Args"
 ).split()
 LABELS = [*"ABCDEFGHIJ", "Apples", "Peru", "Total", "Men", "2019"]  # labels a focus call names
-FOCUS_NAMES = [f"focus_on_{t}_with_{op}" for t in ("columns", "rows", "x_values", "y_values")
-               for op in ("mask", "draw", "highlight")]
+FOCUS_CALLS = [(t, op) for t in ("columns", "rows", "x_values", "y_values") for op in ("mask", "draw", "highlight")]
 
 
 def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
@@ -97,9 +96,9 @@ def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
             f'<tool_call>{{"name": "{rng.choice(WORDS)}", "arguments": '
             f'{{"labels": ["{rng.choice(WORDS)}", "{rng.randint(1990, 2030)}"]}}}}</tool_call>'
         )
-        name = rng.choice(FOCUS_NAMES)
+        target, op = rng.choice(FOCUS_CALLS)
         labels = ", ".join(f'"{rng.choice(LABELS)}"' for _ in range(rng.randint(1, 4)))
-        out.append(f'<tool_call>{{"name": "{name}", "arguments": {{"{name[9:name.index("_with")]}_to_focus_on": '
+        out.append(f'<tool_call>{{"name": "focus_on_{target}_with_{op}", "arguments": {{"{target}_to_focus_on": '
                    f'[{labels}]}}}}</tool_call>')
         out.append(f"```python\nimage_{rng.randint(1, 3)} = {rng.choice(WORDS)}(image_1)\ndisplay(image_1)\n```")
     return out
