@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 from envs.visual_tool import ToolEpisode, label_names
 from vlrl.registry import register
 
+Confusion = Literal["value", "neighbor"]
+CONFUSIONS = get_args(Confusion)
 TARGETS = {"x_values_bbox": "x_values", "y_values_bbox": "y_values", "columns_bbox": "columns", "rows_bbox": "rows"}
 
 
@@ -77,16 +79,19 @@ class ScriptedAgent:
 class TeacherAgent(ScriptedAgent):
     """An imperfect expert, as a weaker model's traces are: it calls the focus tool with
     probability ``p_tool`` and answers right with probability ``p_correct``, else with a
-    plausible wrong answer (``plausible_wrong``: the label closest in value, or a number
-    10-25% off). Each episode's draws depend only on (seed, episode id), so its turns
-    agree and runs repeat.
+    plausible wrong answer (``plausible_wrong``: by ``confusion``, the label closest in value
+    or the label next to the right one, or a number 10-25% off). Each episode's draws depend
+    only on (seed, episode id), so its turns agree and runs repeat.
     """
 
-    def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6, brief: bool = False):
+    def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6, brief: bool = False,
+                 confusion: Confusion = "value"):
         super().__init__(seed, brief)
         if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1):
             raise ValueError(f"p_tool and p_correct must be in [0, 1], got {p_tool}, {p_correct}")
-        self.p_tool, self.p_correct = p_tool, p_correct
+        if confusion not in CONFUSIONS:
+            raise ValueError(f"confusion must be one of {CONFUSIONS}, got {confusion!r}")
+        self.p_tool, self.p_correct, self.confusion = p_tool, p_correct, confusion
 
     def _rng(self, episode: ToolEpisode) -> random.Random:
         return random.Random(f"{self.seed}/{episode.id}")
@@ -98,18 +103,25 @@ class TeacherAgent(ScriptedAgent):
         rng = self._rng(episode)
         rng.random()  # the tool draw
         right = episode.sample.answers[0]
-        return right if rng.random() < self.p_correct else plausible_wrong(episode, right, rng)
+        return right if rng.random() < self.p_correct else plausible_wrong(episode, right, rng, self.confusion)
 
 
-def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random) -> str:
+def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random, confusion: Confusion = "value") -> str:
     """A wrong answer of the right kind, made as a weak reader makes it.
 
-    A label: the one whose value is closest to the right label's, when the sample carries
-    its data (a consistent confusion of neighbours in value, which imitation inherits and
-    only a reward can correct); otherwise another label of the image. A number: 10-25% off.
+    A label, when the sample carries its data: with ``confusion`` "value" the label whose
+    value is closest to the right label's (neighbours in value mixed up), with "neighbor"
+    the label next to it on the axis or in the table, the following one or, for the last,
+    the one before (a label read off by one). Both are consistent confusions, which
+    imitation inherits and only a reward can correct. Without the data: another label of
+    the image. A number: 10-25% off.
     """
     values = asked_values(episode.sample.metadata)
     if right in values and len(values) > 1:
+        if confusion == "neighbor":
+            order = list(values)
+            at = order.index(right)
+            return order[at + 1] if at + 1 < len(order) else order[at - 1]
         return min((label for label in values if label != right), key=lambda c: abs(values[c] - values[right]))
     labels = [label for k, v in episode.bound.items() if k in TARGETS for label in label_names(v, k)]
     labels += [str(c) for c in episode.sample.metadata.get("table", {}).get("categories", [])]

@@ -7,7 +7,8 @@ question with the labels the focus tools accept (``templates/question.jinja``). 
 otherwise its actions run in the sandbox in order, and their results
 (``templates/observation.jinja`` plus the images they return) come back as a tool turn
 rendered by the same chat template, so image placeholders and images stay matched.
-Hitting a limit ends the episode with a named reason (``Trajectory.finish_reason``).
+Hitting a limit ends the episode with a named reason (``Trajectory.finish_reason``); so does
+an action that does not parse, with ``env.invalid_action: end``.
 
 Tools are offered per sample: one whose metadata (e.g. ``columns_bbox``) the sample
 lacks is neither described nor callable.
@@ -134,6 +135,8 @@ class ToolEpisode:
             traj.answer = parsed.answer
             return await self._end("answer")
         traj.actions += [ActionRecord(n, "invalid", "", False, error) for error in parsed.errors]
+        if parsed.errors and cfg.invalid_action == "end":
+            return await self._end("invalid_action")
         if n >= cfg.max_turns:
             return await self._end("max_turns")
         ran = sum(a.kind != "invalid" for a in traj.actions)

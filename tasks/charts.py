@@ -84,7 +84,8 @@ PALETTES = (
 )
 FONTS = ("DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono")
 SIZES = ((6.4, 4.8), (8.0, 5.0), (5.6, 5.6), (7.2, 4.0))
-SQUARE = (2.8, 2.8)
+SQUARE = (5.6, 5.6)  # inches; drawn at SQUARE_DPI: 280 px with the layout (fonts, margins) of a 560 px figure
+SQUARE_DPI = 50
 TITLES = ("Sales by category", "Survey results", "Production in tonnes", "Index", "Visitors (thousands)")
 PIE_TITLES = ("Share of respondents (%)", "Market share (%)", "Budget split (%)")
 REFERENCES = ("Target", "Average", "Last year", "Forecast")
@@ -109,11 +110,13 @@ class Style:
     palette: tuple[str, ...]
     grid: bool
     title: str
+    dpi: int = 100
 
     @classmethod
     def draw(cls, rng: random.Random, pie: bool = False, square: bool = False) -> Style:
         return cls(SQUARE if square else rng.choice(SIZES), {"family": rng.choice(FONTS), "size": rng.choice((8, 9, 10))},
-                   rng.choice(PALETTES), rng.random() < 0.5, rng.choice(PIE_TITLES if pie else TITLES))
+                   rng.choice(PALETTES), rng.random() < 0.5, rng.choice(PIE_TITLES if pie else TITLES),
+                   SQUARE_DPI if square else 100)
 
 
 def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values: Sequence[Sequence[Decimal]],
@@ -123,7 +126,7 @@ def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values:
     ``references`` are (name, value) dashed lines drawn behind the marks: numbers on the
     chart that answer nothing.
     """
-    fig = Figure(figsize=style.size, dpi=100)
+    fig = Figure(figsize=style.size, dpi=style.dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     font = style.font

@@ -52,18 +52,33 @@ def test_paired_bootstrap_interval():
         paired_bootstrap([1.0], [1.0, 0.0])
 
 
-def test_a_wrong_teacher_answers_the_label_nearest_in_value(run, tokenizer, vision):
-    """The teacher's mistakes are consistent (the runner-up, for "largest"), so imitation inherits them."""
+def _nearest_in_value(categories: list[str], values: list[float]) -> str:
+    return sorted(zip(values, categories))[-2][1]  # the runner-up
+
+
+def _next_on_the_axis(categories: list[str], values: list[float]) -> str:
+    at = values.index(max(values))
+    return categories[at + 1] if at + 1 < len(categories) else categories[at - 1]
+
+
+@pytest.mark.parametrize("confusion, expected", [("value", _nearest_in_value), ("neighbor", _next_on_the_axis)])
+def test_a_wrong_teacher_makes_its_documented_confusion(run, tokenizer, vision, confusion, expected):
+    """The teacher's mistakes are consistent (for "largest": the runner-up, or the bar next to
+    the tallest), so imitation inherits them."""
     samples = list(islice(synthetic_charts(seed=3, kinds=["v_bar"], families=["largest"], difficulty="starter",
                                            labels="letters"), 12))
+    agent = TeacherAgent(seed=0, p_tool=0.5, p_correct=0.0, brief=True, confusion=confusion)
 
     async def go():
         async with VisualToolEnv(EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=1)), tokenizer, vision) as env:
-            return await play_agent(env, tokenizer, TeacherAgent(seed=0, p_tool=0.5, p_correct=0.0, brief=True),
-                                    samples, "wrong")
+            return await play_agent(env, tokenizer, agent, samples, "wrong")
 
+    answers = []
     for sample, traj in zip(samples, run(go())):
         table = sample.metadata["table"]
-        ranked = sorted(zip(map(float, table["series"]["Value"]), table["categories"]))
-        assert traj.answer == ranked[-2][1]
+        answers.append(traj.answer)
+        assert traj.answer == expected(table["categories"], list(map(float, table["series"]["Value"])))
         assert "THOUGHT" not in tokenizer.decode(traj.token_ids)  # brief traces
+    assert len(set(answers)) > 1
+    with pytest.raises(ValueError, match="confusion"):
+        TeacherAgent(confusion="random")

@@ -126,6 +126,7 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
         env: {{max_turns: 2, action_formats: [code], sandbox: {{workers: 2}}}}
         task: {{name: synthetic_tables, args: {{difficulty: easy, families: [extrema, comparison]}}}}
         rollout: {{prompts_per_step: 2, group_size: 2, max_new_tokens: 12}}
+        algo: {{loss: {{kl_coef: 0.05}}}}
         warmstart: {{agent: teacher, agent_args: {{p_tool: 1.0, p_correct: 0.5}}, samples: 12, steps: 3,
                     batch_size: 4}}
         heldout: {{samples: 6, agent: teacher}}
@@ -143,6 +144,8 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     warm = [json.loads(line) for line in (run / "warmstart.jsonl").read_text().splitlines()]
     assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["sft_loss"] < warm[0]["sft_loss"]
     assert "heldout_accuracy_rl" in out
+    rl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rl[0]["kl"] < 1e-6  # the KL reference is the warm-started policy, not the initial one
 
 
 @pytest.mark.slow

@@ -117,6 +117,19 @@ def test_bad_actions_become_error_observations_and_are_counted(open_env, run, to
     vision.check(episode.trajectory.token_ids, [vision.token_count(im) for im in episode.trajectory.images])
 
 
+def test_an_env_told_to_end_on_an_invalid_action_ends_there_without_an_answer(open_env, run, tokenizer, sample):
+    broken = '<tool_call>{"name": "zoom_in", "arguments": {"box": [0, 0</tool_call>'
+    episode = open_env(invalid_action="end").reset(sample, "strict")
+    step = run(episode.step(text_turn(tokenizer, broken)))
+    traj = episode.trajectory
+    assert step.done and step.reason == "invalid_action" and traj.finish_reason == "invalid_action"
+    assert traj.answer is None and traj.tool_stats()["parse_errors"] == 1
+    valid = open_env(invalid_action="end").reset(sample, "strict-valid")
+    assert not run(valid.step(text_turn(tokenizer, zoom()))).done  # a call that parses still runs
+    lenient = open_env().reset(sample, "lenient")
+    assert not run(lenient.step(text_turn(tokenizer, broken))).done
+
+
 def test_json_only_env_reads_a_code_block_as_text(open_env, run, tokenizer, sample):
     episode = open_env(action_formats=["json"]).reset(sample, "json-only")
     step = run(episode.step(text_turn(tokenizer, "```python\ndisplay(image_1)\n```\nFINAL ANSWER: 7")))

@@ -124,6 +124,10 @@ class EnvConfig:
     max_observation_chars: int = 2000  # text of one tool result (printed output included) shown to the model
     templates: str = ""  # a folder whose system / question / observation .jinja files replace the built-ins
     observation_role: Literal["tool", "user"] = "tool"  # chat role of tool results ("user" for templates without tool turns)
+    # an action that does not parse: "retry" shows the parse error as the tool result and goes on;
+    # "end" ends the episode there (finish "invalid_action", no answer), so a reward on the answer
+    # makes a broken call cost what a wrong answer costs and RL keeps the call format
+    invalid_action: Literal["retry", "end"] = "retry"
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     def __post_init__(self) -> None:

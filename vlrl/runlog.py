@@ -24,6 +24,8 @@ from vlrl.types import Trajectory
 
 CURVES = {"reward.png": ("reward", "reward (mean over trajectories)"),
           "accuracy.png": ("accuracy", "accuracy (mean over trajectories)")}
+SMOOTH = 10  # steps in the running mean drawn over the per-step values
+MARK_COLOURS = ("#7f7f7f", "#d62728", "#2ca02c", "#9467bd")
 
 
 class RunDir:
@@ -68,20 +70,29 @@ class RunDir:
             prefix = "" if phase == "rl" else f"{phase}/"
             self._wandb.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    def plot(self) -> None:
-        """Rewrite the curves from the history so far."""
+    def plot(self, marks: dict[str, float] | None = None) -> None:
+        """Rewrite the curves from the history so far: each step's value and its running mean
+        over ``SMOOTH`` steps; ``marks`` (name -> accuracy, e.g. held-out figures) are drawn as
+        labelled horizontal lines on the accuracy curve."""
         steps = [r["step"] for r in self.history]
         for filename, (key, title) in CURVES.items():
-            values = [r.get(key) for r in self.history]
-            if not any(v is not None for v in values):
+            points = [(s, r[key]) for s, r in zip(steps, self.history) if r.get(key) is not None]
+            if not points:
                 continue
+            xs, ys = zip(*points)
             fig = Figure(figsize=(6, 3.6), dpi=100)
             FigureCanvasAgg(fig)
             ax = fig.add_subplot()
-            ax.plot(steps, values, marker="o", markersize=3)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.6, alpha=0.45, label="per step")
+            window = [sum(ys[max(0, k - SMOOTH + 1): k + 1]) / len(ys[max(0, k - SMOOTH + 1): k + 1])
+                      for k in range(len(ys))]
+            ax.plot(xs, window, linewidth=2, label=f"mean of the last {SMOOTH} steps")
+            for (name, value), colour in zip((marks or {}).items() if key == "accuracy" else (), MARK_COLOURS):
+                ax.axhline(value, color=colour, linestyle="--", linewidth=1.2, label=f"{name}: {value:.1%}")
             ax.set_xlabel("step")
             ax.set_title(title)
             ax.grid(color="#dddddd")
+            ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
             fig.savefig(self.path / filename)
 

@@ -4,14 +4,13 @@ Everything that can be checked is checked before any work starts (the config's k
 types, the model folder, the task, the reward). Each step:
   rollout  -- the rollout manager runs prompts_per_step x group_size trajectories;
   advantage -- group-normalized rewards; groups whose rewards all agree may be dropped (counted);
-  update   -- one optimizer step over the trajectories (in a thread: the event loop stays free);
+  update   -- one optimizer step over the trajectories (on the trainer's thread: the event loop stays free);
   sync     -- the new weights go to the engine as version + 1.
 Then metrics.jsonl, the curves, transcripts every K steps and checkpoints every N.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import random
@@ -42,6 +41,11 @@ from vlrl.trainer.lora import merged_state_dict
 from vlrl.trainer.policy import PolicyTrainer, TrainItem
 from vlrl.types import Sample, SamplingParams
 from vlrl.vision import VisionInputs
+from vlrl.worker_thread import WorkerThread
+
+# held-out figures drawn on accuracy.png (greedy answers to questions never trained on)
+HELDOUT_MARKS = {"teacher (held-out)": "teacher_accuracy", "warm start (held-out, greedy)": "heldout_accuracy_warmstart",
+                 "RL (held-out, greedy)": "heldout_accuracy_rl", "majority answer": "majority_baseline"}
 
 
 def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
@@ -120,6 +124,7 @@ async def train(cfg: TrainConfig) -> Path:
     sampling = SamplingParams(max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                               top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
     engine = await make_engine(cfg.model, cfg.engine)
+    compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
     wall = time.perf_counter()
     try:
         if trainer.version:
@@ -127,14 +132,16 @@ async def train(cfg: TrainConfig) -> Path:
         stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
         async with make_env(cfg.env, tokenizer, vision) as env:
             if teacher is not None and not cfg.resume:
-                await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run)
+                await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run, compute)
+                if trainer.reference is not None:  # KL keeps RL near what the warm start learned
+                    trainer.reference.load_state_dict(merged_state_dict(trainer.model))
             if heldout and not cfg.resume:
                 state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
             manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
                                      cfg.rollout.schedule)
             progress = _progress(cfg, state.step)
             for step in range(state.step, cfg.steps):
-                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer, critic)
+                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer, critic, compute)
                 state.step, state.cursor = step + 1, state.cursor + cfg.rollout.prompts_per_step
                 state.history = run.history
                 if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
@@ -154,7 +161,8 @@ async def train(cfg: TrainConfig) -> Path:
                 summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
     finally:
         await engine.close()
-    run.plot()
+        compute.close()
+    run.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
     last = run.history[-1] if run.history else {}
     summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
                 "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
@@ -176,7 +184,7 @@ def _heldout_samples(cfg: TrainConfig) -> list[Sample]:
 
 
 async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: VisionInputs, agent: Any,
-                      trainer: PolicyTrainer, engine: Any, run: RunDir) -> None:
+                      trainer: PolicyTrainer, engine: Any, run: RunDir, compute: WorkerThread) -> None:
     """Supervised steps on the agent's trajectories, then the weights go to the engine."""
     ws = cfg.warmstart
     samples = list(islice(task_stream(dataclasses.replace(cfg, seed=cfg.seed + 7919)), ws.samples))
@@ -184,11 +192,11 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
     demos = await play_agent(env, tokenizer, agent, samples, "warmstart")
     print(f"warm start: {len(demos)} {ws.agent} trajectories in {time.perf_counter() - start:.1f} s")
     optim = dataclasses.replace(cfg.optim, lr=ws.lr, warmup_steps=0, schedule="constant", lora_rank=0)
-    sft = PolicyTrainer(trainer.model, trainer.vision, optim, cfg.algo.loss, ws.steps)
+    sft = PolicyTrainer(trainer.model, trainer.vision, optim, dataclasses.replace(cfg.algo.loss, kl_coef=0.0), ws.steps)
     rng = random.Random(cfg.seed)
     progress = _progress(dataclasses.replace(cfg, steps=ws.steps, name=f"{cfg.name} warm start"), 0)
     for step in range(ws.steps):
-        metrics = await asyncio.to_thread(sft.imitate, rng.sample(demos, min(ws.batch_size, len(demos))))
+        metrics = await compute.run(sft.imitate, rng.sample(demos, min(ws.batch_size, len(demos))))
         run.log(step, metrics, phase="warmstart")
         if progress is not None:
             progress.update(1)
@@ -244,7 +252,8 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
 
 
 async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: PolicyTrainer, engine: Any,
-                stream: Iterator[Sample], run: RunDir, tokenizer: Any, critic: Critic | None) -> dict[str, Any]:
+                stream: Iterator[Sample], run: RunDir, tokenizer: Any, critic: Critic | None,
+                compute: WorkerThread) -> dict[str, Any]:
     start = time.perf_counter()
     samples = list(islice(stream, cfg.rollout.prompts_per_step))
     result = await manager.rollout(samples, seed=cfg.seed * 100_003 + step, tag=f"s{step}")
@@ -255,11 +264,11 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
         items, uniform = grpo_items(result.groups, cfg.algo.scale_advantages, cfg.algo.drop_uniform_groups)
         metrics["uniform_groups_dropped"] = uniform
     else:
-        items, values, returns = await asyncio.to_thread(ppo_items, result.groups, critic)
+        items, values, returns = await compute.run(ppo_items, result.groups, critic)
     if items:
-        metrics |= await asyncio.to_thread(_update, cfg, trainer, items, step)
+        metrics |= await compute.run(_update, cfg, trainer, items, step)
         if critic is not None:
-            metrics |= await asyncio.to_thread(critic.step, [it.trajectory for it in items], values, returns)
+            metrics |= await compute.run(critic.step, [it.trajectory for it in items], values, returns)
         metrics["sync_s"] = await trainer.push(engine)
     metrics["version"] = trainer.version
     metrics["step_s"] = time.perf_counter() - start

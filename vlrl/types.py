@@ -14,8 +14,10 @@ from PIL import Image
 FinishReason = Literal["stop", "length", "abort"]
 SegmentKind = Literal["prompt", "policy", "observation"]
 # Why a trajectory ended: an engine's finish reason when no environment drives it, else the
-# environment's (the model answered, or a turn / tool-call / image / context limit was hit).
-EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget", "context"]
+# environment's (the model answered, a turn / tool-call / image / context limit was hit, or it
+# wrote an action that does not parse where the env is told to end on one).
+EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget", "context",
+                    "invalid_action"]
 ActionKind = Literal["call", "code", "invalid"]
 
 

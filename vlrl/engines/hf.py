@@ -5,7 +5,7 @@ reusing the longest kept prefix of its ids (the KV of finished, aborted and pref
 requests is kept, up to a token budget, so a trajectory's next turn, a resumed request
 or the G samples of one prompt skip what was already computed), then joins one
 left-padded batch whose KV cache persists across steps; every step decodes one token
-for every running request. Model work runs in a worker thread under a lock, so the
+for every running request. Model work runs on the engine's own thread under a lock, so the
 event loop never blocks and weight updates happen between steps.
 """
 
@@ -29,6 +29,7 @@ from vlrl.engines.sampling import sample_next
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, SamplingParams
 from vlrl.vision import VisionInputs
+from vlrl.worker_thread import WorkerThread
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, H, L, D)
 
@@ -165,6 +166,7 @@ class HFEngine(Engine):
         self._gone: set[str] = set()
         self._done: OrderedDict[str, Completion] = OrderedDict()  # recently ended, for late aborts
         self._ids = itertools.count()
+        self._worker = WorkerThread("vlrl-hf-engine")
 
     # ----------------------------------------------------------------- public API
 
@@ -241,6 +243,7 @@ class HFEngine(Engine):
             except asyncio.CancelledError:
                 pass
             self._loop_task = None
+        self._worker.close()
 
     # ------------------------------------------------------------- event-loop side
 
@@ -294,7 +297,7 @@ class HFEngine(Engine):
                 self._waiting = self._waiting[room:]
                 gone, self._gone = self._gone, set()
                 try:
-                    results = await asyncio.to_thread(self._step, admit, gone)
+                    results = await self._worker.run(self._step, admit, gone)
                 except Exception as e:  # a failed forward must not leave consumers waiting forever
                     self._fail_running(admit, e)
                     continue
