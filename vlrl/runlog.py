@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 
 from vlrl.types import Trajectory
 
-CURVES = {"reward.png": ("reward", "reward (mean over trajectories)"),
-          "accuracy.png": ("accuracy", "accuracy (mean over trajectories)")}
+CURVES = {"reward.png": ("reward", "reward (mean over the step's sampled trajectories)"),
+          "accuracy.png": ("accuracy", "accuracy (mean over the step's sampled trajectories)")}
 SMOOTH = 10  # steps in the running mean drawn over the per-step values
 MARK_COLOURS = ("#7f7f7f", "#d62728", "#2ca02c", "#9467bd")
 

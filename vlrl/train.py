@@ -167,7 +167,8 @@ async def train(cfg: TrainConfig) -> Path:
     summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
                 "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
                 "weights_version": trainer.version}
-    summary.pop("heldout_correct_warmstart", None)
+    for key in ("heldout_correct_warmstart", "heldout_correct_teacher"):
+        summary.pop(key, None)
     run.finish(summary)
     _print_summary(summary, run.path)
     return run.path
@@ -213,7 +214,8 @@ async def _heldout_before(cfg: TrainConfig, env: Env, engine: Any, tokenizer: An
                                                                                                           reward)}
     if agent is not None:
         judged = await evaluate_agent(env, tokenizer, reward, agent, samples, tag="heldout-agent")
-        figures |= {"teacher_accuracy": judged.accuracy, "teacher_tool_call_rate": judged.tool_call_rate}
+        figures |= {"teacher_accuracy": judged.accuracy, "teacher_tool_call_rate": judged.tool_call_rate,
+                    "heldout_correct_teacher": judged.correct}
     before = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-ws")
     figures |= {"heldout_accuracy_warmstart": before.accuracy, "tool_call_rate_warmstart": before.tool_call_rate,
                 "heldout_correct_warmstart": before.correct}
@@ -227,6 +229,9 @@ async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any
     if "heldout_correct_warmstart" in before:
         figures["rl_gain_ci95"] = list(paired_bootstrap(before["heldout_correct_warmstart"], after.correct,
                                                         seed=cfg.seed))
+    if "heldout_correct_teacher" in before:  # RL minus the teacher, over the same questions
+        figures["rl_vs_teacher_ci95"] = list(paired_bootstrap(before["heldout_correct_teacher"], after.correct,
+                                                              seed=cfg.seed))
     return figures
 
 
@@ -239,7 +244,7 @@ def peak_rss_gb() -> float:
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
     keys = ("heldout_questions", "teacher_accuracy", "heldout_accuracy_warmstart", "heldout_accuracy_rl",
-            "rl_gain_ci95", "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "final_reward",
+            "rl_gain_ci95", "rl_vs_teacher_ci95", "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "final_reward",
             "wall_seconds", "peak_rss_gb")
     for key in keys:
         if summary.get(key) is not None:
