@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence, get_args
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,10 +55,11 @@ class Level:
     distractors: int  # reference lines (charts) or extra columns (tables) the question does not need
     spread: float = 1.0  # the largest value is >= spread x the runner-up, the smallest <= the next / spread
     square: bool = False  # square figures: shrunk to a few image tokens, each bar keeps tokens of its own
+    data_bars: bool = False  # tables: a bar under each number, its length the value (a spreadsheet's data bars)
 
 
 LEVELS = {
-    "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True),
+    "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True, data_bars=True),
     "easy": Level((3, 4), 1.0, 0),
     "medium": Level((5, 7), 0.5, 1),
     "hard": Level((8, 10), 0.0, 2),
@@ -266,6 +267,11 @@ def _strips(kind: Kind, categories: Sequence[str], marks: list[dict], labels: li
     return [{"label": s["label"], "x1": s["x1"], "y1": s["y1"], "x2": s["x2"], "y2": s["y2"]} for s in strips]
 
 
+def check_labels(labels: str) -> None:
+    if labels not in get_args(Labels):
+        raise ValueError(f"labels must be one of {get_args(Labels)}, got {labels!r}")
+
+
 def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KINDS,
                  families: Sequence[str] = FAMILIES, difficulty: str | None = None,
                  labels: Labels = "names") -> Sample:
@@ -274,8 +280,7 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     ``labels="letters"`` names the categories A, B, C, ... in order: the easiest rung, where
     a label follows from a bar's position and a tiny model need not read text.
     """
-    if labels not in ("names", "letters"):
-        raise ValueError(f"labels must be 'names' or 'letters', got {labels!r}")
+    check_labels(labels)
     name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")

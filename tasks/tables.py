@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.charts import CATEGORIES, CURRICULUM, LEVELS, SCALES, _distinct_values
+from tasks.charts import CATEGORIES, CURRICULUM, LETTERS, LEVELS, SCALES, Labels, _distinct_values, check_labels
 from tasks.questions import FAMILIES, ask, fmt
 from tasks.stream import indexed_stream
 from vlrl.task import task
@@ -44,6 +44,7 @@ HEADER_FILLS = ("#dbe8f6", "#e6e6e6", "#fbe5c8", "#d9f0d9")
 ZEBRA_FILLS = ("#f5f5f5", "#f2f7fc", "#ffffff")
 TEXT = (20, 20, 20)
 GRID = (150, 150, 150)
+DATA_BAR = "#9ec3e6"  # light enough that the digits on it stay dark on light
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,14 @@ def _font(family: str, size: int, bold: bool) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_manager.findfont(props, fallback_to_default=True), size)
 
 
-def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Sequence[bool]) -> tuple[Image.Image,
-                                                                                                    dict[str, Any]]:
-    """Draw ``cells`` (header row first) and return the image with its boxes."""
+def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Sequence[bool],
+                 bars: dict[int, Sequence[float]] | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """Draw ``cells`` (header row first) and return the image with its boxes.
+
+    ``bars``: column -> one value per body row; each of those cells gets a data bar from its
+    left edge, as long as its value is a share of the column's largest (spreadsheet data
+    bars: the order of the values is visible without reading a digit).
+    """
     body, head = _font(style.font, style.size, False), _font(style.font, style.size, True)
     px, py = style.pad
     n_cols = len(cells[0])
@@ -95,6 +101,9 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
         boxes = []
         for c, text in enumerate(row):
             x1, y1, x2, y2 = xs[c], ys[r], xs[c + 1], ys[r + 1]
+            if bars and c in bars and r > 0:
+                share = bars[c][r - 1] / max(max(bars[c]), 1e-9)
+                draw.rectangle((x1 + 2, y1 + 3, x1 + 2 + max(1, round(share * (x2 - x1 - 4))), y2 - 3), fill=DATA_BAR)
             width = font.getlength(text)
             x = x2 - px - width if numeric[c] and r > 0 else x1 + px  # numbers right-aligned, as people set them
             draw.text((x, y1 + py), text, fill=TEXT, font=font)
@@ -125,8 +134,12 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
 
 
 def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = FAMILIES,
-                 difficulty: str | None = None) -> Sample:
-    """One table question: data, table and question all drawn from ``rng``."""
+                 difficulty: str | None = None, labels: Labels = "names") -> Sample:
+    """One table question: data, table and question all drawn from ``rng``.
+
+    ``labels="letters"`` names the rows A, B, C, ... from the top, as charts name their bars.
+    """
+    check_labels(labels)
     name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
@@ -134,7 +147,7 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
         raise ValueError("families is empty; choose from " + ", ".join(FAMILIES))
     level = LEVELS[name]
     n = rng.randint(*level.categories)
-    starters = rng.sample(CATEGORIES, n)
+    starters = list(LETTERS[:n]) if labels == "letters" else rng.sample(CATEGORIES, n)
     extra = level.distractors + rng.randint(0, 1)
     numeric_names = rng.sample(NUMERIC_COLUMNS, 1 + rng.randint(0, extra))
     text_names = rng.sample(sorted(TEXT_COLUMNS), 1 + extra - len(numeric_names))
@@ -148,7 +161,8 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
     rng.shuffle(columns)
     header = [rng.choice(FIRST_HEADERS), *(c[0] for c in columns)]
     cells = [header] + [[starters[r], *(c[1][r] for c in columns)] for r in range(n)]
-    image, metadata = render_table(cells, TableStyle.draw(rng), [False, *(c[2] for c in columns)])
+    bars = {1 + k: [float(v) for v in values[c[0]]] for k, c in enumerate(columns) if c[2]} if level.data_bars else None
+    image, metadata = render_table(cells, TableStyle.draw(rng), [False, *(c[2] for c in columns)], bars)
     asked = rng.choice(numeric_names)
     about = f" for {asked}" if len(numeric_names) > 1 else ""
     family = rng.choice(tuple(families))
@@ -159,15 +173,18 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
 
 @task("synthetic_tables", reward="chartqa_relaxed")
 def synthetic_tables(seed: int = 0, families: Sequence[str] = FAMILIES, difficulty: str | None = None,
-                     workers: int = 1) -> Iterator[Sample]:
+                     labels: Labels = "names", workers: int = 1) -> Iterator[Sample]:
     """An endless, seeded stream of table questions; sample k depends only on (seed, k).
 
     ``workers`` > 1 renders ahead in that many processes (same samples, same order).
     """
-    table_sample(random.Random(f"table/{seed}/0"), "check", families, difficulty)  # bad args fail here
-    return indexed_stream(partial(table_at, seed, families=tuple(families), difficulty=difficulty), workers)
+    table_sample(random.Random(f"table/{seed}/0"), "check", families, difficulty, labels)  # bad args fail here
+    return indexed_stream(partial(table_at, seed, families=tuple(families), difficulty=difficulty, labels=labels),
+                          workers)
 
 
-def table_at(seed: int, index: int, families: Sequence[str] = FAMILIES, difficulty: str | None = None) -> Sample:
+def table_at(seed: int, index: int, families: Sequence[str] = FAMILIES, difficulty: str | None = None,
+             labels: Labels = "names") -> Sample:
     """Sample ``index`` of the stream ``seed`` (any process can make any sample)."""
-    return table_sample(random.Random(f"table/{seed}/{index}"), f"table-{seed}-{index}", families, difficulty)
+    return table_sample(random.Random(f"table/{seed}/{index}"), f"table-{seed}-{index}", families, difficulty,
+                        labels)

@@ -80,3 +80,43 @@ def test_the_task_names_its_reward_and_a_config_can_override_it():
         open_task(TaskConfig(name="synthetic_tables", reward="no_such_reward"))
     with pytest.raises(ValueError, match="does not take the arguments"):
         open_task(TaskConfig(name="synthetic_tables", args={"colour": "red"}))
+
+
+def test_starter_tables_show_each_number_as_a_data_bar_in_order():
+    """The starter rung draws a bar under every number of the asked column, as long as its
+    share of the largest: the tallest is visible without reading a digit."""
+    for s in islice(synthetic_tables(seed=2, difficulty="starter", families=["largest"]), 20):
+        m = s.metadata
+        header, *rows = m["cells"]
+        c = header.index(m["column_asked"])
+        pixels = np.asarray(s.images[0].convert("RGB")).astype(int)
+        lengths = []
+        for r in range(1, len(m["cells"])):
+            x1, y1, x2, y2 = m["cells_bbox"][r][c]
+            middle = pixels[(y1 + y2) // 2, x1:x2]
+            lengths.append(int((np.abs(middle - (0x9E, 0xC3, 0xE6)).sum(axis=1) < 30).sum()))
+        values = [float(row[c]) for row in rows]
+        assert lengths.index(max(lengths)) == values.index(max(values)) == [row[0] for row in rows].index(s.answers[0])
+        assert sorted(range(len(values)), key=values.__getitem__) == sorted(range(len(lengths)),
+                                                                              key=lengths.__getitem__)
+
+
+def test_charts_and_tables_alternate_in_one_stream():
+    args = {"charts": {"kinds": ["v_bar"], "difficulty": "starter", "labels": "letters"},
+            "tables": {"difficulty": "starter"}}
+    samples, reward = open_task(TaskConfig("synthetic_charts_and_tables", args), seed=4)
+    mixed = list(islice(samples, 6))
+    assert reward == "chartqa_relaxed"
+    assert [s.task for s in mixed] == ["synthetic_charts", "synthetic_tables"] * 3
+    alone = list(islice(open_task(TaskConfig("synthetic_tables", args["tables"]), seed=4)[0], 3))
+    assert [s.id for s in mixed[1::2]] == [s.id for s in alone] and mixed[1].question == alone[0].question
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        open_task(TaskConfig("synthetic_charts_and_tables", {"tables": {"difficulty": "expert"}}))
+
+
+def test_letter_labels_name_the_rows_from_the_top():
+    for s in islice(synthetic_tables(seed=6, difficulty="starter", families=["largest"], labels="letters"), 10):
+        starters = [row[0] for row in s.metadata["cells"][1:]]
+        assert starters == list("ABCD"[: len(starters)]) and s.answers[0] in starters
+    with pytest.raises(ValueError, match="labels must be"):
+        synthetic_tables(labels="numbers")

@@ -218,14 +218,15 @@ async def _heldout_before(cfg: TrainConfig, env: Env, engine: Any, tokenizer: An
                     "heldout_correct_teacher": judged.correct}
     before = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-ws")
     figures |= {"heldout_accuracy_warmstart": before.accuracy, "tool_call_rate_warmstart": before.tool_call_rate,
-                "heldout_correct_warmstart": before.correct}
+                "heldout_dropped_warmstart": dict(before.dropped), "heldout_correct_warmstart": before.correct}
     return figures
 
 
 async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any, reward: Any,
                          samples: list[Sample], before: dict[str, Any]) -> dict[str, Any]:
     after = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-rl")
-    figures: dict[str, Any] = {"heldout_accuracy_rl": after.accuracy, "tool_call_rate_rl": after.tool_call_rate}
+    figures: dict[str, Any] = {"heldout_accuracy_rl": after.accuracy, "tool_call_rate_rl": after.tool_call_rate,
+                               "heldout_dropped_rl": dict(after.dropped)}  # reason -> questions counted wrong
     if "heldout_correct_warmstart" in before:
         figures["rl_gain_ci95"] = list(paired_bootstrap(before["heldout_correct_warmstart"], after.correct,
                                                         seed=cfg.seed))
