@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,8 +85,7 @@ class RunDir:
             FigureCanvasAgg(fig)
             ax = fig.add_subplot()
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.6, alpha=0.45, label="per step")
-            window = [sum(ys[max(0, k - SMOOTH + 1): k + 1]) / len(ys[max(0, k - SMOOTH + 1): k + 1])
-                      for k in range(len(ys))]
+            window = [statistics.fmean(ys[max(0, k - SMOOTH + 1): k + 1]) for k in range(len(ys))]
             ax.plot(xs, window, linewidth=2, label=f"mean of the last {SMOOTH} steps")
             for (name, value), colour in zip((marks or {}).items() if key == "accuracy" else (), MARK_COLOURS):
                 ax.axhline(value, color=colour, linestyle="--", linewidth=1.2, label=f"{name}: {value:.1%}")
