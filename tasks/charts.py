@@ -56,10 +56,11 @@ class Level:
     spread: float = 1.0  # the largest value is >= spread x the runner-up, the smallest <= the next / spread
     square: bool = False  # square figures: shrunk to a few image tokens, each bar keeps tokens of its own
     data_bars: bool = False  # tables: a bar under each number, its length the value (a spreadsheet's data bars)
+    spare_columns: int = 1  # tables: up to this many extra columns beyond the distractors, drawn at random
 
 
 LEVELS = {
-    "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True, data_bars=True),
+    "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True, data_bars=True, spare_columns=0),
     "easy": Level((3, 4), 1.0, 0),
     "medium": Level((5, 7), 0.5, 1),
     "hard": Level((8, 10), 0.0, 2),

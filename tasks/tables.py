@@ -148,7 +148,7 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
     level = LEVELS[name]
     n = rng.randint(*level.categories)
     starters = list(LETTERS[:n]) if labels == "letters" else rng.sample(CATEGORIES, n)
-    extra = level.distractors + rng.randint(0, 1)
+    extra = level.distractors + rng.randint(0, level.spare_columns)
     numeric_names = rng.sample(NUMERIC_COLUMNS, 1 + rng.randint(0, extra))
     text_names = rng.sample(sorted(TEXT_COLUMNS), 1 + extra - len(numeric_names))
     columns: list[tuple[str, list[str], bool]] = []

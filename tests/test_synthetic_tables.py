@@ -83,11 +83,12 @@ def test_the_task_names_its_reward_and_a_config_can_override_it():
 
 
 def test_starter_tables_show_each_number_as_a_data_bar_in_order():
-    """The starter rung draws a bar under every number of the asked column, as long as its
-    share of the largest: the tallest is visible without reading a digit."""
+    """The starter rung has only the names and the asked column, with a bar under every number
+    as long as its share of the largest: the tallest is visible without reading a digit."""
     for s in islice(synthetic_tables(seed=2, difficulty="starter", families=["largest"]), 20):
         m = s.metadata
         header, *rows = m["cells"]
+        assert len(header) == 2  # the names and the one number column: nothing else to look at
         c = header.index(m["column_asked"])
         pixels = np.asarray(s.images[0].convert("RGB")).astype(int)
         lengths = []
