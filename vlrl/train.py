@@ -46,6 +46,9 @@ from vlrl.worker_thread import WorkerThread
 # held-out figures drawn on accuracy.png (greedy answers to questions never trained on)
 HELDOUT_MARKS = {"teacher (held-out)": "teacher_accuracy", "warm start (held-out, greedy)": "heldout_accuracy_warmstart",
                  "RL (held-out, greedy)": "heldout_accuracy_rl", "majority answer": "majority_baseline"}
+# paired 95% intervals of RL minus a baseline over the same held-out questions: figure -> the baseline's
+# per-question results (the warm start's: the RL gain; the teacher's: whether RL beats it)
+PAIRED = {"rl_gain_ci95": "heldout_correct_warmstart", "rl_vs_teacher_ci95": "heldout_correct_teacher"}
 
 
 def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
@@ -167,8 +170,8 @@ async def train(cfg: TrainConfig) -> Path:
     summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
                 "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
                 "weights_version": trainer.version}
-    for key in ("heldout_correct_warmstart", "heldout_correct_teacher"):
-        summary.pop(key, None)
+    for baseline in PAIRED.values():  # per-question lists: kept for resume, not for the summary
+        summary.pop(baseline, None)
     run.finish(summary)
     _print_summary(summary, run.path)
     return run.path
@@ -227,12 +230,9 @@ async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any
     after = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-rl")
     figures: dict[str, Any] = {"heldout_accuracy_rl": after.accuracy, "tool_call_rate_rl": after.tool_call_rate,
                                "heldout_dropped_rl": dict(after.dropped)}  # reason -> questions counted wrong
-    if "heldout_correct_warmstart" in before:
-        figures["rl_gain_ci95"] = list(paired_bootstrap(before["heldout_correct_warmstart"], after.correct,
-                                                        seed=cfg.seed))
-    if "heldout_correct_teacher" in before:  # RL minus the teacher, over the same questions
-        figures["rl_vs_teacher_ci95"] = list(paired_bootstrap(before["heldout_correct_teacher"], after.correct,
-                                                              seed=cfg.seed))
+    for name, baseline in PAIRED.items():
+        if baseline in before:
+            figures[name] = list(paired_bootstrap(before[baseline], after.correct, seed=cfg.seed))
     return figures
 
 
@@ -245,7 +245,7 @@ def peak_rss_gb() -> float:
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
     keys = ("heldout_questions", "teacher_accuracy", "heldout_accuracy_warmstart", "heldout_accuracy_rl",
-            "rl_gain_ci95", "rl_vs_teacher_ci95", "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "final_reward",
+            *PAIRED, "majority_baseline", "tool_call_rate_warmstart", "tool_call_rate_rl", "final_reward",
             "wall_seconds", "peak_rss_gb")
     for key in keys:
         if summary.get(key) is not None:
