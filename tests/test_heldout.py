@@ -12,7 +12,7 @@ from tasks.charts import synthetic_charts
 from tasks.rewards import chartqa_relaxed
 from tasks.tables import synthetic_tables
 from vlrl.config import EnvConfig
-from vlrl.heldout import evaluate_agent, majority_baseline, paired_bootstrap
+from vlrl.heldout import accuracy_by_task, evaluate_agent, majority_baseline, paired_bootstrap
 from vlrl.play import play_agent
 from vlrl.sandbox.pool import SandboxConfig
 from vlrl.types import Sample
@@ -82,3 +82,12 @@ def test_a_wrong_teacher_makes_its_documented_confusion(run, tokenizer, vision, 
     assert len(set(answers)) > 1
     with pytest.raises(ValueError, match="confusion"):
         TeacherAgent(confusion="random")
+
+
+def test_accuracy_by_task_splits_a_mixed_held_out_set():
+    samples = [Sample(str(k), (), "q", ("A",), task=task) for k, task in enumerate(["charts", "tables"] * 3)]
+    by_task = accuracy_by_task(samples, {"warmstart": [1, 0, 1, 0, 0, 0], "rl": [1, 1, 1, 1, 0, 1]})
+    assert by_task == {"charts": {"questions": 3, "warmstart": 2 / 3, "rl": 2 / 3},
+                       "tables": {"questions": 3, "warmstart": 0.0, "rl": 1.0}}
+    with pytest.raises(ValueError, match="rl has 2 results for 6 questions"):
+        accuracy_by_task(samples, {"rl": [1, 0]})

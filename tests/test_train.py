@@ -148,6 +148,9 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     assert summary["heldout_dropped_warmstart"] == summary["heldout_dropped_rl"] == {}  # nothing broke here
     assert summary["heldout_questions"] == 6 and summary["teacher_tool_call_rate"] == 1.0
     assert summary["weights_version"] == 3  # the warm start's push, then two RL steps
+    assert summary["heldout_by_task"] == {"synthetic_tables": {
+        "questions": 6, "teacher": summary["teacher_accuracy"], "warmstart": summary["heldout_accuracy_warmstart"],
+        "rl": summary["heldout_accuracy_rl"]}}
     warm = [json.loads(line) for line in (run / "warmstart.jsonl").read_text().splitlines()]
     assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["sft_loss"] < warm[0]["sft_loss"]
     assert "heldout_accuracy_rl" in out

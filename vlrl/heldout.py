@@ -73,6 +73,23 @@ def majority_baseline(samples: Sequence[Sample], reward: Reward) -> float:
     return sum(s.parts.get("accuracy", s.total) for s in scores) / len(samples)
 
 
+def accuracy_by_task(samples: Sequence[Sample], correct: dict[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """Per task of a mixed held-out set (``Sample.task``): its question count and each policy's accuracy.
+
+    ``correct`` maps a policy's name (teacher, warmstart, rl...) to its per-question results in
+    the order of ``samples``; a mix can hide one task falling while the other rises.
+    """
+    for name, results in correct.items():
+        if len(results) != len(samples):
+            raise ValueError(f"{name} has {len(results)} results for {len(samples)} questions")
+    rows: dict[str, list[int]] = {}
+    for at, sample in enumerate(samples):
+        rows.setdefault(sample.task, []).append(at)
+    return {task: {"questions": len(at), **{name: sum(results[k] for k in at) / len(at)
+                                            for name, results in correct.items()}}
+            for task, at in rows.items()}
+
+
 def paired_bootstrap(before: Sequence[float], after: Sequence[float], resamples: int = 10_000,
                      seed: int = 0) -> tuple[float, float]:
     """95% interval of mean(after - before) over questions resampled with replacement."""

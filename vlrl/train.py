@@ -29,7 +29,7 @@ from vlrl.config import TrainConfig, to_dict
 from vlrl.engines import make_engine
 from vlrl.engines.base import check_model_dir
 from vlrl.env import Env, make_env
-from vlrl.heldout import evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
+from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
 from vlrl.play import play_agent
 from vlrl.registry import resolve
 from vlrl.rollout.manager import RolloutManager, RolloutResult
@@ -233,6 +233,9 @@ async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any
     for name, baseline in PAIRED.items():
         if baseline in before:
             figures[name] = list(paired_bootstrap(before[baseline], after.correct, seed=cfg.seed))
+    policies = {name: before[f"heldout_correct_{name}"] for name in ("teacher", "warmstart")
+                if f"heldout_correct_{name}" in before}
+    figures["heldout_by_task"] = accuracy_by_task(samples, policies | {"rl": after.correct})
     return figures
 
 
@@ -253,6 +256,11 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
             shown = f"[{value[0]:+.3f}, {value[1]:+.3f}]" if isinstance(value, list) else (
                 f"{value:.3f}" if isinstance(value, float) else value)
             print(f"  {key:28s} {shown}")
+    by_task = summary.get("heldout_by_task", {})
+    if len(by_task) > 1:  # a mix: one line per task
+        for task, figures in by_task.items():
+            shown = ", ".join(f"{name} {value:.3f}" for name, value in figures.items() if name != "questions")
+            print(f"  {task:28s} {figures['questions']} questions: {shown}")
     print(f"run written to {path} (summary.json, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
           "checkpoints/)")
 
