@@ -233,9 +233,8 @@ async def _heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any
     for name, baseline in PAIRED.items():
         if baseline in before:
             figures[name] = list(paired_bootstrap(before[baseline], after.correct, seed=cfg.seed))
-    policies = {name: before[f"heldout_correct_{name}"] for name in ("teacher", "warmstart")
-                if f"heldout_correct_{name}" in before}
-    figures["heldout_by_task"] = accuracy_by_task(samples, policies | {"rl": after.correct})
+    earlier = {key.removeprefix("heldout_correct_"): before[key] for key in PAIRED.values() if key in before}
+    figures["heldout_by_task"] = accuracy_by_task(samples, earlier | {"rl": after.correct})
     return figures
 
 
