@@ -86,6 +86,14 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class NextTokenScores:
+    """Raw log-probabilities (temperature 1, whole vocabulary) of chosen next tokens after a prompt."""
+
+    logprobs: tuple[float, ...]  # one per asked token id, in the order asked
+    cached_tokens: int = 0  # prompt tokens served from cache
+
+
+@dataclass(frozen=True)
 class Segment:
     """A contiguous piece of a trajectory, born in one place.
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, GenerationConfig
 
-from vlrl.types import Completion, Delta, SamplingParams
+from vlrl.types import Completion, Delta, NextTokenScores, SamplingParams
 
 T = TypeVar("T")
 NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
@@ -64,6 +64,20 @@ class Engine(abc.ABC):
         A later ``prefill`` or ``generate`` whose ids extend the same prefix reuses this
         work. The return value is the number of prompt tokens served from cache.
         """
+
+    @abc.abstractmethod
+    async def score_next(
+        self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image], token_ids: Sequence[int]
+    ) -> NextTokenScores:
+        """Raw logprobs of each of ``token_ids`` as the token right after ``prompt_ids``.
+
+        What a verifier asks ("Yes" or "No"?). The prompt's prefix is reused from cache as in
+        ``prefill``, so a trajectory prefilled chunk by chunk is only finished here.
+        """
+
+    @abc.abstractmethod
+    async def reset_prefix_cache(self) -> None:
+        """Drop every cached prefix, so the next requests compute from scratch (cold-start measurements)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -122,6 +136,15 @@ def model_eos_ids(model_dir: Path) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
+def check_token_ids(token_ids: Sequence[int], vocab_size: int, request_key: str) -> list[int]:
+    """Token ids to score, as a list; raises ValueError unless there is at least one and all are in the vocabulary."""
+    ids = [int(t) for t in token_ids]
+    if not ids:
+        raise ValueError(f"request {request_key!r}: no token ids to score")
+    _check_vocab(ids, vocab_size, f"request {request_key!r}: token id to score")
+    return ids
+
+
 def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: int, request_id: str) -> list[int]:
     """Validated prompt ids as a list; raises ValueError naming the offending value."""
     ids = [int(t) for t in prompt_ids]
@@ -132,7 +155,11 @@ def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_model_len: int,
             f"request {request_id!r}: prompt of {len(ids)} tokens does not fit the model's context of "
             f"{max_model_len} tokens (max_model_len)"
         )
+    _check_vocab(ids, vocab_size, f"request {request_id!r}: token id")
+    return ids
+
+
+def _check_vocab(ids: Sequence[int], vocab_size: int, what: str) -> None:
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise ValueError(f"request {request_id!r}: token id {bad} is outside the vocabulary [0, {vocab_size})")
-    return ids
+        raise ValueError(f"{what} {bad} is outside the vocabulary [0, {vocab_size})")

@@ -24,10 +24,18 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids, remember
+from vlrl.engines.base import (
+    Engine,
+    NamedTensors,
+    check_model_dir,
+    check_prompt,
+    check_token_ids,
+    model_eos_ids,
+    remember,
+)
 from vlrl.engines.sampling import sample_next
 from vlrl.model.rope import mrope_positions
-from vlrl.types import Completion, Delta, FinishReason, SamplingParams
+from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
 from vlrl.worker_thread import WorkerThread
 
@@ -54,6 +62,8 @@ class _Request:
     image_keys: list[str]
     sampling: SamplingParams
     cache_key: str  # where its KV is kept when it ends
+    score_ids: tuple[int, ...] = ()  # prefill-only requests: next tokens whose logprobs to report
+    scores: tuple[float, ...] = ()
     queue: asyncio.Queue[Delta | Exception | None] = field(default_factory=asyncio.Queue)
     generator: torch.Generator | None = None
     suppress: torch.Tensor | None = None
@@ -205,15 +215,14 @@ class HFEngine(Engine):
         return _completion(req)
 
     async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
-        req = self._admit(
-            prompt_ids, images, SamplingParams(max_tokens=0), f"prefill-{request_key}-{next(self._ids)}",
-            cache_key=request_key,
-        )
-        while (item := await req.queue.get()) is not None:
-            if isinstance(item, Exception):
-                raise RuntimeError(f"HF engine: prefill of {request_key!r} failed: {item}") from item
-        self._retire(req)
-        return req.reused
+        return (await self._prefill_only(request_key, prompt_ids, images, ())).reused
+
+    async def score_next(
+        self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image], token_ids: Sequence[int]
+    ) -> NextTokenScores:
+        wanted = tuple(check_token_ids(token_ids, self.vocab_size, request_key))
+        req = await self._prefill_only(request_key, prompt_ids, images, wanted)
+        return NextTokenScores(req.scores, req.reused)
 
     async def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         items = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
@@ -231,6 +240,10 @@ class HFEngine(Engine):
                     state[name].copy_(tensor)
             self._prefixes.clear()
             self.version = version
+
+    async def reset_prefix_cache(self) -> None:
+        async with self._get_lock():
+            self._prefixes.clear()
 
     async def close(self) -> None:
         for req in list(self._requests.values()):
@@ -254,6 +267,7 @@ class HFEngine(Engine):
         sampling: SamplingParams,
         request_id: str,
         cache_key: str,
+        score_ids: tuple[int, ...] = (),
     ) -> _Request:
         ids = check_prompt(prompt_ids, self.vocab_size, self.max_model_len, request_id)
         live = self._requests.get(request_id)
@@ -262,7 +276,7 @@ class HFEngine(Engine):
         prepared = self.vision.prepare_for(ids, images, where=f"request {request_id!r}")
         req = _Request(
             id=request_id, prompt_ids=ids, images=prepared, image_keys=[_image_key(im) for im in prepared],
-            sampling=sampling, cache_key=cache_key,
+            sampling=sampling, cache_key=cache_key, score_ids=score_ids,
         )
         if sampling.seed is not None:
             req.generator = torch.Generator().manual_seed(sampling.seed)
@@ -272,6 +286,20 @@ class HFEngine(Engine):
         self._ensure_loop()
         assert self._wake is not None
         self._wake.set()
+        return req
+
+    async def _prefill_only(
+        self, key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image], score_ids: tuple[int, ...]
+    ) -> _Request:
+        """Run the prompt's uncached part, keep its KV under ``key``, and read ``score_ids``' logprobs."""
+        req = self._admit(
+            prompt_ids, images, SamplingParams(max_tokens=0), f"prefill-{key}-{next(self._ids)}", cache_key=key,
+            score_ids=score_ids,
+        )
+        while (item := await req.queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise RuntimeError(f"HF engine: prefill of {key!r} failed: {item}") from item
+        self._retire(req)
         return req
 
     def _get_lock(self) -> asyncio.Lock:
@@ -370,6 +398,9 @@ class HFEngine(Engine):
                 logits = self._prefill(req)
                 fresh[same] = (logits, req.kv, req.next_pos)
             if req.sampling.max_tokens == 0:
+                if req.score_ids:
+                    logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+                    req.scores = tuple(logprobs[list(req.score_ids)].tolist())
                 self._keep_prefix(req.cache_key, req.prompt_ids, req.image_keys, req.kv)
                 req.finish = "length"
                 continue

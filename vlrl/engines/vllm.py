@@ -24,8 +24,16 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoConfig
 
-from vlrl.engines.base import Engine, NamedTensors, check_model_dir, check_prompt, model_eos_ids, remember
-from vlrl.types import Completion, Delta, FinishReason, SamplingParams
+from vlrl.engines.base import (
+    Engine,
+    NamedTensors,
+    check_model_dir,
+    check_prompt,
+    check_token_ids,
+    model_eos_ids,
+    remember,
+)
+from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
 
 # vLLM bounds logit_bias; this is far below any logit a model produces.
@@ -161,6 +169,29 @@ class VLLMEngine(Engine):
             cached = out.num_cached_tokens or cached
         return int(cached)
 
+    async def score_next(
+        self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image], token_ids: Sequence[int]
+    ) -> NextTokenScores:
+        """A one-token request that reports the raw logprobs of ``token_ids`` (vLLM's ``logprob_token_ids``)."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        wanted = check_token_ids(token_ids, self.vocab_size, request_key)
+        self._prefills += 1
+        rid = f"score-{request_key}-{self._prefills}"
+        ids, prompt = self._prompt(prompt_ids, images, rid)
+        params = VSamplingParams(n=1, max_tokens=1, temperature=0.0, logprob_token_ids=wanted,
+                                 output_kind=RequestOutputKind.FINAL_ONLY)
+        final = None
+        async for out in self.llm.generate(prompt, params, rid):  # type: ignore[attr-defined]
+            _check_expanded(rid, ids, out)
+            final = out
+        step = final.outputs[0].logprobs[0] if final is not None and final.outputs[0].logprobs else {}
+        missing = [t for t in wanted if t not in step]
+        if missing:
+            raise RuntimeError(f"request {rid!r}: vLLM returned no logprob for token ids {missing}")
+        return NextTokenScores(tuple(float(step[t].logprob) for t in wanted), int(final.num_cached_tokens or 0))
+
     async def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         items = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
         # clone: tied weights share storage, which safetensors refuses to write
@@ -178,6 +209,9 @@ class VLLMEngine(Engine):
                 self.version = version
             finally:
                 await self.llm.resume_generation()  # type: ignore[attr-defined]
+
+    async def reset_prefix_cache(self) -> None:
+        await self.llm.reset_prefix_cache()  # type: ignore[attr-defined]
 
     def _retire(self, request_id: str, stream: _Stream) -> None:
         """Forget a request whose stream has ended, remembering its result for a while."""

@@ -1,0 +1,1 @@
+"""Model-based rewards: verifiers that read a trajectory and judge its answer."""

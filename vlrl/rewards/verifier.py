@@ -1,0 +1,147 @@
+"""A model-based verifier: a VLM asked whether a trajectory's answer is correct, fed while it is written.
+
+The score is P("Yes") normalized over the Yes / No answers: with ``y`` and ``n`` the
+summed probabilities of the yes-words and the no-words as the first token of the reply,
+
+    score = y / (y + n)
+
+read from the raw next-token logprobs (``Engine.score_next``), so temperature and the
+policy's sampling settings play no part.
+
+A trajectory is fed incrementally: ``extend(traj_id, ids, images)`` hands over what was
+generated or observed since the last call and prefills it at once (the engine keeps the
+KV: the HF engine per trajectory, vLLM through its prefix cache), so by the time the
+policy stops only the last piece and the question remain; ``finish(traj_id)`` appends the
+question and scores. The score is a function of the ids and images alone: fed in chunks
+of any size or all at once, it is the same number (up to float summation order).
+
+The verifier reads the policy's token ids as they are, so it must share the policy's
+tokenizer (the policy itself, or a bigger model of the same family).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from PIL import Image
+
+from vlrl.engines.base import Engine
+
+QUESTION = "Is the final answer above correct? Answer Yes or No."
+# the turn that asks: Qwen's chat format, closing the policy's turn first if it was cut off
+TURN = "\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's score of one trajectory, and where its prefill work happened."""
+
+    score: float  # P(Yes) normalized over Yes / No
+    early_tokens: int  # tokens prefilled by ``extend`` before ``finish`` (hidden under decoding)
+    late_tokens: int  # tokens ``finish`` had to compute itself (the question included)
+    finish_s: float  # seconds ``finish`` took: what the trajectory waited for after its last token
+
+
+@dataclass
+class _Feed:
+    ids: list[int] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    fed: int = 0  # how many of ``ids`` the engine has prefilled
+    early: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Verifier:
+    """Scores trajectories on ``engine``; see the module docstring."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, question: str = QUESTION,
+                 yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",)):
+        self.engine = engine
+        self.yes_ids = _single_tokens(tokenizer, yes, "yes")
+        self.no_ids = _single_tokens(tokenizer, no, "no")
+        if set(self.yes_ids) & set(self.no_ids):
+            raise ValueError(f"verifier: yes words {list(yes)} and no words {list(no)} share a token")
+        turn = TURN.format(question=question)
+        self.turn_ids = tokenizer.encode(turn, add_special_tokens=False)
+        self.closed_turn_ids = tokenizer.encode(END_OF_TURN + turn, add_special_tokens=False)
+        self.end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        self._feeds: dict[str, _Feed] = {}
+
+    async def extend(self, traj_id: str, new_ids: Sequence[int], new_images: Sequence[Image.Image] = ()) -> None:
+        """Append the trajectory's next piece (its images' placeholders complete) and prefill it.
+
+        Calls for one trajectory may overlap: a call that finds its piece already
+        prefilled by a later one's returns at once, so a slow verifier catches up in one
+        prefill instead of one per chunk.
+        """
+        feed = self._feeds.setdefault(traj_id, _Feed())
+        feed.ids.extend(new_ids)
+        feed.images.extend(new_images)
+        async with feed.lock:
+            if feed.fed >= len(feed.ids):
+                return
+            ids, images = list(feed.ids), list(feed.images)
+            reused = await self.engine.prefill(_key(traj_id), ids, images)
+            feed.early += len(ids) - reused
+            feed.fed = len(ids)
+
+    async def finish(self, traj_id: str) -> Verdict:
+        """Ask the question after everything extended so far; score; forget the trajectory."""
+        feed = self._feeds.get(traj_id)
+        if feed is None or not feed.ids:
+            raise KeyError(f"verifier: nothing was extended for trajectory {traj_id!r}")
+        start = time.perf_counter()
+        async with feed.lock:
+            self._feeds.pop(traj_id, None)
+            ids = feed.ids + (self.turn_ids if feed.ids[-1] == self.end_of_turn else self.closed_turn_ids)
+            scores = await self.engine.score_next(_key(traj_id), ids, feed.images, self.yes_ids + self.no_ids)
+        score = self._normalize(traj_id, scores.logprobs)
+        return Verdict(score, feed.early, len(ids) - scores.cached_tokens, time.perf_counter() - start)
+
+    async def score(self, traj_id: str, ids: Sequence[int], images: Sequence[Image.Image]) -> Verdict:
+        """The whole trajectory at once: the non-streamed score."""
+        self.discard(traj_id)
+        self._feeds[traj_id] = _Feed(list(ids), list(images))
+        return await self.finish(traj_id)
+
+    def discard(self, traj_id: str) -> None:
+        """Forget a trajectory that will not be finished (it failed, or was dropped)."""
+        self._feeds.pop(traj_id, None)
+
+    def _normalize(self, traj_id: str, logprobs: Sequence[float]) -> float:
+        k = len(self.yes_ids)
+        yes, no = _logsumexp(logprobs[:k]), _logsumexp(logprobs[k:])
+        if not (math.isfinite(yes) and math.isfinite(no)):
+            raise ValueError(f"verifier: no Yes/No probability for trajectory {traj_id!r} "
+                             f"(log P(yes) = {yes}, log P(no) = {no})")
+        return 1.0 / (1.0 + math.exp(no - yes))
+
+
+def _key(traj_id: str) -> str:
+    return f"verify/{traj_id}"
+
+
+def _single_tokens(tokenizer: Any, words: Sequence[str], what: str) -> list[int]:
+    """Each word's one token id; ValueError naming a word the tokenizer splits or lacks."""
+    if not words:
+        raise ValueError(f"verifier: no {what} words given")
+    ids = []
+    for word in words:
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ValueError(f"verifier: the {what} word {word!r} is {len(pieces)} tokens {pieces} in this "
+                             "tokenizer; give words that are one token each")
+        ids.append(pieces[0])
+    return ids
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    if not math.isfinite(top):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))
