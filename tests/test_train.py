@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import textwrap
 
@@ -67,6 +68,19 @@ def test_train_logs_learns_checkpoints_and_serves_new_weights(config, tmp_path, 
 
 
 @pytest.mark.slow
+def test_a_verifier_model_judges_every_trajectory_while_it_streams(config, tmp_path, tiny_dir):
+    vlrl("train", str(config), "rollout.schedule=async", f"verifier.model={tiny_dir}", "verifier.weight=0.25",
+         "verifier.chunk_tokens=auto", "checkpoint_every=0")
+    run = (tmp_path / "runs" / "latest").resolve()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert 0.0 < r["verifier"] < 1.0
+        assert math.isclose(r["reward"], 0.75 * r["accuracy"] + 0.25 * r["verifier"], abs_tol=1e-9)
+        assert r["verifier_early_tokens"] > 0 and 0.0 < r["verifier_hidden_fraction"] < 1.0
+    assert [r["chunk_tokens"] for r in records] == [16, 16, 32]  # auto: each size for 2 steps, smallest first
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     vlrl("train", str(config))
     whole = (tmp_path / "runs" / "latest").resolve()
@@ -88,6 +102,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     ("model.path=/nowhere", "model folder '/nowhere' does not exist"),
     ("task.name=no_such_task", "unknown task 'no_such_task'"),
     ("resume=/nowhere", "not a vlrl checkpoint"),
+    ("verifier.model=/nowhere", "model folder '/nowhere' does not exist"),
+    ("verifier.chunk_tokens=-1", "chunk_tokens must be >= 0 or auto, got -1"),
+    ("verifier.weight=2", "weight must be in [0, 1], got 2"),
 ])
 def test_bad_config_fails_before_any_work(config, tmp_path, override, message):
     result = vlrl("train", str(config), override, check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import pytest
 import torch
@@ -92,3 +93,82 @@ def test_bad_verifier_input_is_named(hf_engine, run, tokenizer):
         run(verifier.finish("never-fed"))
     with pytest.raises(ValueError, match="no Yes/No probability for trajectory 't'"):
         verifier._normalize("t", [-math.inf, -math.inf])
+
+
+def verified_rollout(run, engine, tokenizer, vision, schedule, chunk, weight=0.5):
+    from envs.visual_tool import VisualToolEnv
+    from tasks.charts import synthetic_charts
+    from tasks.rewards import chartqa_relaxed
+    from vlrl.config import EnvConfig
+    from vlrl.rollout.manager import RolloutManager
+    from vlrl.sandbox.pool import SandboxConfig
+    from vlrl.types import SamplingParams
+
+    samples = list(islice(synthetic_charts(seed=5, kinds=("v_bar",)), 3))
+    config = EnvConfig(max_turns=2, invalid_action="retry", sandbox=SandboxConfig(workers=1))
+
+    async def go():
+        async with VisualToolEnv(config, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=24), 2,
+                                     schedule, Verifier(engine, tokenizer), weight, chunk)
+            return await manager.rollout(samples, seed=1)
+
+    return run(go())
+
+
+@pytest.mark.parametrize("schedule, chunk", [("async", 4), ("sync", 4), ("async", 0)])
+def test_rollout_rewards_mix_the_verdict_and_streaming_changes_no_score(hf_engine, run, tokenizer, vision, schedule,
+                                                                        chunk):
+    result = verified_rollout(run, hf_engine, tokenizer, vision, schedule, chunk)
+    trajs = result.trajectories
+    assert len(trajs) == 6 and not result.dropped
+    fresh = Verifier(hf_engine, tokenizer)
+    for t in trajs:
+        again = run(fresh.score(f"again-{t.id}", t.token_ids, t.images)).score
+        assert abs(t.reward_parts["verifier"] - again) < 1e-5
+        assert math.isclose(t.reward, 0.5 * t.reward_parts["accuracy"] + 0.5 * again, abs_tol=1e-5)
+        streamed_early = t.timings["verifier_early_tokens"] > 0
+        assert streamed_early == (schedule == "async" and chunk > 0)  # sync and chunk 0 read it whole at the end
+
+
+def test_the_feed_hands_over_turns_in_chunks_and_observations_with_their_images(hf_engine, run, tokenizer,
+                                                                                trajectory):
+    """The rollout manager's calls on a two-turn, two-image trajectory, replayed as it grew."""
+    from vlrl.rollout.feed import VerifierFeed
+    from vlrl.types import Trajectory
+
+    verifier = Verifier(hf_engine, tokenizer)
+    run(hf_engine.reset_prefix_cache())
+    whole = run(verifier.score("feed-whole", trajectory.token_ids, trajectory.images))
+    run(hf_engine.reset_prefix_cache())
+
+    async def replay():
+        feed = VerifierFeed(verifier, "feed", chunk=5)
+        grown = Trajectory("feed", "demo", [])
+        for seg in trajectory.segments:
+            if seg.kind == "policy":
+                for i in range(0, len(seg.token_ids), 3):  # deltas of 3 tokens, chunks of 5
+                    feed.tokens(seg.token_ids[i: i + 3])
+            grown.segments.append(seg)
+            if seg.kind != "policy":
+                feed.catch_up(grown)  # the next turn starts: the observation goes over with its image
+        assert feed.sent_images == 2
+        return await feed.finish(grown)
+
+    verdict = run(replay())
+    assert abs(verdict.score - whole.score) < 1e-5
+    assert verdict.late_tokens < 40 and verdict.early_tokens >= len(trajectory.token_ids)
+
+
+def test_the_chunk_tuner_tries_each_size_keeps_the_fastest_and_tries_again():
+    from vlrl.rollout.chunks import ChunkTuner
+
+    tuner = ChunkTuner(candidates=(8, 32, 128), window=2, retry_every=3)
+    step_time = {8: 5.0, 32: 3.0, 128: 4.0}
+    chosen = []
+    for _ in range(6 + 3 + 6):
+        chosen.append(tuner.current)
+        tuner.observe(step_time[tuner.current])
+    assert chosen == [8, 8, 32, 32, 128, 128, 32, 32, 32, 8, 8, 32, 32, 128, 128]
+    with pytest.raises(ValueError, match="positive token counts"):
+        ChunkTuner(candidates=(0, 16))

@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 
+from vlrl.rewards.verifier import QUESTION
 from vlrl.sandbox.pool import SandboxConfig
 from vlrl.task import TaskConfig
 from vlrl.trainer.critic import CriticConfig
@@ -191,6 +192,26 @@ class RolloutConfig:
 
 
 @dataclass
+class VerifierConfig:
+    """A model that judges each trajectory's answer: its P(Yes) is logged and may weigh in the reward."""
+
+    model: str = ""  # "": none; "policy": the policy's own engine (self-verification); else a model folder sharing
+    #                  the policy's tokenizer, run on its own engine of engine.kind
+    weight: float = 0.0  # reward = (1 - weight) x rule-based + weight x P(Yes); 0: scored and logged only
+    question: str = QUESTION
+    yes: list[str] = field(default_factory=lambda: ["Yes"])  # one token each; their probabilities are summed
+    no: list[str] = field(default_factory=lambda: ["No"])
+    chunk_tokens: int | Literal["auto"] = 64  # rollout.schedule async: policy tokens per piece streamed while
+    #                                           decoding (0: the whole trajectory at its end); auto: tuned online
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {self.weight}")
+        if self.chunk_tokens != "auto" and self.chunk_tokens < 0:
+            raise ValueError(f"chunk_tokens must be >= 0 or auto, got {self.chunk_tokens}")
+
+
+@dataclass
 class AlgoConfig:
     """The RL algorithm and its loss."""
 
@@ -257,6 +278,7 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
     steps: int = 10
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)

@@ -25,13 +25,15 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
-from vlrl.config import TrainConfig, to_dict
+from vlrl.config import ModelConfig, TrainConfig, to_dict
 from vlrl.engines import make_engine
-from vlrl.engines.base import check_model_dir
+from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import Env, make_env
 from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
 from vlrl.play import play_agent
 from vlrl.registry import resolve
+from vlrl.rewards.verifier import Verifier
+from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
@@ -78,6 +80,13 @@ def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
         "tokens_per_s": sum(policy_tokens) / max(result.seconds["generate"], 1e-9),
         "behavior_version": min((v for t in trajs for v in t.versions if v >= 0), default=-1),
     }
+    judged = [t.timings for t in trajs if "verifier_early_tokens" in t.timings]
+    if judged:  # where the verifier's prefill happened: under decoding (early) or after the last token (late)
+        early = sum(t["verifier_early_tokens"] for t in judged)
+        late = sum(t["verifier_late_tokens"] for t in judged)
+        metrics |= {"verifier_early_tokens": early, "verifier_late_tokens": late,
+                    "verifier_hidden_fraction": early / max(early + late, 1),
+                    "verifier_finish_s": sum(t["verifier_finish_s"] for t in judged) / len(judged)}
     return metrics
 
 
@@ -101,6 +110,8 @@ def task_stream(cfg: TrainConfig, first: Iterable[Sample] | None = None) -> Iter
 async def train(cfg: TrainConfig) -> Path:
     """Run ``cfg``; returns the run directory."""
     model_dir = check_model_dir(cfg.model.path)
+    if cfg.verifier.model not in ("", "policy"):
+        check_model_dir(cfg.verifier.model)
     first_epoch, reward_name = open_task(cfg.task, cfg.seed)  # the task, its reward, the agents: before any work
     reward = resolve("reward", reward_name)
     teacher = resolve("agent", cfg.warmstart.agent)(seed=cfg.seed, **cfg.warmstart.agent_args) \
@@ -129,7 +140,10 @@ async def train(cfg: TrainConfig) -> Path:
     engine = await make_engine(cfg.model, cfg.engine)
     compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
     wall = time.perf_counter()
+    verifier_engine = None
     try:
+        verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
+        tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
         if trainer.version:
             await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
         stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
@@ -141,10 +155,15 @@ async def train(cfg: TrainConfig) -> Path:
             if heldout and not cfg.resume:
                 state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
             manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
-                                     cfg.rollout.schedule)
+                                     cfg.rollout.schedule, verifier, cfg.verifier.weight,
+                                     tuner.current if tuner else int(cfg.verifier.chunk_tokens))
             progress = _progress(cfg, state.step)
             for step in range(state.step, cfg.steps):
+                if tuner is not None:
+                    manager.chunk_tokens = tuner.current
                 metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer, critic, compute)
+                if tuner is not None:
+                    tuner.observe(metrics["step_s"])
                 state.step, state.cursor = step + 1, state.cursor + cfg.rollout.prompts_per_step
                 state.history = run.history
                 if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
@@ -164,6 +183,8 @@ async def train(cfg: TrainConfig) -> Path:
                 summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
     finally:
         await engine.close()
+        if verifier_engine is not None:
+            await verifier_engine.close()
         compute.close()
     run.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
     last = run.history[-1] if run.history else {}
@@ -175,6 +196,21 @@ async def train(cfg: TrainConfig) -> Path:
     run.finish(summary)
     _print_summary(summary, run.path)
     return run.path
+
+
+async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any) -> tuple[Verifier | None,
+                                                                                       Engine | None]:
+    """The verifier ``cfg.verifier`` asks for, and the engine started for it (None when it shares the policy's)."""
+    v = cfg.verifier
+    if not v.model:
+        return None, None
+    engine, own = policy_engine, None
+    if v.model != "policy":
+        if AutoTokenizer.from_pretrained(v.model).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"verifier.model {v.model!r} has a different tokenizer from the policy's "
+                             f"({cfg.model.path!r}); the verifier reads the policy's token ids as they are")
+        engine = own = await make_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine)
+    return Verifier(engine, tokenizer, v.question, v.yes, v.no), own
 
 
 def _heldout_samples(cfg: TrainConfig) -> list[Sample]:
@@ -271,6 +307,8 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
     samples = list(islice(stream, cfg.rollout.prompts_per_step))
     result = await manager.rollout(samples, seed=cfg.seed * 100_003 + step, tag=f"s{step}")
     metrics = rollout_metrics(result)
+    if manager.verifier is not None:
+        metrics["chunk_tokens"] = manager.chunk_tokens
     for message in result.errors:
         print(f"step {step}: dropped: {message}")
     if critic is None:

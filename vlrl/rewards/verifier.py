@@ -25,11 +25,12 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image
 
-from vlrl.engines.base import Engine
+if TYPE_CHECKING:  # vlrl.engines imports the config, which imports the verifier's defaults
+    from vlrl.engines.base import Engine
 
 QUESTION = "Is the final answer above correct? Answer Yes or No."
 # the turn that asks: Qwen's chat format, closing the policy's turn first if it was cut off

@@ -5,8 +5,14 @@ keep decoding (the engine batches whatever requests are in flight). Observation 
 enter with loss mask 0 through the episode; every policy token keeps its behavior
 logprob and the weight version that sampled it. G trajectories of one sample form a
 ``Group``. How rewards are scheduled is the ``schedule``: ``sync`` rewards every
-trajectory after all have finished (the baseline the papers compare against); the
-overlap scheduler rewards each as it ends.
+trajectory after all have finished (the baseline the papers compare against); ``async``
+rewards each as it ends.
+
+With a ``verifier`` (a model judging the answer, ``vlrl.rewards.verifier``), its P(Yes) is
+the reward part ``verifier`` and weighs ``verifier_weight`` in the total. Under ``async``
+with ``chunk_tokens`` > 0 each trajectory streams to it while decoding (``VerifierFeed``:
+every ``chunk_tokens`` policy tokens and each observation), so the verifier's prefill
+hides under the policy's decoding; under ``sync`` it reads each whole trajectory at the end.
 
 Nothing is lost: a trajectory whose engine request, episode or reward raises is recorded
 in ``RolloutResult.dropped`` with the reason, and its group is not trained (GRPO trains
@@ -19,11 +25,13 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, Literal, Sequence
 
-from vlrl.engines.base import Engine
+from vlrl.engines.base import Engine, collect
 from vlrl.env import Env
-from vlrl.types import Group, Sample, SamplingParams, Score, Trajectory
+from vlrl.rewards.verifier import Verdict, Verifier
+from vlrl.rollout.feed import VerifierFeed
+from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Trajectory
 
 Schedule = Literal["sync", "async"]
 Reward = Callable[[str, Sequence[str]], Score]
@@ -42,18 +50,66 @@ class RolloutResult:
     def trajectories(self) -> list[Trajectory]:
         return [t for g in self.groups for t in g.trajectories]
 
+    def add(self, sample: Sample, members: Sequence[Trajectory | BaseException]) -> None:
+        """Keep a whole group, or count its trajectories as dropped with the first errors' messages."""
+        failures = [m for m in members if isinstance(m, BaseException)]
+        if not failures:
+            self.groups.append(Group(sample, [m for m in members if isinstance(m, Trajectory)]))
+            return
+        for failure in failures:
+            if isinstance(failure, asyncio.CancelledError):
+                raise failure
+            self.dropped[f"error: {type(failure).__name__}"] += 1
+            if len(self.errors) < 5:
+                self.errors.append(f"sample {sample.id!r}: {type(failure).__name__}: {failure}")
+        if len(failures) < len(members):
+            self.dropped["group incomplete"] += len(members) - len(failures)
+
 
 class RolloutManager:
     """Samples x G trajectories through ``engine`` and ``env``, rewarded by ``reward``."""
 
     def __init__(self, engine: Engine, env: Env, tokenizer: Any, reward: Reward, sampling: SamplingParams,
-                 group_size: int, schedule: Schedule = "sync"):
+                 group_size: int, schedule: Schedule = "sync", verifier: Verifier | None = None,
+                 verifier_weight: float = 0.0, chunk_tokens: int = 0):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if schedule not in ("sync", "async"):
             raise ValueError(f"unknown schedule {schedule!r}; choose sync or async")
+        if not 0.0 <= verifier_weight <= 1.0:
+            raise ValueError(f"verifier_weight must be in [0, 1], got {verifier_weight}")
+        if chunk_tokens < 0:
+            raise ValueError(f"chunk_tokens must be >= 0, got {chunk_tokens}")
         self.engine, self.env, self.tokenizer, self.reward = engine, env, tokenizer, reward
         self.sampling, self.group_size, self.schedule = sampling, group_size, schedule
+        self.verifier, self.verifier_weight = verifier, verifier_weight
+        self.chunk_tokens = chunk_tokens  # the overlap scheduler may retune it between rollouts
+        self._open = asyncio.Event()  # cleared while paused: no trajectory starts or resumes decoding
+        self._open.set()
+        self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
+        self._paused: set[str] = set()  # requests aborted by ``pause``, to be resumed
+
+    async def pause(self) -> int:
+        """Stop decoding everywhere: requests in flight are aborted and keep their tokens; returns how many.
+
+        A trajectory inside a tool call finishes the call (its result is kept) and waits
+        before its next turn; ``resume`` lets every trajectory continue where it stopped,
+        re-prefilling its prefix under the weights of that time.
+        """
+        self._open.clear()
+        running = list(self._running.values())
+        self._paused.update(running)
+        for request in running:
+            await self.engine.abort(request)
+        return len(running)
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def start_group(self, sample: Sample, tag: str, seed: int) -> list[asyncio.Task[Trajectory]]:
+        """The ``group_size`` trajectories of ``sample`` as tasks, each rewarded when it ends."""
+        return [asyncio.create_task(self._trajectory(sample, f"{tag}-{k}", seed * 1_000_003 + k, True))
+                for k in range(self.group_size)]
 
     async def rollout(self, samples: Sequence[Sample], seed: int, tag: str = "r") -> RolloutResult:
         """One rollout: every sample ``group_size`` times. ``seed`` makes the sampling reproducible."""
@@ -69,22 +125,14 @@ class RolloutManager:
         by_sample: dict[int, list[Trajectory | BaseException]] = {}
         for n, outcome in enumerate(outcomes):
             by_sample.setdefault(n // self.group_size, []).append(outcome)
+        if not rewarded:
+            whole = [i for i, members in by_sample.items() if not any(isinstance(m, BaseException) for m in members)]
+            scored = await asyncio.gather(*(self._reward_or_error(m, samples[i])  # type: ignore[arg-type]
+                                            for i in whole for m in by_sample[i]))
+            for k, i in enumerate(whole):
+                by_sample[i] = scored[k * self.group_size: (k + 1) * self.group_size]
         for i, sample in enumerate(samples):
-            members = by_sample[i]
-            if not rewarded and not any(isinstance(m, BaseException) for m in members):
-                members = [self._score_or_error(m, sample) for m in members]  # type: ignore[arg-type]
-            failures = [m for m in members if isinstance(m, BaseException)]
-            if failures:
-                for failure in failures:
-                    if isinstance(failure, asyncio.CancelledError):
-                        raise failure
-                    result.dropped[f"error: {type(failure).__name__}"] += 1
-                    if len(result.errors) < 5:
-                        result.errors.append(f"sample {sample.id!r}: {type(failure).__name__}: {failure}")
-                if len(failures) < len(members):
-                    result.dropped["group incomplete"] += len(members) - len(failures)
-                continue
-            result.groups.append(Group(sample, [m for m in members if isinstance(m, Trajectory)]))
+            result.add(sample, by_sample[i])
         end = time.perf_counter()
         result.seconds = {"wall": end - start, "generate": generated - start, "reward": end - generated}
         return result
@@ -92,41 +140,116 @@ class RolloutManager:
     async def _trajectory(self, sample: Sample, traj_id: str, seed: int, reward_now: bool) -> Trajectory:
         episode = self.env.reset(sample, traj_id)
         traj = episode.trajectory
-        decode = act = 0.0
+        feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens) \
+            if self.verifier is not None and reward_now else None
+        traj.timings = {"decode_s": 0.0, "env_s": 0.0, "paused_s": 0.0}
         start = time.perf_counter()
         try:
             turn = 0
             while not episode.done:
-                sampling = _with_seed(self.sampling, seed * 64 + turn)
-                t0 = time.perf_counter()
-                completion = await self.engine.complete(traj.token_ids, traj.images, sampling, f"{traj_id}/t{turn}")
+                if feed is not None:
+                    feed.catch_up(traj)
+                await self._wait_if_paused(traj)
+                completion = await self._turn(traj, _with_seed(self.sampling, seed * 64 + turn), f"{traj_id}/t{turn}",
+                                              feed)
                 t1 = time.perf_counter()
                 await episode.step(completion)
-                decode, act = decode + t1 - t0, act + time.perf_counter() - t1
+                traj.timings["env_s"] += time.perf_counter() - t1
                 turn += 1
+        except BaseException:
+            if feed is not None:
+                feed.cancel()
+            raise
         finally:
             await episode.close()
-        traj.timings = {"decode_s": decode, "env_s": act, "wall_s": time.perf_counter() - start}
+        traj.timings["wall_s"] = time.perf_counter() - start
         if reward_now:
-            score_trajectory(traj, sample, self.tokenizer, self.reward)
+            await self._reward(traj, sample, feed)
         return traj
 
-    def _score_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
+    async def _turn(self, traj: Trajectory, sampling: SamplingParams, request: str,
+                    feed: VerifierFeed | None) -> Completion:
+        """One policy turn. A request aborted by ``pause`` resumes after it from the tokens it had:
+        the turn's tokens are the pre-pause ones followed by the post-resume ones, each with the
+        logprob and weight version that produced it."""
+        ids: list[int] = []
+        logprobs: list[float] = []
+        versions: list[int] = []
+        part = 0
+        while True:
+            rid = request if part == 0 else f"{request}/resumed-{part}"
+            params = replace(sampling, max_tokens=sampling.max_tokens - len(ids),
+                             seed=None if sampling.seed is None else (sampling.seed + 7_919 * part) % 2**31)
+            self._running[traj.id] = rid
+            t0 = time.perf_counter()
+            try:
+                stream = self.engine.generate(traj.token_ids + ids, traj.images, params, rid)
+                piece = await collect(rid, _tap(stream, feed) if feed is not None else stream)
+            finally:
+                self._running.pop(traj.id, None)
+                traj.timings["decode_s"] += time.perf_counter() - t0
+            ids += piece.token_ids
+            logprobs += piece.logprobs
+            versions += piece.versions
+            paused = rid in self._paused
+            self._paused.discard(rid)
+            if piece.finish_reason != "abort" or not paused:
+                return Completion(request, tuple(ids), tuple(logprobs), tuple(versions), piece.finish_reason)
+            await self._wait_if_paused(traj)
+            part += 1
+
+    async def _wait_if_paused(self, traj: Trajectory) -> None:
+        if self._open.is_set():
+            return
+        t0 = time.perf_counter()
+        traj.deferred_steps += 1
+        await self._open.wait()
+        traj.timings["paused_s"] += time.perf_counter() - t0
+
+    async def _reward(self, traj: Trajectory, sample: Sample, feed: VerifierFeed | None = None) -> None:
+        """The rule-based reward of the final answer, mixed with the verifier's verdict if there is one."""
+        t0 = time.perf_counter()
+        score_trajectory(traj, sample, self.tokenizer, self.reward)
+        if self.verifier is not None:
+            feed = feed or VerifierFeed(self.verifier, traj.id, 0)
+            try:
+                verdict = await feed.finish(traj)
+            except BaseException:
+                feed.cancel()
+                raise
+            mix_verdict(traj, verdict, self.verifier_weight)
+        traj.timings["reward_s"] = time.perf_counter() - t0
+
+    async def _reward_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
         try:
-            score_trajectory(traj, sample, self.tokenizer, self.reward)
+            await self._reward(traj, sample)
         except Exception as e:  # a broken reward drops this group, counted, and the run goes on
             return e
         return traj
 
 
+async def _tap(stream: AsyncIterator[Delta], feed: VerifierFeed) -> AsyncIterator[Delta]:
+    """``stream`` unchanged, with each delta's tokens handed to ``feed`` on the way."""
+    async for delta in stream:
+        feed.tokens(delta.token_ids)
+        yield delta
+
+
 def score_trajectory(traj: Trajectory, sample: Sample, tokenizer: Any, reward: Reward) -> None:
     """Reward the final policy turn's text (decoded for the reward only; training keeps the ids)."""
-    t0 = time.perf_counter()
     last = next((s for s in reversed(traj.segments) if s.kind == "policy"), None)
     text = tokenizer.decode(last.token_ids, skip_special_tokens=True) if last is not None else ""
     score = reward(text, sample.answers)
     traj.reward, traj.reward_parts = score.total, dict(score.parts)
-    traj.timings["reward_s"] = time.perf_counter() - t0
+
+
+def mix_verdict(traj: Trajectory, verdict: Verdict, weight: float) -> None:
+    """total = (1 - weight) x rule-based + weight x P(Yes); the verdict and its prefill split are recorded."""
+    assert traj.reward is not None
+    traj.reward = (1.0 - weight) * traj.reward + weight * verdict.score
+    traj.reward_parts["verifier"] = verdict.score
+    traj.timings |= {"verifier_early_tokens": verdict.early_tokens, "verifier_late_tokens": verdict.late_tokens,
+                     "verifier_finish_s": verdict.finish_s}
 
 
 def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:
