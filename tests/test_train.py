@@ -80,6 +80,32 @@ def test_a_verifier_model_judges_every_trajectory_while_it_streams(config, tmp_p
     assert [r["chunk_tokens"] for r in records] == [16, 16, 32]  # auto: each size for 2 steps, smallest first
 
 
+def groups_accounted(records, group_size):
+    """(groups that entered, groups trained + dropped + carried at the end) over a run's records."""
+    entered = sum(r["groups_started"] for r in records)
+    trained = sum(r["trajectories"] for r in records) // group_size
+    dropped = sum(r["dropped"].get("staleness", 0) for r in records) // group_size
+    return entered, trained + dropped + records[-1]["groups_carried"]
+
+
+@pytest.mark.slow
+def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(config, tmp_path):
+    overlap = ["rollout.schedule=overlap", "rollout.extra_groups=2", "rollout.max_staleness=1", "steps=4"]
+    vlrl("train", str(config), *overlap)
+    whole = (tmp_path / "runs" / "latest").resolve()
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["groups_started"] == 4 and all(r["trajectories"] == 6 for r in records)  # B = 2 groups of 3
+    assert all(r["extra_groups"] == 2 and 0.0 <= r["deferred_fraction"] <= 1.0 for r in records)
+    entered, accounted = groups_accounted(records, 3)
+    assert entered == accounted
+    pending = torch.load(whole / "checkpoints" / "step-2" / "state.pt", weights_only=False)["pending"]
+    vlrl("train", str(config), *overlap, f"resume={whole / 'checkpoints' / 'step-2'}")
+    resumed = (tmp_path / "runs" / "latest").resolve()
+    after = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()][2:]
+    entered, accounted = groups_accounted(after, 3)
+    assert len(pending) + entered == accounted  # the checkpoint's groups in flight were started again
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     vlrl("train", str(config))
@@ -105,6 +131,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     ("verifier.model=/nowhere", "model folder '/nowhere' does not exist"),
     ("verifier.chunk_tokens=-1", "chunk_tokens must be >= 0 or auto, got -1"),
     ("verifier.weight=2", "weight must be in [0, 1], got 2"),
+    ("rollout.extra_groups=-1", "extra_groups must be >= 0 or auto, got -1"),
+    ("rollout.schedule=later", "not one of ['sync', 'async', 'overlap']"),
 ])
 def test_bad_config_fails_before_any_work(config, tmp_path, override, message):
     result = vlrl("train", str(config), override, check=False)

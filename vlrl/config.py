@@ -180,7 +180,11 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    schedule: Literal["sync", "async"] = "sync"  # sync: reward after all trajectories end; async: as each ends
+    schedule: Literal["sync", "async", "overlap"] = "sync"  # sync: reward after all trajectories end; async: as
+    #   each ends; overlap: async, and a step closes when prompts_per_step groups are whole, the rest carried over
+    extra_groups: int | Literal["auto"] = 0  # (overlap) groups in flight beyond prompts_per_step (Δ); auto: start
+    #   at a quarter of prompts_per_step, +-1/8 of it per step while the reward's 5-step slope is (not) positive
+    max_staleness: int = 1  # (overlap) steps a group may be carried over before it is dropped (counted)
 
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1:
@@ -189,6 +193,10 @@ class RolloutConfig:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.extra_groups != "auto" and self.extra_groups < 0:
+            raise ValueError(f"extra_groups must be >= 0 or auto, got {self.extra_groups}")
+        if self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from vlrl.registry import resolve
 from vlrl.rewards.verifier import Verifier
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
+from vlrl.rollout.scheduler import ExtraTuner, OverlapScheduler
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
@@ -154,17 +155,21 @@ async def train(cfg: TrainConfig) -> Path:
                     trainer.reference.load_state_dict(merged_state_dict(trainer.model))
             if heldout and not cfg.resume:
                 state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
+            overlap = cfg.rollout.schedule == "overlap"
             manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
-                                     cfg.rollout.schedule, verifier, cfg.verifier.weight,
+                                     "async" if overlap else cfg.rollout.schedule, verifier, cfg.verifier.weight,
                                      tuner.current if tuner else int(cfg.verifier.chunk_tokens))
+            scheduler = _scheduler(cfg, manager, state) if overlap else None
             progress = _progress(cfg, state.step)
             for step in range(state.step, cfg.steps):
                 if tuner is not None:
                     manager.chunk_tokens = tuner.current
-                metrics = await _step(cfg, step, manager, trainer, engine, stream, run, tokenizer, critic, compute)
+                metrics = await _step(cfg, step, manager, scheduler, trainer, engine, stream, run, tokenizer, critic,
+                                      compute)
                 if tuner is not None:
                     tuner.observe(metrics["step_s"])
-                state.step, state.cursor = step + 1, state.cursor + cfg.rollout.prompts_per_step
+                state.step, state.cursor = step + 1, state.cursor + metrics["groups_started"]
+                state.pending = scheduler.pending() if scheduler is not None else []
                 state.history = run.history
                 if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
                     run.plot()
@@ -178,6 +183,8 @@ async def train(cfg: TrainConfig) -> Path:
                                          tools=f"{metrics.get('tool_call_rate', 0):.2f}")
             if progress is not None:
                 progress.close()
+            if scheduler is not None:
+                await scheduler.close()
             summary = dict(state.summary)
             if heldout:
                 summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
@@ -300,13 +307,28 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
           "checkpoints/)")
 
 
-async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: PolicyTrainer, engine: Any,
-                stream: Iterator[Sample], run: RunDir, tokenizer: Any, critic: Critic | None,
-                compute: WorkerThread) -> dict[str, Any]:
+def _scheduler(cfg: TrainConfig, manager: RolloutManager, state: RunState) -> OverlapScheduler:
+    """The overlap scheduler, with a checkpoint's groups in flight started again first."""
+    groups, extra = cfg.rollout.prompts_per_step, cfg.rollout.extra_groups
+    tuner = ExtraTuner(-(-groups // 4), groups, max(1, groups // 8)) if extra == "auto" else None
+    scheduler = OverlapScheduler(manager, groups, tuner.extra if tuner else int(extra), cfg.rollout.max_staleness,
+                                 tuner)
+    scheduler.readmit(state.pending, seed=cfg.seed * 100_003 + state.step, tag=f"s{state.step}-resumed")
+    return scheduler
+
+
+async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
+                trainer: PolicyTrainer, engine: Any, stream: Iterator[Sample], run: RunDir, tokenizer: Any,
+                critic: Critic | None, compute: WorkerThread) -> dict[str, Any]:
     start = time.perf_counter()
-    samples = list(islice(stream, cfg.rollout.prompts_per_step))
-    result = await manager.rollout(samples, seed=cfg.seed * 100_003 + step, tag=f"s{step}")
-    metrics = rollout_metrics(result)
+    seed = cfg.seed * 100_003 + step
+    if scheduler is None:
+        samples = list(islice(stream, cfg.rollout.prompts_per_step))
+        result = await manager.rollout(samples, seed=seed, tag=f"s{step}")
+        metrics = rollout_metrics(result) | {"groups_started": len(samples)}
+    else:
+        result, stats = await scheduler.step(lambda n: list(islice(stream, n)), seed=seed, tag=f"s{step}")
+        metrics = rollout_metrics(result) | stats.metrics()
     if manager.verifier is not None:
         metrics["chunk_tokens"] = manager.chunk_tokens
     for message in result.errors:
@@ -323,6 +345,8 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, trainer: P
         metrics["sync_s"] = await trainer.push(engine)
     metrics["version"] = trainer.version
     metrics["step_s"] = time.perf_counter() - start
+    if scheduler is not None:
+        scheduler.tune(metrics.get("reward", 0.0))
     run.log(step, metrics)
     if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
         run.transcripts(step, result.trajectories, tokenizer)

@@ -88,6 +88,7 @@ class RolloutManager:
         self._open.set()
         self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
         self._paused: set[str] = set()  # requests aborted by ``pause``, to be resumed
+        self._live: dict[str, Trajectory] = {}  # trajectories not yet ended
 
     async def pause(self) -> int:
         """Stop decoding everywhere: requests in flight are aborted and keep their tokens; returns how many.
@@ -97,6 +98,8 @@ class RolloutManager:
         re-prefilling its prefix under the weights of that time.
         """
         self._open.clear()
+        for traj in self._live.values():
+            traj.deferred_steps += 1
         running = list(self._running.values())
         self._paused.update(running)
         for request in running:
@@ -144,6 +147,7 @@ class RolloutManager:
             if self.verifier is not None and reward_now else None
         traj.timings = {"decode_s": 0.0, "env_s": 0.0, "paused_s": 0.0}
         start = time.perf_counter()
+        self._live[traj_id] = traj
         try:
             turn = 0
             while not episode.done:
@@ -161,6 +165,7 @@ class RolloutManager:
                 feed.cancel()
             raise
         finally:
+            self._live.pop(traj_id, None)
             await episode.close()
         traj.timings["wall_s"] = time.perf_counter() - start
         if reward_now:
@@ -202,7 +207,6 @@ class RolloutManager:
         if self._open.is_set():
             return
         t0 = time.perf_counter()
-        traj.deferred_steps += 1
         await self._open.wait()
         traj.timings["paused_s"] += time.perf_counter() - t0
 

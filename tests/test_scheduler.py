@@ -1,0 +1,132 @@
+"""The overlap scheduler: batches close at B whole groups, the rest are paused, resumed, or dropped as stale."""
+
+from __future__ import annotations
+
+import asyncio
+from itertools import islice
+
+import pytest
+
+from envs.visual_tool import VisualToolEnv
+from scripted_engine import ScriptedEngine
+from tasks.charts import synthetic_charts
+from tasks.rewards import chartqa_relaxed
+from vlrl.config import EnvConfig
+from vlrl.engines.parity import logprob_parity
+from vlrl.rollout.manager import RolloutManager
+from vlrl.rollout.scheduler import OverlapScheduler
+from vlrl.sandbox.pool import SandboxConfig
+from vlrl.types import SamplingParams
+
+NO_TOOLS = EnvConfig(tools=[], max_turns=1, sandbox=SandboxConfig(workers=1))
+
+# answer lengths in tokens, per trajectory ("s{step}-{group}-{member}"), and the schedule they force
+# (B = 2 groups per step, 2 extra in flight, at most 2 steps carried over; G = 2):
+#   step 0: s0-0 ends at tick 5, s0-2 at 9            -> trains s0-0, s0-2; pauses s0-1, s0-3 at 9 tokens
+#   step 1: resumed + s1-0, s1-1 (end 3 and 5 ticks later, tick 14)
+#                                                       -> trains s1-0, s1-1; s0-1, s0-3 carried twice
+#   step 2: + s2-0 (30 ticks: tick 44), s2-1 (50); s0-1 ends at tick 40
+#                                                       -> trains s0-1 (older first) and s2-0;
+#                                                          s0-3 carried a 3rd time: dropped (staleness);
+#                                                          s2-1 carried once
+LENGTHS = {
+    "s0-0": (3, 5), "s0-1": (40, 2), "s0-2": (4, 9), "s0-3": (60, 60),
+    "s1-0": (2, 3), "s1-1": (5, 1),
+    "s2-0": (30, 30), "s2-1": (50, 50),
+}
+
+
+def length_of(traj_id: str) -> int:
+    group, member = traj_id.rsplit("-", 1)
+    return LENGTHS[group][int(member)]
+
+
+def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenizer, vision):
+    engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    drawn = list(islice(synthetic_charts(seed=0, kinds=("v_bar",)), 8))
+    samples = iter(drawn)
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=100), 2,
+                                     "async")
+            scheduler = OverlapScheduler(manager, groups=2, extra=2, max_staleness=2)
+            steps = []
+            for step in range(3):
+                result, stats = await scheduler.step(lambda n: list(islice(samples, n)), seed=step, tag=f"s{step}")
+                steps.append((result, stats, engine.ticks))
+                await engine.update_weights({}, step + 1)
+            left = [f.sample.id for f in scheduler.flights]
+            await scheduler.close()
+            return steps, left
+
+    steps, left = run(go())
+    trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r, _, _ in steps]
+    assert trained == [["s0-0", "s0-2"], ["s1-0", "s1-1"], ["s0-1", "s2-0"]]
+    assert [ticks for _, _, ticks in steps] == [9, 14, 44]
+    assert [s.started for _, s, _ in steps] == [4, 2, 2]
+    assert [s.carried for _, s, _ in steps] == [2, 2, 1]
+    assert [dict(r.dropped) for r, _, _ in steps] == [{}, {}, {"staleness": 2}]
+    assert dict(steps[2][1].staleness) == {2: 1, 0: 1}
+    # every group that entered was trained once, dropped (s0-3: the 4th drawn) or is still in flight (s2-1)
+    trained_ids = [g.sample.id for r, _, _ in steps for g in r.groups]
+    assert len(trained_ids) == len(set(trained_ids)) == 6
+    assert sorted(trained_ids + [drawn[3].id] + left) == sorted(s.id for s in drawn) and left == [drawn[7].id]
+    # s0-1-0 was paused twice: its tokens run on from where they stopped, each with its version
+    resumed = next(t for t in steps[2][0].trajectories if t.id == "s0-1-0")
+    assert resumed.deferred_steps == 2
+    assert [v for v in resumed.versions if v >= 0] == [0] * 9 + [1] * 5 + [2] * 26
+    assert sum(resumed.loss_mask) == 40
+
+
+@pytest.fixture(params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def engine(request):
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
+def test_a_paused_turn_resumes_from_its_tokens_under_the_new_version(engine, run, tokenizer, vision, trainer_model):
+    sample = next(iter(synthetic_charts(seed=4, kinds=("v_bar",))))
+    sampling = SamplingParams(max_tokens=120, temperature=1.0, suppress_token_ids=engine.eos_ids)
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, sampling, 2, "async")
+            tasks = manager.start_group(sample, "pause", seed=0)
+            before: dict = {}
+            pauses = 0
+            while not any(c.token_ids for c in before.values()):  # pause once decoding has begun
+                await asyncio.sleep(0.2)
+                running = dict(manager._running)
+                await manager.pause()
+                pauses += 1
+                before = {t: (await engine.abort(rid)) for t, rid in running.items()}
+                if not any(c.token_ids for c in before.values()):
+                    manager.resume()
+            version = engine.version + 1
+            await engine.update_weights(trainer_model.state_dict(), version)  # same values, new version
+            manager.resume()
+            return before, await asyncio.gather(*tasks), version, pauses
+
+    before, trajs, version, pauses = run(go())
+    assert any(0 < len(c.token_ids) < 120 for c in before.values())
+    for traj in trajs:
+        policy = traj.segments[1]
+        assert len(policy.token_ids) == 120  # max_tokens counts the tokens from before the pause
+        old = before.get(traj.id)
+        if old is None:
+            continue
+        k = len(old.token_ids)
+        assert k < 120 and traj.deferred_steps == pauses
+        assert policy.token_ids[:k] == old.token_ids and policy.logprobs[:k] == old.logprobs
+        assert policy.versions == (version - 1,) * k + (version,) * (120 - k)
+    parity = logprob_parity(trainer_model, vision, trajs)  # the resumed requests saw the exact prefix
+    assert parity.mean_abs < 1e-3, parity
+
+
+def test_extra_groups_grow_while_the_reward_rises_and_shrink_to_zero_after():
+    from vlrl.rollout.scheduler import ExtraTuner
+
+    tuner = ExtraTuner(extra=2, ceiling=4, stride=1, window=3)
+    rewards = [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4]
+    # slopes over the last 3 from the 3rd step: + + + (ceiling 4) then 0.4,0.5,0.5 + ; 0.5,0.5,0.4 - ; - ; - ; 0 ; 0
+    assert [tuner.update(r) for r in rewards] == [2, 2, 3, 4, 4, 4, 3, 2, 1, 0, 0]
