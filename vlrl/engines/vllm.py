@@ -18,7 +18,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from PIL import Image
 from safetensors.torch import save_file
@@ -160,37 +160,39 @@ class VLLMEngine(Engine):
 
     async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
         """vLLM keeps prompts in its prefix cache; a one-token request fills it."""
-        self._prefills += 1
-        rid = f"prefill-{request_key}-{self._prefills}"
-        ids, prompt = self._prompt(prompt_ids, images, rid)
-        cached = 0
-        async for out in self.llm.generate(prompt, self._params(SamplingParams(max_tokens=1, temperature=0)), rid):  # type: ignore[attr-defined]
-            _check_expanded(rid, ids, out)
-            cached = out.num_cached_tokens or cached
-        return int(cached)
+        out = await self._one_token("prefill", request_key, prompt_ids, images, [])
+        return int(out.num_cached_tokens or 0)
 
     async def score_next(
         self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image], token_ids: Sequence[int]
     ) -> NextTokenScores:
         """A one-token request that reports the raw logprobs of ``token_ids`` (vLLM's ``logprob_token_ids``)."""
+        wanted = check_token_ids(token_ids, self.vocab_size, request_key)
+        out = await self._one_token("score", request_key, prompt_ids, images, wanted)
+        step = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
+        missing = [t for t in wanted if t not in step]
+        if missing:
+            raise RuntimeError(f"request {out.request_id!r}: vLLM returned no logprob for token ids {missing}")
+        return NextTokenScores(tuple(float(step[t].logprob) for t in wanted), int(out.num_cached_tokens or 0))
+
+    async def _one_token(self, kind: str, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image],
+                         logprob_token_ids: list[int]) -> Any:
+        """Run ``prompt_ids`` as a one-token greedy request (filling the prefix cache); its final output."""
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        wanted = check_token_ids(token_ids, self.vocab_size, request_key)
         self._prefills += 1
-        rid = f"score-{request_key}-{self._prefills}"
+        rid = f"{kind}-{request_key}-{self._prefills}"
         ids, prompt = self._prompt(prompt_ids, images, rid)
-        params = VSamplingParams(n=1, max_tokens=1, temperature=0.0, logprob_token_ids=wanted,
+        params = VSamplingParams(n=1, max_tokens=1, temperature=0.0, logprob_token_ids=logprob_token_ids or None,
                                  output_kind=RequestOutputKind.FINAL_ONLY)
         final = None
         async for out in self.llm.generate(prompt, params, rid):  # type: ignore[attr-defined]
             _check_expanded(rid, ids, out)
             final = out
-        step = final.outputs[0].logprobs[0] if final is not None and final.outputs[0].logprobs else {}
-        missing = [t for t in wanted if t not in step]
-        if missing:
-            raise RuntimeError(f"request {rid!r}: vLLM returned no logprob for token ids {missing}")
-        return NextTokenScores(tuple(float(step[t].logprob) for t in wanted), int(final.num_cached_tokens or 0))
+        if final is None:
+            raise RuntimeError(f"request {rid!r}: vLLM ended it without an output")
+        return final
 
     async def update_weights(self, named_tensors: NamedTensors, version: int) -> None:
         items = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
