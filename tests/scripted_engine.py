@@ -1,7 +1,8 @@
 """An engine whose answers have known lengths, decoding in lockstep ticks: for checking schedules by hand.
 
 Every tick, each running request gets one token; a trajectory whose script says L tokens
-ends (end-of-sequence) at its L-th token, counting the tokens it had before a pause. Between
+ends (end-of-sequence) at its L-th token, counting the tokens it had before a pause; or, with
+``tokens_of``, a request writes the given tokens and then end-of-sequence. Between
 ticks the event loop runs until everything else has settled, so the order in which
 trajectories finish is the order of their lengths, whatever asyncio does.
 """
@@ -9,7 +10,7 @@ trajectories finish is the order of their lengths, whatever asyncio does.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, Optional, Sequence
 
 from PIL import Image
 
@@ -20,8 +21,10 @@ TOKEN = 40  # a plain text token of the tiny tokenizer
 
 
 class ScriptedEngine(Engine):
-    def __init__(self, length_of: Callable[[str], int], eos_id: int, settle: int = 200):
+    def __init__(self, length_of: Callable[[str], int], eos_id: int, settle: int = 200,
+                 tokens_of: Optional[Callable[[str], Sequence[int]]] = None):
         self.length_of, self.eos_ids, self.version, self.settle = length_of, (eos_id,), 0, settle
+        self.tokens_of = tokens_of  # request id -> the tokens it writes (instead of length_of's filler)
         self.ticks = 0
         self.made: dict[str, int] = {}  # trajectory -> tokens generated so far, across its requests
         self._queues: dict[str, asyncio.Queue] = {}
@@ -45,10 +48,15 @@ class ScriptedEngine(Engine):
                 await asyncio.sleep(0)
             self.ticks += 1
             for rid, queue in list(self._queues.items()):
-                traj = rid.split("/")[0]
-                self.made[traj] = self.made.get(traj, 0) + 1
-                last = self.made[traj] >= self.length_of(traj)
-                token = self.eos_ids[0] if last else TOKEN
+                if self.tokens_of is not None:
+                    script, made = self.tokens_of(rid), len(self._out[rid])
+                    last = made >= len(script)
+                    token = self.eos_ids[0] if last else script[made]
+                else:
+                    traj = rid.split("/")[0]
+                    self.made[traj] = self.made.get(traj, 0) + 1
+                    last = self.made[traj] >= self.length_of(traj)
+                    token = self.eos_ids[0] if last else TOKEN
                 self._out[rid].append(token)
                 queue.put_nowait(Delta(rid, (token,), (-1.0,), self.version, "stop" if last else None))
                 if last:

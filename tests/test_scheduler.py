@@ -58,9 +58,9 @@ def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenize
                 await engine.update_weights({}, step + 1)
             left = [f.sample.id for f in scheduler.flights]
             await scheduler.close()
-            return steps, left
+            return steps, left, manager.timeline
 
-    steps, left = run(go())
+    steps, left, timeline = run(go())
     trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r, _, _ in steps]
     assert trained == [["s0-0", "s0-2"], ["s1-0", "s1-1"], ["s0-1", "s2-0"]]
     assert [ticks for _, _, ticks in steps] == [9, 14, 44]
@@ -77,6 +77,10 @@ def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenize
     assert resumed.deferred_steps == 2
     assert [v for v in resumed.versions if v >= 0] == [0] * 9 + [1] * 5 + [2] * 26
     assert sum(resumed.loss_mask) == 40
+    # the timeline shows it: decoding, waiting out two weight updates, decoding again, never two at once
+    spans = sorted((s for s in timeline.spans if s.track == "s0-1-0"), key=lambda s: s.start)
+    assert [s.phase for s in spans] == ["decode", "paused", "decode", "paused", "decode"]
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
 
 
 @pytest.fixture(params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
@@ -130,3 +134,39 @@ def test_extra_groups_grow_while_the_reward_rises_and_shrink_to_zero_after():
     rewards = [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4]
     # slopes over the last 3 from the 3rd step: + + + (ceiling 4) then 0.4,0.5,0.5 + ; 0.5,0.5,0.4 - ; - ; - ; 0 ; 0
     assert [tuner.update(r) for r in rewards] == [2, 2, 3, 4, 4, 4, 3, 2, 1, 0, 0]
+
+
+def test_a_trajectory_paused_inside_a_tool_call_keeps_the_result_and_runs_the_tool_once(run, tokenizer, vision):
+    """The call is written, the pause comes while the (1 s) tool runs: the tool finishes, its
+    observation is kept, and the next turn starts only after ``resume``."""
+    call = tokenizer.encode("```python\nimport time\ntime.sleep(1.0)\ndisplay(image_1)\n```")
+    answer = tokenizer.encode("FINAL ANSWER: 7")
+    engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                            tokens_of=lambda rid: call if rid.endswith("/t0") else answer)
+    sample = next(iter(synthetic_charts(seed=1, kinds=("v_bar",))))
+    env_config = EnvConfig(tools=[], action_formats=["code"], max_turns=2, sandbox=SandboxConfig(workers=1))
+
+    async def go():
+        async with VisualToolEnv(env_config, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=100), 1,
+                                     "async")
+            [task] = manager.start_group(sample, "tool", seed=0)
+            while "tool-0/t0" not in engine._out or "tool-0/t0" in engine._queues or manager._running:
+                await asyncio.sleep(0.01)  # until the call is written and handed to the sandbox
+            await asyncio.sleep(0.2)
+            aborted = await manager.pause()
+            await asyncio.sleep(1.5)  # the tool ends meanwhile; the trajectory must wait
+            started_while_paused = sorted(engine._out)
+            manager.resume()
+            return aborted, started_while_paused, await task, manager.timeline
+
+    aborted, started_while_paused, traj, timeline = run(go())
+    assert aborted == 0 and started_while_paused == ["tool-0/t0"]
+    assert traj.deferred_steps == 1
+    assert [s.kind for s in traj.segments] == ["prompt", "policy", "observation", "policy"]
+    assert len(traj.images) == 2  # the chart and the tool's displayed image, kept across the pause
+    assert traj.tool_stats()["tool_calls"] == 1 and traj.tool_stats()["tool_errors"] == 0
+    spans = sorted((s for s in timeline.spans if s.track == "tool-0"), key=lambda s: s.start)
+    assert [s.phase for s in spans] == ["decode", "tool", "paused", "decode"]
+    tool, paused = spans[1], spans[2]
+    assert tool.end - tool.start >= 1.0 and paused.start >= tool.end and paused.end - paused.start > 0.3

@@ -91,11 +91,18 @@ def groups_accounted(records, group_size):
 @pytest.mark.slow
 def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(config, tmp_path):
     overlap = ["rollout.schedule=overlap", "rollout.extra_groups=2", "rollout.max_staleness=1", "steps=4"]
-    vlrl("train", str(config), *overlap)
+    vlrl("train", str(config), *overlap, "log.timeline=2")
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["groups_started"] == 4 and all(r["trajectories"] == 6 for r in records)  # B = 2 groups of 3
     assert all(r["extra_groups"] == 2 and 0.0 <= r["deferred_fraction"] <= 1.0 for r in records)
+    assert all(0.0 <= r["engine_busy_fraction"] < 1.0 and 0.0 <= r["bubble_ratio"] <= 1.0 for r in records)
+    assert records[0]["engine_busy_fraction"] > 0.0  # (a later step may close on groups that ended before it)
+    trace = json.loads((whole / "timeline.json").read_text())["traceEvents"]  # the first 2 steps, drawn
+    assert [e["name"] for e in trace if e["ph"] == "i"] == ["step 0", "step 1"]
+    rows = {e["args"]["name"] for e in trace if e["ph"] == "M"}
+    assert "trainer" in rows and {f"s0-{g}-{k}" for g in range(2) for k in range(3)} <= rows
+    assert (whole / "timeline.png").stat().st_size > 10_000
     entered, accounted = groups_accounted(records, 3)
     assert entered == accounted
     pending = torch.load(whole / "checkpoints" / "step-2" / "state.pt", weights_only=False)["pending"]
@@ -133,6 +140,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     ("verifier.weight=2", "weight must be in [0, 1], got 2"),
     ("rollout.extra_groups=-1", "extra_groups must be >= 0 or auto, got -1"),
     ("rollout.schedule=later", "not one of ['sync', 'async', 'overlap']"),
+    ("log.timeline=-1", "log.timeline must be >= 0, got -1"),
 ])
 def test_bad_config_fails_before_any_work(config, tmp_path, override, message):
     result = vlrl("train", str(config), override, check=False)

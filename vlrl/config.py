@@ -242,6 +242,12 @@ class LogConfig:
     wandb: Literal["disabled", "offline", "online"] = "disabled"
     wandb_project: str = "vlrl"
     progress: bool = True  # a progress bar with the key figures
+    timeline: int = 0  # the first N RL steps drawn in timeline.json (Chrome trace) and timeline.png (0: none)
+
+    def __post_init__(self) -> None:
+        for name in ("transcripts_every", "plots_every", "timeline"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"log.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from vlrl.rewards.verifier import Verifier
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.rollout.scheduler import ExtraTuner, OverlapScheduler
+from vlrl.rollout.timeline import TRAINER
 from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
@@ -321,6 +322,8 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
                 trainer: PolicyTrainer, engine: Any, stream: Iterator[Sample], run: RunDir, tokenizer: Any,
                 critic: Critic | None, compute: WorkerThread) -> dict[str, Any]:
     start = time.perf_counter()
+    timeline = manager.timeline
+    timeline.mark(f"step {step}", start)
     seed = cfg.seed * 100_003 + step
     if scheduler is None:
         samples = list(islice(stream, cfg.rollout.prompts_per_step))
@@ -329,6 +332,7 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
     else:
         result, stats = await scheduler.step(lambda n: list(islice(stream, n)), seed=seed, tag=f"s{step}")
         metrics = rollout_metrics(result) | stats.metrics()
+    rolled = time.perf_counter()
     if manager.verifier is not None:
         metrics["chunk_tokens"] = manager.chunk_tokens
     for message in result.errors:
@@ -339,12 +343,20 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
     else:
         items, values, returns = await compute.run(ppo_items, result.groups, critic)
     if items:
-        metrics |= await compute.run(_update, cfg, trainer, items, step)
-        if critic is not None:
-            metrics |= await compute.run(critic.step, [it.trajectory for it in items], values, returns)
-        metrics["sync_s"] = await trainer.push(engine)
+        with timeline.span(TRAINER, "update"):
+            metrics |= await compute.run(_update, cfg, trainer, items, step)
+            if critic is not None:
+                metrics |= await compute.run(critic.step, [it.trajectory for it in items], values, returns)
+        with timeline.span(TRAINER, "sync"):
+            metrics["sync_s"] = await trainer.push(engine)
     metrics["version"] = trainer.version
-    metrics["step_s"] = time.perf_counter() - start
+    end = time.perf_counter()
+    metrics["step_s"] = end - start
+    metrics |= timeline.engine_figures(start, rolled, end, cfg.engine.max_num_seqs)
+    if step + 1 == cfg.log.timeline or (step + 1 == cfg.steps and step < cfg.log.timeline):
+        timeline.write(run.path)
+    elif step >= cfg.log.timeline:
+        timeline.prune(end)
     if scheduler is not None:
         scheduler.tune(metrics.get("reward", 0.0))
     run.log(step, metrics)

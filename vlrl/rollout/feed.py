@@ -14,14 +14,16 @@ from typing import Sequence
 from PIL import Image
 
 from vlrl.rewards.verifier import Verdict, Verifier
+from vlrl.rollout.timeline import Timeline
 from vlrl.types import Trajectory
 
 
 class VerifierFeed:
     """The pieces of one trajectory, sent in order; ``chunk`` 0 sends nothing before the end."""
 
-    def __init__(self, verifier: Verifier, traj_id: str, chunk: int):
+    def __init__(self, verifier: Verifier, traj_id: str, chunk: int, timeline: Timeline | None = None):
         self.verifier, self.traj_id, self.chunk = verifier, traj_id, chunk
+        self.timeline = timeline or Timeline()  # where the verifier's calls are recorded, as ``verifier`` spans
         self.sent_ids = self.sent_images = 0
         self.buffer: list[int] = []
         self.tasks: list[asyncio.Task] = []
@@ -45,10 +47,12 @@ class VerifierFeed:
     async def finish(self, traj: Trajectory) -> Verdict:
         """The verifier's verdict on the whole trajectory, reusing what was prefilled on the way."""
         if not self.chunk:
-            return await self.verifier.score(self.traj_id, traj.token_ids, traj.images)
+            with self.timeline.span(self.traj_id, "verifier"):
+                return await self.verifier.score(self.traj_id, traj.token_ids, traj.images)
         self.catch_up(traj)
         await asyncio.gather(*self.tasks)
-        return await self.verifier.finish(self.traj_id)
+        with self.timeline.span(self.traj_id, "verifier"):
+            return await self.verifier.finish(self.traj_id)
 
     def cancel(self) -> None:
         """Stop the pieces in flight and drop the trajectory from the verifier (it will not finish)."""
@@ -61,4 +65,8 @@ class VerifierFeed:
         self.sent_ids += len(piece)
         self.sent_images += len(images)
         self.buffer = []
-        self.tasks.append(asyncio.create_task(self.verifier.extend(self.traj_id, piece, list(images))))
+        self.tasks.append(asyncio.create_task(self._extend(piece, list(images))))
+
+    async def _extend(self, ids: list[int], images: list[Image.Image]) -> None:
+        with self.timeline.span(self.traj_id, "verifier"):
+            await self.verifier.extend(self.traj_id, ids, images)

@@ -31,6 +31,7 @@ from vlrl.engines.base import Engine, collect
 from vlrl.env import Env
 from vlrl.rewards.verifier import Verdict, Verifier
 from vlrl.rollout.feed import VerifierFeed
+from vlrl.rollout.timeline import Timeline
 from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Trajectory
 
 Schedule = Literal["sync", "async"]
@@ -88,7 +89,9 @@ class RolloutManager:
         self._open.set()
         self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
         self._paused: set[str] = set()  # requests aborted by ``pause``, to be resumed
+        self._paused_at = 0.0  # when the last ``pause`` began
         self._live: dict[str, Trajectory] = {}  # trajectories not yet ended
+        self.timeline = Timeline()  # each trajectory's decode / tool / verifier / paused spans
 
     async def pause(self) -> int:
         """Stop decoding everywhere: requests in flight are aborted and keep their tokens; returns how many.
@@ -98,6 +101,7 @@ class RolloutManager:
         re-prefilling its prefix under the weights of that time.
         """
         self._open.clear()
+        self._paused_at = time.perf_counter()
         for traj in self._live.values():
             traj.deferred_steps += 1
         running = list(self._running.values())
@@ -143,7 +147,7 @@ class RolloutManager:
     async def _trajectory(self, sample: Sample, traj_id: str, seed: int, reward_now: bool) -> Trajectory:
         episode = self.env.reset(sample, traj_id)
         traj = episode.trajectory
-        feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens) \
+        feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens, self.timeline) \
             if self.verifier is not None and reward_now else None
         traj.timings = {"decode_s": 0.0, "env_s": 0.0, "paused_s": 0.0}
         start = time.perf_counter()
@@ -158,7 +162,10 @@ class RolloutManager:
                                               feed)
                 t1 = time.perf_counter()
                 await episode.step(completion)
-                traj.timings["env_s"] += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                traj.timings["env_s"] += t2 - t1
+                if not episode.done:  # a tool ran (or its call was refused) and its observation was appended
+                    self.timeline.add(traj_id, "tool", t1, t2)
                 turn += 1
         except BaseException:
             if feed is not None:
@@ -192,30 +199,35 @@ class RolloutManager:
                 piece = await collect(rid, _tap(stream, feed) if feed is not None else stream)
             finally:
                 self._running.pop(traj.id, None)
-                traj.timings["decode_s"] += time.perf_counter() - t0
+                paused = rid in self._paused
+                self._paused.discard(rid)
+                t1 = min(time.perf_counter(), self._paused_at) if paused else time.perf_counter()
+                traj.timings["decode_s"] += t1 - t0
+                self.timeline.add(traj.id, "decode", t0, t1)
             ids += piece.token_ids
             logprobs += piece.logprobs
             versions += piece.versions
-            paused = rid in self._paused
-            self._paused.discard(rid)
             if piece.finish_reason != "abort" or not paused:
                 return Completion(request, tuple(ids), tuple(logprobs), tuple(versions), piece.finish_reason)
-            await self._wait_if_paused(traj)
+            await self._wait_if_paused(traj, since=t1)
             part += 1
 
-    async def _wait_if_paused(self, traj: Trajectory) -> None:
-        if self._open.is_set():
+    async def _wait_if_paused(self, traj: Trajectory, since: float | None = None) -> None:
+        """Wait for ``resume``; the trajectory counts as paused from ``since`` (its request's abort) or now."""
+        if since is None and self._open.is_set():
             return
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if since is None else since
         await self._open.wait()
-        traj.timings["paused_s"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        traj.timings["paused_s"] += t1 - t0
+        self.timeline.add(traj.id, "paused", t0, t1)
 
     async def _reward(self, traj: Trajectory, sample: Sample, feed: VerifierFeed | None = None) -> None:
         """The rule-based reward of the final answer, mixed with the verifier's verdict if there is one."""
         t0 = time.perf_counter()
         score_trajectory(traj, sample, self.tokenizer, self.reward)
         if self.verifier is not None:
-            feed = feed or VerifierFeed(self.verifier, traj.id, 0)
+            feed = feed or VerifierFeed(self.verifier, traj.id, 0, self.timeline)
             try:
                 verdict = await feed.finish(traj)
             except BaseException:
