@@ -47,13 +47,15 @@ class ScriptedAgent:
     def act(self, episode: ToolEpisode) -> str:
         traj = episode.trajectory
         if traj.actions or traj.turns > 0:
-            thought = "" if self.brief else "THOUGHT: the edited image shows it.\n"
-            return f"{thought}FINAL ANSWER: {self.answer(episode)}"
+            return f"{self.final_thought(episode, edited=True)}FINAL ANSWER: {self.answer(episode)}"
         action = self.focus(episode) if self.wants_tool(episode) else None
-        return action or f"FINAL ANSWER: {self.answer(episode)}"
+        return action or f"{self.final_thought(episode, edited=False)}FINAL ANSWER: {self.answer(episode)}"
 
     def wants_tool(self, episode: ToolEpisode) -> bool:
         return True
+
+    def final_thought(self, episode: ToolEpisode, edited: bool) -> str:
+        return "" if self.brief or not edited else "THOUGHT: the edited image shows it.\n"
 
     def answer(self, episode: ToolEpisode) -> str:
         return episode.sample.answers[0]
@@ -80,18 +82,25 @@ class TeacherAgent(ScriptedAgent):
     """An imperfect expert, as a weaker model's traces are: it calls the focus tool with
     probability ``p_tool`` and answers right with probability ``p_correct``, else with a
     plausible wrong answer (``plausible_wrong``: by ``confusion``, the label closest in value
-    or the label next to the right one, or a number 10-25% off). Each episode's draws depend
-    only on (seed, episode id), so its turns agree and runs repeat.
+    or the label next to the right one, or a number 10-25% off). With probability ``p_verbose``
+    its answer opens with a THOUGHT of 1 to ``verbose_lines`` sentences (uniform), so its
+    answers, and a model imitating them, are mostly short with a long tail (the workload of
+    `vlrl bench overlap`). Each episode's draws depend only on (seed, episode id), so its
+    turns agree and runs repeat.
     """
 
     def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6, brief: bool = False,
-                 confusion: Confusion = "value"):
+                 confusion: Confusion = "value", p_verbose: float = 0.0, verbose_lines: int = 40):
         super().__init__(seed, brief)
-        if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1):
-            raise ValueError(f"p_tool and p_correct must be in [0, 1], got {p_tool}, {p_correct}")
+        if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1 and 0 <= p_verbose <= 1):
+            raise ValueError(f"p_tool, p_correct and p_verbose must be in [0, 1], got {p_tool}, {p_correct}, "
+                             f"{p_verbose}")
         if confusion not in CONFUSIONS:
             raise ValueError(f"confusion must be one of {CONFUSIONS}, got {confusion!r}")
+        if verbose_lines < 1:
+            raise ValueError(f"verbose_lines must be >= 1, got {verbose_lines}")
         self.p_tool, self.p_correct, self.confusion = p_tool, p_correct, confusion
+        self.p_verbose, self.verbose_lines = p_verbose, verbose_lines
 
     def _rng(self, episode: ToolEpisode) -> random.Random:
         return random.Random(f"{self.seed}/{episode.id}")
@@ -104,6 +113,12 @@ class TeacherAgent(ScriptedAgent):
         rng.random()  # the tool draw
         right = episode.sample.answers[0]
         return right if rng.random() < self.p_correct else plausible_wrong(episode, right, rng, self.confusion)
+
+    def final_thought(self, episode: ToolEpisode, edited: bool) -> str:
+        rng = random.Random(f"{self.seed}/{episode.id}/verbose")
+        if rng.random() >= self.p_verbose:
+            return super().final_thought(episode, edited)
+        return "THOUGHT:" + " I check the bars again." * rng.randint(1, self.verbose_lines) + "\n"
 
 
 def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random, confusion: Confusion = "value") -> str:

@@ -158,3 +158,17 @@ def test_bench_train_json():
     figures = json.loads(out.strip().splitlines()[-1])
     assert set(figures) == {"step_s", "rollout_s", "update_s", "sync_s", "tokens_per_s"}
     assert figures["step_s"] >= figures["rollout_s"] + figures["update_s"] and figures["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
+    out = vlrl("bench", "overlap", "--steps", "1", "--keep", str(tmp_path / "runs"), "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert {"speedup_intra_inter", "speedup_inter", "speedup_intra", "bubble_sync", "bubble_overlap", "reward_sync",
+            "reward_overlap"} <= set(figures)
+    assert all(figures[k] > 0 for k in figures if k.startswith("speedup"))
+    assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap"))
+    for schedule in ("sync", "intra", "inter", "intra-inter"):  # each schedule ran its 1 + 1 steps and drew them
+        [run] = (tmp_path / "runs").glob(f"{schedule}-2*")
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and (run / "timeline.png").exists()
+    assert "intra+inter |" in out and "efficiency" in out

@@ -33,8 +33,30 @@ def test_the_teacher_uses_tools_and_is_right_as_often_as_documented(run, tokeniz
     assert never.accuracy == 0.0 and never.tool_call_rate == 0.0  # every wrong answer really is wrong
     again = run(go(TeacherAgent(seed=1, p_tool=0.7, p_correct=0.6)))
     assert again.correct == judged.correct and again.tool_called == judged.tool_called
-    with pytest.raises(ValueError, match="p_tool and p_correct"):
+    with pytest.raises(ValueError, match="p_tool, p_correct and p_verbose"):
         TeacherAgent(p_correct=1.5)
+
+
+def test_a_verbose_teacher_gives_a_long_tail_of_answers_and_the_same_answers(run, tokenizer, vision):
+    samples = list(islice(synthetic_charts(seed=3, kinds=("v_bar",), difficulty="easy"), 200))
+
+    async def go(agent):
+        async with VisualToolEnv(EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)), tokenizer, vision) as env:
+            trajs = await play_agent(env, tokenizer, agent, samples, "verbose")
+            return trajs, (await evaluate_agent(env, tokenizer, chartqa_relaxed, agent, samples)).correct
+
+    (brief, correct), (verbose, verbose_correct) = (run(go(TeacherAgent(seed=2, brief=True, p_verbose=p,
+                                                                        verbose_lines=30)))
+                                                    for p in (0.0, 0.2))
+    assert verbose_correct == correct  # the thought changes the length, not the answer
+    lengths = [len(tokenizer.decode([t for t, m in zip(tr.token_ids, tr.loss_mask) if m]).split("I check"))
+               - 1 for tr in verbose]
+    assert all(n == 0 for n in [len(tokenizer.decode(tr.token_ids).split("I check")) - 1 for tr in brief])
+    long = [n for n in lengths if n]
+    assert abs(len(long) / len(lengths) - 0.2) < 0.08 and min(long) >= 1 and max(long) <= 30
+    assert max(long) - min(long) >= 15  # spread over the range, not one length
+    with pytest.raises(ValueError, match="verbose_lines must be >= 1, got 0"):
+        TeacherAgent(verbose_lines=0)
 
 
 def test_majority_baseline_is_the_most_common_answers_share():

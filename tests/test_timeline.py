@@ -27,8 +27,11 @@ def test_busy_fraction_and_bubble_ratio_are_read_off_the_decode_spans():
     figures = handmade().engine_figures(start=0, close=6, end=10, capacity=2)
     # a and c overlap in [0,1) (2 requests), a and b in [1,2); one request in [2,4) and [5,6); none in [4,5)
     assert figures["engine_busy_fraction"] == pytest.approx(5 / 10)
-    assert figures["bubble_ratio"] == pytest.approx((6 - 2) / 6)  # below capacity except [0,2)
+    # empty slots over [0,6): none in [0,2), 1 of 2 in [2,4) and [5,6), 2 of 2 in [4,5)
+    assert figures["bubble_ratio"] == pytest.approx((0.5 * 2 + 1 + 0.5) / 6)
     assert handmade().engine_figures(0, 6, 10, capacity=1)["bubble_ratio"] == pytest.approx(1 / 6)  # only [4,5)
+    assert handmade().engine_figures(0, 6, 10, capacity=4)["bubble_ratio"] == pytest.approx(
+        (2 * 0.5 + 2 * 0.75 + 1 + 0.75) / 6)
 
 
 def test_bad_phases_and_windows_are_refused():

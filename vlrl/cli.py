@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     btr.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
     btr.add_argument("--engine", default="hf", choices=["hf", "vllm"])
     btr.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    bo = bench_sub.add_parser("overlap", help="sync vs intra-step, inter-step and both overlaps on a long-tail "
+                                              "workload")
+    bo.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
+    bo.add_argument("--quick", action="store_true", help="5 measured steps per schedule instead of 10")
+    bo.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
+    bo.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
+    bo.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     bd = bench_sub.add_parser("data", help="synthetic samples per second, loader rows per second")
     bd.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
@@ -164,6 +171,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
             run_train_bench(model_dir, args.engine, args.json)
+    elif args.command == "bench" and args.bench_command == "overlap":
+        from vlrl.bench.overlap import run as run_overlap_bench
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm", max_pixels=12544)
+            steps = args.steps or (5 if args.quick else 10)
+            run_overlap_bench(model_dir, steps, args.json, Path(args.keep) if args.keep else None)
     elif args.command == "bench" and args.bench_command == "data":
         from vlrl.bench.data import run as run_data_bench
 
@@ -200,10 +214,10 @@ def _list_tools(tools: dict, as_json: bool) -> None:
         print(f"    {spec.description}")
 
 
-def _tiny(out: Path) -> Path:
+def _tiny(out: Path, **kwargs: int) -> Path:
     from vlrl.model.tiny import build_tiny_model
 
-    return build_tiny_model(out)
+    return build_tiny_model(out, **kwargs)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,9 @@ class HeldoutConfig:
     agent: str = ""  # also score this agent (e.g. the warm start's teacher) on the same questions
 
 
+OVERLAP_IMPORTANCE_CAP = 2.0  # the truncation of the importance weights of deferred tokens (verl's TIS default)
+
+
 @dataclass
 class TrainConfig:
     """`vlrl train`: RL on a task with an environment, an engine and the trainer."""
@@ -308,6 +311,8 @@ class TrainConfig:
         if batch % self.algo.mini_batches:
             raise ValueError(f"rollout.prompts_per_step x rollout.group_size = {batch} trajectories is not divisible "
                              f"by algo.mini_batches = {self.algo.mini_batches}")
+        if self.algo.loss.importance_cap is None:
+            self.algo.loss.importance_cap = OVERLAP_IMPORTANCE_CAP if self.rollout.schedule == "overlap" else 0.0
         if self.algo.name == "grpo" and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for GRPO (advantages are relative within a group), "
                              f"got {self.rollout.group_size}")

@@ -71,10 +71,11 @@ class Timeline:
 
         ``engine_busy_fraction``: the share of the step [start, end] with at least one policy
         request on the engine (the update and weight sync count as idle).
-        ``bubble_ratio``: the share of the rollout [start, close] with fewer than ``capacity``
-        (``max_num_seqs``) requests on the engine while the step's trajectories were still
-        being produced: the long tail, tool waits and an end-of-rollout reward all leave
-        batch slots empty.
+        ``bubble_ratio``: the share of the engine's batch slots (``capacity``, its
+        ``max_num_seqs``) left empty during the rollout [start, close], while the step's
+        trajectories were still being produced: 1 - mean(min(requests, capacity)) / capacity.
+        The long tail, tool waits and an end-of-rollout reward all empty slots; a slot
+        counts in proportion to the time it stood empty.
         """
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -85,8 +86,7 @@ class Timeline:
         for at, change in [*self._requests(start, end), (end, 0)]:
             if running >= 1:
                 busy += at - last
-            if running < capacity:
-                under += max(min(at, close) - last, 0.0)
+            under += max(min(at, close) - last, 0.0) * max(capacity - running, 0) / capacity
             running, last = running + change, at
         return {"engine_busy_fraction": busy / max(end - start, 1e-9),
                 "bubble_ratio": under / max(close - start, 1e-9) if close > start else 0.0}

@@ -68,7 +68,9 @@ class LossConfig:
     aggregation: Aggregation = "token-mean"
     kl_coef: float = 0.0  # > 0: KL to the frozen reference model
     kl_estimator: KLEstimator = "k3"
-    importance_cap: float = 0.0  # > 0: truncated importance weights min(pi_old / mu, cap)
+    # > 0: truncated importance weights min(pi_old / mu, cap); 0: off; None: the run decides (vlrl train: 2.0
+    # under rollout.schedule overlap, whose deferred tokens come from older weights, else off)
+    importance_cap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class PolicyTrainer:
                    "forward_s": sums["forward_s"], "update_s": time.perf_counter() - start}
         if cfg.kl_coef > 0:
             metrics["kl"] = sums["kl"] / tokens
-        if cfg.importance_cap > 0:
+        if cfg.importance_cap:
             metrics["importance_weight"] = sums["weight"] / tokens
         self.scheduler.step()
         return metrics
@@ -140,7 +142,7 @@ class PolicyTrainer:
             sampled = pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]) * mask
             old = logp.detach() if batch[0].old_logprobs is None else pad([it.old_logprobs for it in batch])
             weights = off_policy_weights(old, behavior, cfg.importance_cap) * sampled + (1 - sampled) \
-                if cfg.importance_cap > 0 else None
+                if cfg.importance_cap else None
             if all(isinstance(it.advantage, float) for it in batch):
                 advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32)
             else:
