@@ -98,3 +98,13 @@ def test_every_shipped_config_loads():
     assert files == sorted(SHIPPED), "add new configs to SHIPPED with the class that reads them"
     for name, cls in SHIPPED.items():
         load_config(cls, CONFIGS / name)
+
+
+def test_overlap_weights_stale_tokens_unless_told_not_to():
+    def cap(*overrides: str) -> float | None:
+        return load_config(TrainConfig, None, list(overrides)).algo.loss.importance_cap
+
+    assert cap("rollout.schedule=overlap") == 2.0  # deferred tokens come from older weights
+    assert cap("rollout.schedule=sync") == cap("rollout.schedule=async") == 0.0
+    assert cap("rollout.schedule=overlap", "algo.loss.importance_cap=0") == 0.0
+    assert cap("rollout.schedule=sync", "algo.loss.importance_cap=3") == 3.0
