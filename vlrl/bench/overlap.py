@@ -33,7 +33,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from transformers import AutoTokenizer
 
@@ -119,7 +118,6 @@ def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, fl
         "dropped": sum(r["dropped"].get("staleness", 0) for r in records) / sum(
             r["trajectories"] + r["dropped"].get("staleness", 0) for r in records),
         "hidden": statistics.mean(r.get("verifier_hidden_fraction", 0.0) for r in records),
-        "run": str(run),
     }
 
 
@@ -149,7 +147,7 @@ def run(model_dir: Path, steps: int, as_json: bool, keep: Path | None = None) ->
     return figures
 
 
-def _print_table(results: dict[str, dict[str, Any]], peak: float, steps: int) -> None:
+def _print_table(results: dict[str, dict[str, float]], peak: float, steps: int) -> None:
     base = results["sync"]["step_s"]
     print(f"workload longtail-charts: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up; "
           f"engine peak {peak:.0f} tokens/s")
