@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vlrl.engines.parity import two_turn_rollout
-from vlrl.rewards.verifier import Verifier
+from vlrl.rewards.verifier import QUESTION, Verifier
 from vlrl.trainer.logprobs import forward
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
@@ -61,14 +61,17 @@ def test_hf_finish_computes_only_the_question(hf_engine, run, tokenizer, traject
     whole = run(verifier.score("hf-whole", trajectory.token_ids, trajectory.images))
     run(hf_engine.reset_prefix_cache())
     verdict = run(streamed(verifier, trajectory, 16, "hf-chunks"))
-    question = len(whole_ids(verifier, trajectory)) - len(trajectory.token_ids)
+    question = len(whole_ids(tokenizer, trajectory)) - len(trajectory.token_ids)
     assert verdict.late_tokens == question
     assert whole.late_tokens == len(trajectory.token_ids) + question
 
 
-def whole_ids(verifier, traj):
+def whole_ids(tokenizer, traj):
+    """The trajectory, its turn closed if it was cut off, then the verifier's question in Qwen's chat format."""
     ids = list(traj.token_ids)
-    return ids + (verifier.turn_ids if ids[-1] == verifier.end_of_turn else verifier.closed_turn_ids)
+    closing = "" if tokenizer.convert_ids_to_tokens(ids[-1]) == "<|im_end|>" else "<|im_end|>"
+    turn = f"{closing}\n<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    return ids + tokenizer.encode(turn, add_special_tokens=False)
 
 
 def test_score_is_p_yes_over_yes_and_no_from_the_trainer_forward(hf_engine, run, tokenizer, vision, trajectory,
@@ -76,7 +79,7 @@ def test_score_is_p_yes_over_yes_and_no_from_the_trainer_forward(hf_engine, run,
     verifier = Verifier(hf_engine, tokenizer, yes=("Yes", " Yes"), no=("No",))
     verdict = run(verifier.score("vs-trainer", trajectory.token_ids, trajectory.images))
     with torch.no_grad():
-        out, _, _ = forward(trainer_model, vision, [(whole_ids(verifier, trajectory), trajectory.images)])
+        out, _, _ = forward(trainer_model, vision, [(whole_ids(tokenizer, trajectory), trajectory.images)])
     probs = torch.softmax(out.logits[0, -1].double(), dim=-1)
     yes = probs[tokenizer.encode("Yes")[0]] + probs[tokenizer.encode(" Yes")[0]]
     no = probs[tokenizer.encode("No")[0]]

@@ -1,4 +1,4 @@
-"""The `vlrl` command: model building, generation, tools, benchmarks (training arrives later)."""
+"""The `vlrl` command: model building, generation, training, evaluation, tools, data, benchmarks."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     tr_ = sub.add_parser("train", help="train a policy with RL (GRPO) on a task with tools")
     tr_.add_argument("config", help="YAML config (see configs/quickstart.yaml)")
     tr_.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=20 rollout.group_size=8 resume=PATH")
+
+    ev = sub.add_parser("eval", help="pass@k, maj@k, best-of-k by self-verification (with and without the image) "
+                                     "and by an external verifier, on N samples per question")
+    ev.add_argument("config", help="YAML config (see configs/eval_quick.yaml)")
+    ev.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.path=runs/latest/checkpoints/last/model "
+                                                 "samples=16 env.tools=[]")
+    ev.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
     tools = sub.add_parser("tools", help="inspect tools")
     tools_sub = tools.add_subparsers(dest="tools_command", required=True)
@@ -132,6 +139,22 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from vlrl.train import train
 
         asyncio.run(train(load_config(TrainConfig, args.config, args.overrides)))
+    elif args.command == "eval":
+        import json
+
+        from vlrl.config import EvalConfig, load_config
+        from vlrl.eval.report import headline
+        from vlrl.eval.run import evaluate
+
+        cfg = load_config(EvalConfig, args.config, args.overrides)
+        report = asyncio.run(evaluate(cfg))
+        figures = headline(report)
+        for key in _eval_shown(report):
+            if figures.get(key) is not None:
+                print(f"  {key:28s} {figures[key]:.3f}")
+        print(f"report: {Path(cfg.out) / 'report.md'}")
+        if args.json:
+            print(json.dumps(figures))
     elif args.command == "env":
         from vlrl.config import PlayConfig, load_config
         from vlrl.play import play
@@ -212,6 +235,14 @@ def _list_tools(tools: dict, as_json: bool) -> None:
         bound = ", ".join(f"{p} <- metadata[{k!r}]" for p, k in spec.metadata_params.items())
         print(f"{spec.name}({args})" + (f"   [{bound}]" if bound else ""))
         print(f"    {spec.description}")
+
+
+def _eval_shown(report: dict) -> list[str]:
+    """The figures printed at the end of `vlrl eval`: greedy, mean, and the largest k's."""
+    k = report["ks"][-1]
+    return ["greedy_accuracy", "mean_accuracy", f"pass@{k}", f"maj@{k}",
+            *(f"bestof@{k}_{j}" for j in report["judges"]),
+            *(f"verifier_auroc_{c}" for c in ("image", "noimage", "external")), "questions_per_minute"]
 
 
 def _tiny(out: Path, **kwargs: int) -> Path:

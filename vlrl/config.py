@@ -316,3 +316,60 @@ class TrainConfig:
         if self.algo.name == "grpo" and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for GRPO (advantages are relative within a group), "
                              f"got {self.rollout.group_size}")
+
+
+SECOND_LOOK = ("Look at the image again and check your answer. If it is wrong, correct it. "
+               "End with: FINAL ANSWER: <answer>")
+
+
+@dataclass
+class JudgeConfig:
+    """Who scores each sampled answer in `vlrl eval` (P(Yes) to the question, as ``vlrl.rewards.verifier``)."""
+
+    policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
+    external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none)
+    question: str = QUESTION
+    yes: list[str] = field(default_factory=lambda: ["Yes"])
+    no: list[str] = field(default_factory=lambda: ["No"])
+
+
+@dataclass
+class EvalConfig:
+    """`vlrl eval`: N sampled trajectories per question, voted, verified and reported with 95% intervals."""
+
+    name: str = "eval"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)  # env.tools: [] evaluates without tools
+    task: TaskConfig = field(default_factory=TaskConfig)
+    questions: int = 100  # the task's first questions under `seed`
+    seed: int = 1_000_003  # the task's seed (the held-out seed of `vlrl train`)
+    samples: int = 8  # N trajectories per question
+    ks: list[int] = field(default_factory=list)  # the k of every "@k" figure; empty: 1, 2, 4, ... up to N
+    greedy: bool = True  # also one greedy trajectory per question
+    max_new_tokens: int = 64  # per policy turn
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    second_look: bool = False  # after each sampled answer, ask the policy to re-check it (self-correction)
+    second_look_prompt: str = SECOND_LOOK
+    subsets: int = 1000  # k-subsets per "-of-k" figure when there are more (else all, exactly)
+    bootstrap: int = 1000  # resamples of the questions behind each 95% interval
+    batch_questions: int = 8  # questions in flight at once; results are written after each
+    transcripts: int = 3  # sample transcripts written for right and for wrong answers
+    out: str = "runs/eval"  # results.jsonl, report.json / .md, plots; an interrupted run resumes here
+
+    def __post_init__(self) -> None:
+        for name in ("questions", "samples", "subsets", "bootstrap", "batch_questions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.transcripts < 0:
+            raise ValueError(f"transcripts must be >= 0, got {self.transcripts}")
+        for k in self.ks:
+            if k < 1:
+                raise ValueError(f"ks: k must be >= 1, got {k}")
+            if k > self.samples:
+                raise ValueError(f"ks: k = {k} needs at least k samples per question, got samples (N) = "
+                                 f"{self.samples}")
+        SamplingParams(self.max_new_tokens, self.temperature, self.top_p, self.top_k)  # checks the values

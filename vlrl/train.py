@@ -177,6 +177,10 @@ async def train(cfg: TrainConfig) -> Path:
                 if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
                     save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir,
                                     critic)
+                if step + 1 == cfg.steps:  # a stable name for the final weights: checkpoints/last/model
+                    last = run.path / "checkpoints" / "last"
+                    last.unlink(missing_ok=True)
+                    last.symlink_to(f"step-{step + 1}")
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}",

@@ -119,6 +119,22 @@ class VisionInputs:
         """Inverse of ``expand``: one <|image_pad|> per image run (what vLLM's processor expects)."""
         return [t for i, t in enumerate(ids) if t != self.image_token_id or i == 0 or ids[i - 1] != t]
 
+    def strip_images(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` without any image: every ``<|vision_start|> ... <|vision_end|>`` block removed whole.
+
+        What a verifier reads to judge an answer without seeing the image; the text around
+        each image is kept as it is.
+        """
+        out, inside = [], False
+        for tok in ids:
+            if tok == self.vision_start_id:
+                inside = True
+            elif tok == self.vision_end_id and inside:
+                inside = False
+            elif not inside and tok not in self.vision_token_ids:
+                out.append(tok)
+        return out
+
     def expand(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[int]:
         """Replace each single <|image_pad|> placeholder by the run its image needs."""
         counts = [self.token_count(im) for im in images]

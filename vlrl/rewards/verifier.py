@@ -67,10 +67,7 @@ class Verifier:
         self.no_ids = _single_tokens(tokenizer, no, "no")
         if set(self.yes_ids) & set(self.no_ids):
             raise ValueError(f"verifier: yes words {list(yes)} and no words {list(no)} share a token")
-        turn = TURN.format(question=question)
-        self.turn_ids = tokenizer.encode(turn, add_special_tokens=False)
-        self.closed_turn_ids = tokenizer.encode(END_OF_TURN + turn, add_special_tokens=False)
-        self.end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        self.ask = FollowUp(tokenizer, question)
         self._feeds: dict[str, _Feed] = {}
 
     async def extend(self, traj_id: str, new_ids: Sequence[int], new_images: Sequence[Image.Image] = ()) -> None:
@@ -99,7 +96,7 @@ class Verifier:
         start = time.perf_counter()
         async with feed.lock:
             self._feeds.pop(traj_id, None)
-            ids = feed.ids + (self.turn_ids if feed.ids[-1] == self.end_of_turn else self.closed_turn_ids)
+            ids = self.ask.after(feed.ids)
             scores = await self.engine.score_next(_key(traj_id), ids, feed.images, self.yes_ids + self.no_ids)
         score = self._normalize(traj_id, scores.logprobs)
         return Verdict(score, feed.early, len(ids) - scores.cached_tokens, time.perf_counter() - start)
@@ -121,6 +118,20 @@ class Verifier:
             raise ValueError(f"verifier: no Yes/No probability for trajectory {traj_id!r} "
                              f"(log P(yes) = {yes}, log P(no) = {no})")
         return 1.0 / (1.0 + math.exp(no - yes))
+
+
+class FollowUp:
+    """A user turn put after a trajectory, then the opener of the model's reply (Qwen's chat format)."""
+
+    def __init__(self, tokenizer: Any, text: str):
+        turn = TURN.format(question=text)
+        self.ids = tokenizer.encode(turn, add_special_tokens=False)
+        self.closed_ids = tokenizer.encode(END_OF_TURN + turn, add_special_tokens=False)  # the model was cut off
+        self.end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+
+    def after(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` (closing the model's turn if it was cut off), the user turn, the reply's opener."""
+        return [*ids, *(self.ids if ids and ids[-1] == self.end_of_turn else self.closed_ids)]
 
 
 def _key(traj_id: str) -> str:

@@ -1,0 +1,292 @@
+"""``results.jsonl`` --> every figure of an evaluation with its 95% interval, as report.json, report.md and plots.
+
+Each figure is a ratio of sums over questions (a per-question mean has one unit of
+denominator per question), or, for the verifier's quality, a statistic of the pooled
+(score, right?) pairs. Its interval is the 2.5th-97.5th percentile of the figure over
+``bootstrap`` resamples of the questions with replacement: the samples of one question
+move together, since they share its difficulty.
+
+The figures (``k`` ranges over the configured ks; ``V`` over the verifiers ``self`` =
+the policy judging with the image(s), ``self_noimage`` = the policy judging with every
+image removed, ``external`` = the external verifier):
+
+- ``greedy_accuracy``: the greedy trajectory is right. ``mean_accuracy``: a sample is right.
+- ``pass@k``: unbiased pass@k (the oracle: some sample of k is right).
+- ``maj@k``: the plurality answer of k samples is right. ``bestof@k_V``: the sample V
+  scores highest of k is right. ``wmaj@k_V``: the plurality with votes weighted by V's score.
+- ``verifier_accuracy_C`` / ``verifier_auroc_C`` / ``verifier_ece_C`` for C = image
+  (self), noimage (self_noimage), external: V's score >= 0.5 agrees with the reward;
+  AUROC of the score against right / wrong; expected calibration error (10 bins).
+- ``tool_revision_rate`` / ``_fixed`` / ``_broken``: of the trajectories that stated an
+  answer before a tool result, the share whose final answer differs from it / turned a
+  wrong answer right / a right one wrong.
+- ``second_look_changed`` / ``_fixed`` / ``_broken`` / ``_accuracy``: the same for the
+  answer given when asked to re-check, and the accuracy after the re-check.
+- ``tool_call_rate``: a sample called a tool. ``tool_error_rate``: a call failed.
+  ``accuracy_with_tool`` / ``accuracy_without_tool``: accuracy of the samples that did / did not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vlrl.config import EvalConfig
+from vlrl.eval.metrics import (
+    accuracy_at,
+    auroc,
+    best_of_k,
+    default_ks,
+    expected_calibration_error,
+    maj_at_k,
+    pass_at_k,
+    roc_curve,
+    weighted_maj_at_k,
+)
+
+JUDGES = {"self": "image", "self_noimage": "noimage", "external": "external"}  # score key -> condition name
+VERIFIER_STATS: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
+    "accuracy": accuracy_at, "auroc": auroc, "ece": expected_calibration_error}
+
+
+@dataclass
+class _Ratio:
+    """A figure as per-question numerators and denominators."""
+
+    num: list[float]
+    den: list[float]
+
+
+def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: float, evaluated: int) -> dict[str, Any]:
+    """The figures of ``records`` (one per question) with their intervals, and the counts behind them."""
+    if not records:
+        raise ValueError("no evaluated questions to report on")
+    records = sorted(records, key=lambda r: r["index"])
+    ks = cfg.ks or default_ks(cfg.samples)
+    ratios: dict[str, _Ratio] = {}
+
+    def add(q: int, name: str, num: float, den: float = 1.0) -> None:
+        ratio = ratios.setdefault(name, _Ratio([0.0] * len(records), [0.0] * len(records)))
+        ratio.num[q] += num
+        ratio.den[q] += den
+
+    judges = [j for j in JUDGES if any(j in s.get("scores", {}) for r in records for s in r["samples"])]
+    pools: dict[str, list[list[tuple[float, float]]]] = {j: [[] for _ in records] for j in judges}
+    for q, record in enumerate(records):
+        samples = record["samples"]
+        correct = [float(s["correct"]) for s in samples]
+        clusters = [s["cluster"] for s in samples]
+        if "greedy" in record:
+            add(q, "greedy_accuracy", float(record["greedy"]["correct"]))
+        add(q, "mean_accuracy", sum(correct), len(correct))
+        for k in ks:
+            add(q, f"pass@{k}", pass_at_k(len(correct), int(sum(c >= 1.0 for c in correct)), k))
+            add(q, f"maj@{k}", maj_at_k(correct, clusters, k, cfg.subsets, record["index"]))
+            for judge in judges:
+                scores = [s.get("scores", {}).get(judge, 0.0) for s in samples]
+                add(q, f"bestof@{k}_{judge}", best_of_k(correct, scores, k, cfg.subsets, record["index"]))
+                add(q, f"wmaj@{k}_{judge}", weighted_maj_at_k(correct, clusters, scores, k, cfg.subsets,
+                                                              record["index"]))
+        for s in samples:
+            for judge in judges:
+                if judge in s.get("scores", {}):
+                    pools[judge][q].append((s["scores"][judge], float(s["correct"])))
+            if "dropped" in s:
+                continue
+            right = float(s["correct"])
+            add(q, "tool_call_rate", float(s["tool_calls"] > 0))
+            add(q, "tool_error_rate", s["tool_errors"], s["tool_calls"])
+            add(q, "accuracy_with_tool" if s["tool_calls"] else "accuracy_without_tool", right)
+            for name, revision in (("tool_revision", s.get("tool_revision")), ("second_look", s.get("second_look"))):
+                if revision is None or "error" in revision:
+                    continue
+                changed = revision["changed"]
+                add(q, f"{name}_rate" if name == "tool_revision" else f"{name}_changed", float(changed))
+                add(q, f"{name}_fixed", float(changed and revision["before"] < 1 <= revision["after"]))
+                add(q, f"{name}_broken", float(changed and revision["after"] < 1 <= revision["before"]))
+                if name == "second_look":
+                    add(q, "second_look_accuracy", revision["after"])
+    rng = np.random.default_rng(0)
+    resamples = rng.integers(0, len(records), (cfg.bootstrap, len(records)))
+    figures = {name: _ratio_figure(r, resamples) for name, r in ratios.items()}
+    for judge, pool in pools.items():
+        for stat, fn in VERIFIER_STATS.items():
+            figures[f"verifier_{stat}_{JUDGES[judge]}"] = _pooled_figure(pool, fn, resamples)
+    dropped: dict[str, int] = {}
+    for record in records:
+        for reason, n in record.get("dropped", {}).items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    second_look_errors = sum("error" in s.get("second_look", {}) for r in records for s in r["samples"])
+    return {
+        "model": cfg.model.path, "task": cfg.task.name, "questions": len(records), "samples": cfg.samples, "ks": ks,
+        "judges": judges, "seconds": seconds, "evaluated_now": evaluated,
+        "questions_per_minute": 60 * evaluated / seconds if evaluated and seconds > 0 else None,
+        "figures": figures,
+        "roc": {JUDGES[j]: roc_curve(*zip(*[p for q in pool for p in q])) if any(pool) else ([], [])
+                for j, pool in pools.items()},
+        "counts": {"trajectories": sum(len(r["samples"]) for r in records), "dropped": dropped,
+                   "second_look_errors": second_look_errors,
+                   "tool_revisions_possible": int(sum(ratios["tool_revision_rate"].den))
+                   if "tool_revision_rate" in ratios else 0},
+    }
+
+
+def _ratio_figure(ratio: _Ratio, resamples: np.ndarray) -> dict[str, Any]:
+    num, den = np.asarray(ratio.num), np.asarray(ratio.den)
+    if den.sum() == 0:
+        return {"value": None, "ci95": None, "n": 0}
+    nums, dens = num[resamples].sum(axis=1), den[resamples].sum(axis=1)
+    kept = dens > 0
+    low, high = np.quantile(nums[kept] / dens[kept], [0.025, 0.975])
+    return {"value": float(num.sum() / den.sum()), "ci95": [float(low), float(high)], "n": int(den.sum())}
+
+
+def _pooled_figure(pool: list[list[tuple[float, float]]], stat: Callable[[Sequence[float], Sequence[float]], Any],
+                   resamples: np.ndarray) -> dict[str, Any]:
+    pairs = [p for question in pool for p in question]
+    value = stat(*zip(*pairs)) if pairs else None
+    if value is None:
+        return {"value": None, "ci95": None, "n": len(pairs)}
+    draws = []
+    for row in resamples:
+        drawn = [p for q in row for p in pool[q]]
+        got = stat(*zip(*drawn)) if drawn else None
+        if got is not None:
+            draws.append(got)
+    low, high = np.quantile(draws, [0.025, 0.975]) if draws else (None, None)
+    return {"value": float(value), "ci95": None if low is None else [float(low), float(high)], "n": len(pairs)}
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """One flat JSON object: every figure's value, the question count, the seconds."""
+    flat = {name: f["value"] for name, f in report["figures"].items()}
+    return flat | {"questions": report["questions"], "seconds": round(report["seconds"], 2),
+                   "questions_per_minute": report["questions_per_minute"]}
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """report.json, report.md, accuracy_vs_k.png, roc.png in ``out``."""
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_markdown(report))
+    _plot_scaling(report, out / "accuracy_vs_k.png")
+    _plot_roc(report, out / "roc.png")
+
+
+def _cell(figure: dict[str, Any] | None) -> str:
+    if figure is None or figure["value"] is None:
+        return "—"
+    low, high = figure["ci95"] or (None, None)
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
+    return f"{100 * figure['value']:.1f}{interval}"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    f = report["figures"]
+    judges = report["judges"]
+    lines = [f"# Evaluation of {report['model']} on {report['task']}", "",
+             f"{report['questions']} questions, N = {report['samples']} samples each; every figure in % with its "
+             "95% bootstrap interval over questions.", ""]
+    if "greedy_accuracy" in f:
+        lines.append(f"Greedy accuracy **{_cell(f['greedy_accuracy'])}**, mean accuracy of a sample "
+                     f"**{_cell(f['mean_accuracy'])}**.")
+    else:
+        lines.append(f"Mean accuracy of a sample **{_cell(f['mean_accuracy'])}**.")
+    lines += ["", "## Accuracy vs k", "",
+              "| k | pass@k (oracle) | maj@k | " + " | ".join(f"best-of-k {j}" for j in judges)
+              + "".join(f" | weighted maj {j}" for j in judges) + " |",
+              "|---" * (3 + 2 * len(judges)) + "|"]
+    for k in report["ks"]:
+        cells = [_cell(f.get(f"pass@{k}")), _cell(f.get(f"maj@{k}"))]
+        cells += [_cell(f.get(f"bestof@{k}_{j}")) for j in judges] + [_cell(f.get(f"wmaj@{k}_{j}")) for j in judges]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    if judges:
+        lines += ["", "## The verifiers on the model's answers", "",
+                  "| verifier | accuracy at 0.5 | AUROC | ECE |", "|---|---|---|---|"]
+        for j in judges:
+            c = JUDGES[j]
+            lines.append(f"| {j} | {_cell(f[f'verifier_accuracy_{c}'])} | {_auroc_cell(f[f'verifier_auroc_{c}'])} | "
+                         f"{_cell(f[f'verifier_ece_{c}'])} |")
+    lines += ["", "## Self-correction", "", "| when | changed | fixed | broken | n |", "|---|---|---|---|---|"]
+    for name, label, changed in (("tool_revision", "after a tool result", "tool_revision_rate"),
+                                 ("second_look", "after a second look", "second_look_changed")):
+        if changed in f:
+            lines.append(f"| {label} | {_cell(f[changed])} | {_cell(f[f'{name}_fixed'])} | "
+                         f"{_cell(f[f'{name}_broken'])} | {f[changed]['n']} |")
+    if "second_look_accuracy" in f:
+        lines.append(f"\nAccuracy after the second look: {_cell(f['second_look_accuracy'])}.")
+    lines += ["", "## Tool use", "", "| call rate | error rate | accuracy with a call | without |",
+              "|---|---|---|---|",
+              f"| {_cell(f.get('tool_call_rate'))} | {_cell(f.get('tool_error_rate'))} | "
+              f"{_cell(f.get('accuracy_with_tool'))} | {_cell(f.get('accuracy_without_tool'))} |", ""]
+    counts = report["counts"]
+    lines.append(f"{counts['trajectories']} sampled trajectories; dropped (counted wrong): "
+                 f"{counts['dropped'] or 'none'}; second looks that failed: {counts['second_look_errors']}.")
+    if report["questions_per_minute"]:
+        lines.append(f"Throughput: {report['questions_per_minute']:.1f} questions per minute "
+                     f"({report['evaluated_now']} questions in {report['seconds']:.0f} s).")
+    lines += ["", "Plots: `accuracy_vs_k.png`, `roc.png`. Definitions: `vlrl/eval/report.py`.", ""]
+    return "\n".join(lines)
+
+
+def _auroc_cell(figure: dict[str, Any]) -> str:
+    if figure["value"] is None:
+        return "— (every answer right, or every one wrong)"
+    low, high = figure["ci95"]
+    return f"{figure['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _plot_scaling(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f, ks = report["figures"], report["ks"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = [("pass@{k}", "pass@k (oracle)", "-"), ("maj@{k}", "maj@k", "-")]
+    series += [(f"bestof@{{k}}_{j}", f"best-of-k, {j}", "--") for j in report["judges"]]
+    series += [(f"wmaj@{{k}}_{j}", f"weighted maj, {j}", ":") for j in report["judges"]]
+    for key, label, style in series:
+        points = [f.get(key.format(k=k)) for k in ks]
+        if any(p is None or p["value"] is None for p in points):
+            continue
+        values = [p["value"] for p in points]
+        line, = ax.plot(ks, values, style, marker="o", markersize=3, label=label)
+        ax.fill_between(ks, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points], alpha=0.12,
+                        color=line.get_color())
+    if "greedy_accuracy" in f:
+        ax.axhline(f["greedy_accuracy"]["value"], color="grey", linewidth=0.8, label="greedy")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (samples per question)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{report['questions']} questions, N = {report['samples']}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_roc(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.6)
+    for condition, (fpr, tpr) in report["roc"].items():
+        area = report["figures"][f"verifier_auroc_{condition}"]["value"]
+        if fpr:
+            ax.plot(fpr, tpr, label=f"{condition} (AUROC {'—' if area is None else f'{area:.3f}'})")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("the verifiers on the model's answers", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,269 @@
+"""`vlrl eval`: N trajectories per question through the training's rollout manager, judged and written as they come.
+
+Per question: N sampled trajectories (and one greedy) run by ``RolloutManager`` with the
+same environment, tools and reward as training, so tool use is evaluated exactly as it
+was trained. Each sampled answer is then
+
+- scored by the reward (right or wrong) and put in a cluster of answers the reward
+  treats as the same (for the votes of ``vlrl.eval.metrics``);
+- judged by the policy itself, with the image(s) and with every image removed from its
+  input (``VisionInputs.strip_images``), and by an external verifier if one is given;
+- followed, with ``second_look``, by a user turn asking the policy to re-check it.
+
+One JSON line per question goes to ``results.jsonl`` as soon as its batch ends; a run
+started again with the same settings skips the questions already there, so an
+interrupted evaluation resumes where it stopped. ``vlrl.eval.report`` turns the lines
+into the figures.
+
+The N samples of a question share its prompt: the HF engine reuses the prompt's KV
+across them, vLLM its prefix cache. The verifier's calls for all samples of a batch of
+questions are in flight together, so an engine that batches (vLLM) scores them in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import AutoTokenizer
+
+from vlrl.answer import extract_answer, has_final_answer
+from vlrl.config import EvalConfig, ModelConfig, to_dict
+from vlrl.engines import make_engine
+from vlrl.engines.base import Engine, check_model_dir
+from vlrl.env import make_env
+from vlrl.eval.metrics import cluster_answers
+from vlrl.eval.report import build_report, write_report
+from vlrl.registry import resolve
+from vlrl.rewards.verifier import FollowUp, Verifier
+from vlrl.rollout.manager import Reward, RolloutManager
+from vlrl.runlog import write_trajectory
+from vlrl.task import open_task
+from vlrl.types import Sample, SamplingParams, Trajectory
+from vlrl.vision import VisionInputs
+
+RESULTS = "results.jsonl"
+# settings that change a question's results: a run resumes only into a folder made with the same ones
+RESULT_KEYS = ("model", "engine", "env", "task", "seed", "samples", "greedy", "max_new_tokens", "temperature",
+               "top_p", "top_k", "judge", "second_look", "second_look_prompt")
+
+
+async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run (or resume) ``cfg`` and write its report; returns the report."""
+    model_dir = check_model_dir(cfg.model.path)
+    if cfg.judge.external:
+        check_model_dir(cfg.judge.external)
+    source, reward_name = open_task(cfg.task, cfg.seed)
+    reward = resolve("reward", reward_name)
+    questions = _questions(source, cfg)
+    out = Path(cfg.out)
+    done = _open_results(out, cfg)
+    todo = [i for i in range(len(questions)) if i not in done]
+    print(f"eval: {len(questions)} questions x {cfg.samples} samples, {len(done)} already in {out / RESULTS}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vision = VisionInputs(model_dir)
+    start = time.perf_counter()
+    if todo:
+        engine = await make_engine(cfg.model, cfg.engine)
+        external = None
+        try:
+            if cfg.judge.external:
+                if AutoTokenizer.from_pretrained(cfg.judge.external).get_vocab() != tokenizer.get_vocab():
+                    raise ValueError(f"judge.external {cfg.judge.external!r} has a different tokenizer from the "
+                                     f"policy's ({cfg.model.path!r}); the verifier reads the policy's ids as they are")
+                external = await make_engine(ModelConfig(cfg.judge.external, cfg.model.dtype), cfg.engine)
+            async with make_env(cfg.env, tokenizer, vision) as env:
+                run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
+                for at in range(0, len(todo), cfg.batch_questions):
+                    batch = todo[at: at + cfg.batch_questions]
+                    records = await asyncio.gather(*(run.question(i, questions[i]) for i in batch))
+                    with (out / RESULTS).open("a") as f:
+                        for record in records:
+                            f.write(json.dumps(record) + "\n")
+                    print(f"eval: {len(done) + at + len(batch)}/{len(questions)} questions, "
+                          f"{time.perf_counter() - start:.0f} s", flush=True)
+        finally:
+            await engine.close()
+            if external is not None:
+                await external.close()
+    seconds = time.perf_counter() - start
+    records = [r for r in _read_results(out) if r["index"] < len(questions)]
+    report = build_report(records, cfg, seconds, len(todo))
+    write_report(out, report)
+    return report
+
+
+def _questions(source: Any, cfg: EvalConfig) -> list[Sample]:
+    questions = list(islice(source, cfg.questions))
+    for sample in questions:
+        if not sample.answers or not all(a.strip() for a in sample.answers):
+            raise ValueError(f"task {cfg.task.name!r}: question {sample.id!r} has no answer to score against "
+                             f"(answers {list(sample.answers)}); evaluation needs a labelled dataset")
+    if len(questions) < cfg.questions:
+        raise ValueError(f"questions is {cfg.questions} but task {cfg.task.name!r} has {len(questions)}")
+    return questions
+
+
+def _open_results(out: Path, cfg: EvalConfig) -> set[int]:
+    """The question indexes already in ``out``; ValueError if they were made with other settings."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k in RESULT_KEYS}
+    kept = out / "settings.yaml"
+    if kept.is_file():
+        before = yaml.safe_load(kept.read_text())
+        if before != settings:
+            changed = sorted(k for k in RESULT_KEYS if before.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds results made with other settings ({', '.join(changed)} differ); "
+                             "choose another out or remove the folder")
+    out.mkdir(parents=True, exist_ok=True)
+    kept.write_text(yaml.safe_dump(settings, sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return {r["index"] for r in _read_results(out)}
+
+
+def _read_results(out: Path) -> list[dict[str, Any]]:
+    path = out / RESULTS
+    if not path.is_file():
+        return []
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a run killed while writing: that question runs again
+            print(f"eval: {path}:{line_no} is cut off; its question will run again")
+    return records
+
+
+class _Evaluation:
+    """What every question needs: the engines, the env's rollout managers, the verifiers, the reward."""
+
+    def __init__(self, cfg: EvalConfig, engine: Engine, external: Engine | None, env: Any, tokenizer: Any,
+                 vision: VisionInputs, reward: Reward, out: Path):
+        self.cfg, self.engine, self.tokenizer, self.vision, self.reward, self.out = (
+            cfg, engine, tokenizer, vision, reward, out)
+        self.sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples)
+        self.greedy = RolloutManager(engine, env, tokenizer, reward,
+                                     SamplingParams(cfg.max_new_tokens, temperature=0.0), 1) if cfg.greedy else None
+        j = cfg.judge
+        self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
+        self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no) if external is not None else None
+        # the external model's processor may size images differently: its image runs are re-expanded for it
+        self.external_vision = VisionInputs(j.external) if external is not None else None
+        self.second_look = FollowUp(tokenizer, cfg.second_look_prompt) if cfg.second_look else None
+        self.written = {kind: _count_dirs(out / "transcripts" / kind) for kind in ("right", "wrong")}
+
+    async def question(self, index: int, sample: Sample) -> dict[str, Any]:
+        """One question's line of ``results.jsonl``."""
+        start = time.perf_counter()
+        jobs = [self.sampler.rollout([sample], seed=index, tag=f"q{index}")]
+        if self.greedy is not None:
+            jobs.append(self.greedy.rollout([sample], seed=index, tag=f"q{index}-greedy"))
+        rolled = await asyncio.gather(*jobs)
+        trajs = rolled[0].groups[0].trajectories if rolled[0].groups else []
+        records = await asyncio.gather(*(self.judge(t, sample) for t in trajs))
+        if not trajs:  # the group failed: its samples count as wrong answers, with the reason
+            reason = ", ".join(sorted(rolled[0].dropped)) or "dropped"
+            records = [{"answer": None, "correct": 0.0, "dropped": reason} for _ in range(self.cfg.samples)]
+        clusters = cluster_answers([r["answer"] for r in records], lambda a, b: same_answer(self.reward, a, b))
+        for record, cluster in zip(records, clusters):
+            record["cluster"] = cluster
+        line: dict[str, Any] = {"index": index, "id": sample.id, "task": sample.task, "answers": list(sample.answers),
+                                "samples": records, "dropped": dict(rolled[0].dropped),
+                                "errors": rolled[0].errors}
+        if self.greedy is not None:
+            greedy = rolled[1].groups[0].trajectories[0] if rolled[1].groups else None
+            line["greedy"] = outcome(greedy, self.tokenizer) if greedy is not None else {
+                "answer": None, "correct": 0.0, "dropped": ", ".join(sorted(rolled[1].dropped)) or "dropped"}
+        line["seconds"] = time.perf_counter() - start
+        for traj, record in zip(trajs, records):
+            self.keep_transcript(traj, record)
+        return line
+
+    async def judge(self, traj: Trajectory, sample: Sample) -> dict[str, Any]:
+        """The trajectory's outcome, its verifiers' scores, its answer revisions."""
+        record = outcome(traj, self.tokenizer)
+        answer, ids = record["answer"], traj.token_ids
+        calls: dict[str, Any] = {}
+        if self.self_judge is not None:
+            calls["self"] = self.self_judge.score(f"{traj.id}/self", ids, traj.images)
+            calls["self_noimage"] = self.self_judge.score(f"{traj.id}/self-noimage", self.vision.strip_images(ids), [])
+        if self.external_judge is not None:
+            theirs = self.external_vision.expand(self.vision.collapse(ids), traj.images)  # type: ignore[union-attr]
+            calls["external"] = self.external_judge.score(f"{traj.id}/external", theirs, traj.images)
+        if self.second_look is not None:
+            calls["second_look"] = self.look_again(traj)
+        done = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))
+        for name, value in done.items():  # a verifier without a Yes/No probability stops the run, with its message
+            if isinstance(value, BaseException) and name != "second_look":
+                raise value
+        record["scores"] = {name: done[name].score for name in ("self", "self_noimage", "external") if name in done}
+        if record["stated"]:  # an answer stated before a tool result, then the final one
+            record["tool_revision"] = revision(self.reward, record["stated"][0], answer, sample)
+        if "second_look" in done:
+            revised = done["second_look"]
+            if isinstance(revised, ValueError):  # e.g. the trajectory already fills the context: counted
+                record["second_look"] = {"error": str(revised)}
+            elif isinstance(revised, BaseException):
+                raise revised
+            else:
+                record["second_look"] = revision(self.reward, answer, revised, sample) | {"answer": revised}
+        return record
+
+    async def look_again(self, traj: Trajectory) -> str | None:
+        """The answer the policy gives when asked to re-check its own (None: it stated none)."""
+        ids = self.second_look.after(traj.token_ids)  # type: ignore[union-attr]
+        reply = await self.engine.complete(ids, traj.images, self.sampling, f"{traj.id}/second-look")
+        text = self.tokenizer.decode(reply.token_ids, skip_special_tokens=True)
+        return extract_answer(text).strip() or None if has_final_answer(text) else None
+
+    def keep_transcript(self, traj: Trajectory, record: dict[str, Any]) -> None:
+        kind = "right" if record["correct"] >= 1.0 else "wrong"
+        if self.written[kind] >= self.cfg.transcripts:
+            return
+        self.written[kind] += 1
+        traj.reward_parts |= {f"judge_{k}": round(v, 4) for k, v in record["scores"].items()}
+        write_trajectory(traj, self.tokenizer, self.out / "transcripts" / kind / traj.id.replace("/", "_"))
+
+
+def outcome(traj: Trajectory, tokenizer: Any) -> dict[str, Any]:
+    """What a trajectory answered (as the reward read it) and how it got there; ``stated``: the answers
+    its earlier turns gave before a tool result."""
+    turns = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in traj.segments if s.kind == "policy"]
+    answer = extract_answer(turns[-1]).strip() if turns else ""
+    stats = traj.tool_stats()
+    return {"answer": answer or None, "correct": float(traj.reward_parts.get("accuracy", traj.reward or 0.0)),
+            "tool_calls": stats["tool_calls"], "tool_errors": stats["tool_errors"], "turns": traj.turns,
+            "finish": traj.finish_reason,
+            "policy_tokens": sum(len(s.token_ids) for s in traj.segments if s.kind == "policy"),
+            "stated": [extract_answer(t).strip() for t in turns[:-1] if has_final_answer(t)]}
+
+
+def same_answer(reward: Reward, answer: str, other: str) -> bool:
+    """Whether ``reward`` accepts ``answer`` for the accepted answer ``other``: the votes' equivalence."""
+    score = reward(f"FINAL ANSWER: {answer}", [other])
+    return score.parts.get("accuracy", score.total) >= 1.0
+
+
+def revision(reward: Reward, before: str | None, after: str | None, sample: Sample) -> dict[str, Any]:
+    """Whether the answer changed (one kept or withdrawn is no change), and whether it was right before / after."""
+    changed = after is not None and (before is None or not same_answer(reward, after, before))
+    return {"changed": changed, "before": _correct(reward, before, sample),
+            "after": _correct(reward, after if changed else before, sample)}
+
+
+def _correct(reward: Reward, answer: str | None, sample: Sample) -> float:
+    if answer is None:
+        return 0.0
+    score = reward(f"FINAL ANSWER: {answer}", sample.answers)
+    return float(score.parts.get("accuracy", score.total))
+
+
+def _count_dirs(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else 0
