@@ -4,13 +4,13 @@ from typing import Literal
 
 import pytest
 
-from vlrl.config import ConfigError, GenerateConfig, TrainConfig, apply_override, load_config
+from vlrl.config import ConfigError, EvalConfig, GenerateConfig, TrainConfig, apply_override, load_config
 from vlrl.types import SamplingParams
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # every shipped config, with the dataclass that reads it
 SHIPPED = {"generate.yaml": GenerateConfig, "quickstart.yaml": TrainConfig, "chartqa_grpo.yaml": TrainConfig,
-           "tablevqa_grpo.yaml": TrainConfig, "ppo_critic.yaml": TrainConfig}
+           "tablevqa_grpo.yaml": TrainConfig, "ppo_critic.yaml": TrainConfig, "eval_quick.yaml": EvalConfig}
 
 
 @dataclass

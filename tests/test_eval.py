@@ -36,10 +36,10 @@ def test_the_report_figures_by_hand(tmp_path):
                   tool_revision={"changed": False, "before": 0.0, "after": 0.0},
                   second_look={"changed": True, "before": 0.0, "after": 1.0, "answer": "A"})]
     q2 = [{"answer": None, "correct": 0.0, "dropped": "error: RuntimeError", "cluster": -1}] * 2
-    records = [{"index": i, "samples": s, "greedy": {"correct": float(i == 0)},
+    records = [{"index": i, "samples": s, "greedy": {"correct": float(i == 0)}, "wall_share_s": 10.0 * (i + 1),
                 "dropped": {"error: RuntimeError": 2} if i == 2 else {}} for i, s in enumerate([q0, q1, q2])]
     cfg = EvalConfig(samples=2, bootstrap=200)
-    report = build_report(records, cfg, seconds=30.0, evaluated=3)
+    report = build_report(records, cfg, seconds=30.0)
     f = {name: fig["value"] for name, fig in report["figures"].items()}
     assert report["ks"] == [1, 2] and report["judges"] == ["self", "self_noimage"]
     assert f["greedy_accuracy"] == pytest.approx(1 / 3)
@@ -64,7 +64,7 @@ def test_the_report_figures_by_hand(tmp_path):
     for fig in report["figures"].values():
         if fig["ci95"] is not None:
             assert fig["ci95"][0] <= fig["value"] + 1e-9 and fig["value"] - 1e-9 <= fig["ci95"][1]
-    assert report["questions_per_minute"] == pytest.approx(6.0)
+    assert report["questions_per_minute"] == pytest.approx(3.0)  # three questions in 10 + 20 + 30 s
     write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
     assert "| 2 | 33.3 [" in md and "after a tool result" in md and "after a second look" in md

@@ -61,8 +61,12 @@ class _Ratio:
     den: list[float]
 
 
-def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: float, evaluated: int) -> dict[str, Any]:
-    """The figures of ``records`` (one per question) with their intervals, and the counts behind them."""
+def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: float) -> dict[str, Any]:
+    """The figures of ``records`` (one per question) with their intervals, and the counts behind them.
+
+    ``seconds``: this invocation's time; the throughput comes from each question's share
+    of its batch's wall time, so it survives a resumed run.
+    """
     if not records:
         raise ValueError("no evaluated questions to report on")
     records = sorted(records, key=lambda r: r["index"])
@@ -110,6 +114,7 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
                 add(q, f"{name}_broken", float(changed and revision["after"] < 1 <= revision["before"]))
                 if name == "second_look":
                     add(q, "second_look_accuracy", revision["after"])
+    timed = [r["wall_share_s"] for r in records if "wall_share_s" in r]
     rng = np.random.default_rng(0)
     resamples = rng.integers(0, len(records), (cfg.bootstrap, len(records)))
     figures = {name: _ratio_figure(r, resamples) for name, r in ratios.items()}
@@ -123,8 +128,8 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
     second_look_errors = sum("error" in s.get("second_look", {}) for r in records for s in r["samples"])
     return {
         "model": cfg.model.path, "task": cfg.task.name, "questions": len(records), "samples": cfg.samples, "ks": ks,
-        "judges": judges, "seconds": seconds, "evaluated_now": evaluated,
-        "questions_per_minute": 60 * evaluated / seconds if evaluated and seconds > 0 else None,
+        "judges": judges, "seconds": seconds,
+        "questions_per_minute": 60 * len(timed) / sum(timed) if timed and sum(timed) > 0 else None,
         "figures": figures,
         "roc": {JUDGES[j]: roc_curve(*zip(*[p for q in pool for p in q])) if any(pool) else ([], [])
                 for j, pool in pools.items()},
@@ -227,7 +232,7 @@ def _markdown(report: dict[str, Any]) -> str:
                  f"{counts['dropped'] or 'none'}; second looks that failed: {counts['second_look_errors']}.")
     if report["questions_per_minute"]:
         lines.append(f"Throughput: {report['questions_per_minute']:.1f} questions per minute "
-                     f"({report['evaluated_now']} questions in {report['seconds']:.0f} s).")
+                     "(N samples, the greedy one, every verifier and second look included).")
     lines += ["", "Plots: `accuracy_vs_k.png`, `roc.png`. Definitions: `vlrl/eval/report.py`.", ""]
     return "\n".join(lines)
 
@@ -249,8 +254,7 @@ def _plot_scaling(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     series = [("pass@{k}", "pass@k (oracle)", "-"), ("maj@{k}", "maj@k", "-")]
     series += [(f"bestof@{{k}}_{j}", f"best-of-k, {j}", "--") for j in report["judges"]]
-    series += [(f"wmaj@{{k}}_{j}", f"weighted maj, {j}", ":") for j in report["judges"]]
-    for key, label, style in series:
+    for key, label, style in series:  # weighted majority: in the tables of report.md
         points = [f.get(key.format(k=k)) for k in ks]
         if any(p is None or p["value"] is None for p in points):
             continue

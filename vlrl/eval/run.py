@@ -81,9 +81,11 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
                 for at in range(0, len(todo), cfg.batch_questions):
                     batch = todo[at: at + cfg.batch_questions]
+                    began = time.perf_counter()
                     records = await asyncio.gather(*(run.question(i, questions[i]) for i in batch))
                     with (out / RESULTS).open("a") as f:
-                        for record in records:
+                        for record in records:  # its share of the batch's wall time, for the throughput
+                            record["wall_share_s"] = (time.perf_counter() - began) / len(batch)
                             f.write(json.dumps(record) + "\n")
                     print(f"eval: {len(done) + at + len(batch)}/{len(questions)} questions, "
                           f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -93,7 +95,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                 await external.close()
     seconds = time.perf_counter() - start
     records = [r for r in _read_results(out) if r["index"] < len(questions)]
-    report = build_report(records, cfg, seconds, len(todo))
+    report = build_report(records, cfg, seconds)
     write_report(out, report)
     return report
 
