@@ -217,3 +217,47 @@ def test_eval_on_the_vllm_engine(tmp_path, taught):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["questions"] == 3 and 0 <= figures["bestof@2_self"] <= figures["pass@2"] <= 1
     assert figures["verifier_accuracy_image"] is not None and figures["verifier_accuracy_noimage"] is not None
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_mid_run_resumes_without_losing_or_repeating_a_question(tmp_path, taught):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ev"
+    args = [sys.executable, "-m", "vlrl.cli", "eval", str(QUICK), f"model.path={taught}", "judge.external=",
+            "second_look=false", "questions=8", "samples=2", "batch_questions=2", f"out={out}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while not (results.is_file() and len(results.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    kept = results.read_text().splitlines()
+    assert 2 <= len(kept) < 8, "the kill came after the run ended: nothing was interrupted"
+    with results.open("a") as f:  # and a line cut off as a kill during the write leaves it
+        f.write(kept[-1][:40])
+    done = subprocess.run([*args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    assert f"{len(kept)} already in" in done.stdout and "is cut off; its question will run again" in done.stdout
+    lines = results.read_text().splitlines()
+    assert lines[:len(kept)] == kept  # the questions done before the kill were not run again
+    assert sorted(json.loads(line)["index"] for line in lines) == list(range(8))
+    assert json.loads(done.stdout.strip().splitlines()[-1])["questions"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", [
+    ["task.name=refocus", "task.args={{path: {realdata}/chartqa_test_refocus_bbox, split: test}}"],
+    ["task.name=tablevqa", "task.args={{path: {realdata}/wtq_vwtq_rendered_tables}}", "env.tools=[chart_table_focus]"],
+], ids=["chartqa-refocus", "tablevqa"])
+def test_eval_reads_real_chartqa_and_tablevqa(tmp_path, taught, realdata, task):
+    out = tmp_path / "ev"
+    overrides = [t.format(realdata=realdata) for t in task]
+    done = vlrl("eval", str(QUICK), f"model.path={taught}", "judge.external=", "second_look=false", "questions=3",
+                "samples=2", f"out={out}", *overrides, "--json")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["questions"] == 3 and figures["verifier_accuracy_image"] is not None
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["answers"] and len(r["samples"]) == 2 for r in records)

@@ -128,17 +128,19 @@ def _open_results(out: Path, cfg: EvalConfig) -> set[int]:
 
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
+    """The lines of ``results.jsonl``. A line cut off by a killed run is dropped from the file (its
+    question runs again)."""
     path = out / RESULTS
     if not path.is_file():
         return []
-    records = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    records, lines = [], path.read_text().splitlines()
+    for line_no, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:  # the last line of a run killed while writing: that question runs again
+        except json.JSONDecodeError:
             print(f"eval: {path}:{line_no} is cut off; its question will run again")
+    if len(records) < len(lines):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
