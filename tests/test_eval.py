@@ -120,6 +120,19 @@ def test_k_beyond_n_and_a_dataset_without_answers_are_refused_before_any_work(tm
     assert bad.returncode == 2 and "question 'u0' has no answer to score against" in bad.stderr
 
 
+def test_an_external_verifier_with_another_tokenizer_is_refused(tmp_path, tiny_dir, tokenizer):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    tokenizer_copy = type(tokenizer).from_pretrained(tiny_dir)
+    tokenizer_copy.add_tokens(["<|a-word-the-policy-lacks|>"])
+    tokenizer_copy.save_pretrained(other)
+    bad = vlrl("eval", str(QUICK), f"model.path={tiny_dir}", f"judge.external={other}", "questions=2",
+               f"out={tmp_path / 'ev'}", check=False)
+    assert bad.returncode == 2 and f"judge.external '{other}' has a different tokenizer" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory):
     """A tiny model warm-started on the quickstart's teacher: right about half the time, with tool calls."""

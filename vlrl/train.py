@@ -32,7 +32,7 @@ from vlrl.env import Env, make_env
 from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
 from vlrl.play import play_agent
 from vlrl.registry import resolve
-from vlrl.rewards.verifier import Verifier
+from vlrl.rewards.verifier import Verifier, check_same_tokenizer
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.rollout.scheduler import ExtraTuner, OverlapScheduler
@@ -218,9 +218,7 @@ async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any)
         return None, None
     engine, own = policy_engine, None
     if v.model != "policy":
-        if AutoTokenizer.from_pretrained(v.model).get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"verifier.model {v.model!r} has a different tokenizer from the policy's "
-                             f"({cfg.model.path!r}); the verifier reads the policy's token ids as they are")
+        check_same_tokenizer(v.model, tokenizer, "verifier.model")
         engine = own = await make_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine)
     return Verifier(engine, tokenizer, v.question, v.yes, v.no), own
 

@@ -40,7 +40,7 @@ from vlrl.env import make_env
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.registry import resolve
-from vlrl.rewards.verifier import FollowUp, Verifier
+from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
 from vlrl.rollout.manager import Reward, RolloutManager
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
@@ -66,6 +66,8 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     todo = [i for i in range(len(questions)) if i not in done]
     print(f"eval: {len(questions)} questions x {cfg.samples} samples, {len(done)} already in {out / RESULTS}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if cfg.judge.external:
+        check_same_tokenizer(cfg.judge.external, tokenizer, "judge.external")
     vision = VisionInputs(model_dir)
     start = time.perf_counter()
     if todo:
@@ -73,9 +75,6 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         external = None
         try:
             if cfg.judge.external:
-                if AutoTokenizer.from_pretrained(cfg.judge.external).get_vocab() != tokenizer.get_vocab():
-                    raise ValueError(f"judge.external {cfg.judge.external!r} has a different tokenizer from the "
-                                     f"policy's ({cfg.model.path!r}); the verifier reads the policy's ids as they are")
                 external = await make_engine(ModelConfig(cfg.judge.external, cfg.model.dtype), cfg.engine)
             async with make_env(cfg.env, tokenizer, vision) as env:
                 run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
@@ -83,9 +82,10 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                     batch = todo[at: at + cfg.batch_questions]
                     began = time.perf_counter()
                     records = await asyncio.gather(*(run.question(i, questions[i]) for i in batch))
+                    share = (time.perf_counter() - began) / len(batch)  # for the throughput
                     with (out / RESULTS).open("a") as f:
-                        for record in records:  # its share of the batch's wall time, for the throughput
-                            record["wall_share_s"] = (time.perf_counter() - began) / len(batch)
+                        for record in records:
+                            record["wall_share_s"] = share
                             f.write(json.dumps(record) + "\n")
                     print(f"eval: {len(done) + at + len(batch)}/{len(questions)} questions, "
                           f"{time.perf_counter() - start:.0f} s", flush=True)

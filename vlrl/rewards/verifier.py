@@ -134,6 +134,16 @@ class FollowUp:
         return [*ids, *(self.ids if ids and ids[-1] == self.end_of_turn else self.closed_ids)]
 
 
+def check_same_tokenizer(model_dir: str, tokenizer: Any, key: str) -> None:
+    """ValueError unless the model at ``model_dir`` has the policy's vocabulary: a verifier reads the
+    policy's token ids as they are, so another tokenizer would read other words."""
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(model_dir).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{key} {model_dir!r} has a different tokenizer from the policy's; the verifier reads "
+                         "the policy's token ids as they are, so it must be the policy or a model of its family")
+
+
 def _key(traj_id: str) -> str:
     return f"verify/{traj_id}"
 
