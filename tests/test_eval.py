@@ -115,7 +115,7 @@ def test_k_beyond_n_and_a_dataset_without_answers_are_refused_before_any_work(tm
                 yield Sample(f"u{i}", (Image.new("RGB", (32, 32)),), "Which bar?", ())
         questions.reward = "exact_match"
     """))
-    bad = vlrl("eval", str(QUICK), f"model.path={tiny_dir}", f"task.name={task}:questions", "task.args={}",
+    bad = vlrl("eval", str(QUICK), f"model.path={tiny_dir}", "judge.external=", f"task.name={task}:questions", "task.args={}",
                f"out={tmp_path / 'ev'}", check=False)
     assert bad.returncode == 2 and "question 'u0' has no answer to score against" in bad.stderr
 
