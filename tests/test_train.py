@@ -68,8 +68,11 @@ def test_train_logs_learns_checkpoints_and_serves_new_weights(config, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_verifier_model_judges_every_trajectory_while_it_streams(config, tmp_path, tiny_dir):
-    vlrl("train", str(config), "rollout.schedule=async", f"verifier.model={tiny_dir}", "verifier.weight=0.25",
+def test_a_verifier_model_judges_every_trajectory_while_it_streams(config, tmp_path):
+    """The verifier's processor makes smaller images than the policy's: the image runs it reads are resized."""
+    vlrl("model", "tiny", "--out", str(tmp_path / "verifier"), "--max-pixels", "12544")
+    vlrl("train", str(config), "rollout.schedule=async", f"verifier.model={tmp_path / 'verifier'}",
+         "verifier.weight=0.25",
          "verifier.chunk_tokens=auto", "checkpoint_every=0")
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -40,7 +40,7 @@ from vlrl.env import make_env
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.registry import resolve
-from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
+from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer, resized_image_runs
 from vlrl.rollout.manager import Reward, RolloutManager
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
@@ -157,9 +157,9 @@ class _Evaluation:
                                      SamplingParams(cfg.max_new_tokens, temperature=0.0), 1) if cfg.greedy else None
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
-        self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no) if external is not None else None
-        # the external model's processor may size images differently: its image runs are re-expanded for it
-        self.external_vision = VisionInputs(j.external) if external is not None else None
+        self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no,
+                                       resized_image_runs(vision, VisionInputs(j.external))) \
+            if external is not None else None
         self.second_look = FollowUp(tokenizer, cfg.second_look_prompt) if cfg.second_look else None
         self.written = {kind: _count_dirs(out / "transcripts" / kind) for kind in ("right", "wrong")}
 
@@ -199,8 +199,7 @@ class _Evaluation:
             calls["self"] = self.self_judge.score(f"{traj.id}/self", ids, traj.images)
             calls["self_noimage"] = self.self_judge.score(f"{traj.id}/self-noimage", self.vision.strip_images(ids), [])
         if self.external_judge is not None:
-            theirs = self.external_vision.expand(self.vision.collapse(ids), traj.images)  # type: ignore[union-attr]
-            calls["external"] = self.external_judge.score(f"{traj.id}/external", theirs, traj.images)
+            calls["external"] = self.external_judge.score(f"{traj.id}/external", ids, traj.images)
         if self.second_look is not None:
             calls["second_look"] = self.look_again(traj)
         done = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))

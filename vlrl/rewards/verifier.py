@@ -16,7 +16,8 @@ question and scores. The score is a function of the ids and images alone: fed in
 of any size or all at once, it is the same number (up to float summation order).
 
 The verifier reads the policy's token ids as they are, so it must share the policy's
-tokenizer (the policy itself, or a bigger model of the same family).
+tokenizer (the policy itself, or a bigger model of the same family); only the image runs
+are resized when its processor sizes images differently (``resized_image_runs``).
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from PIL import Image
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports the verifier's defaults
     from vlrl.engines.base import Engine
+    from vlrl.vision import VisionInputs
 
 QUESTION = "Is the final answer above correct? Answer Yes or No."
 # the turn that asks: Qwen's chat format, closing the policy's turn first if it was cut off
 TURN = "\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
+ImageRuns = Callable[[Sequence[int], Sequence[Image.Image]], list[int]]  # a piece's ids, its images -> the ids
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,12 @@ class Verifier:
     """Scores trajectories on ``engine``; see the module docstring."""
 
     def __init__(self, engine: Engine, tokenizer: Any, question: str = QUESTION,
-                 yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",)):
+                 yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",),
+                 image_runs: ImageRuns | None = None):
+        """``image_runs`` rewrites each piece's image runs for the verifier's processor
+        (``resized_image_runs``); None when it sizes images as the policy's does."""
         self.engine = engine
+        self.image_runs = image_runs
         self.yes_ids = _single_tokens(tokenizer, yes, "yes")
         self.no_ids = _single_tokens(tokenizer, no, "no")
         if set(self.yes_ids) & set(self.no_ids):
@@ -78,7 +85,7 @@ class Verifier:
         prefill instead of one per chunk.
         """
         feed = self._feeds.setdefault(traj_id, _Feed())
-        feed.ids.extend(new_ids)
+        feed.ids.extend(self.image_runs(new_ids, new_images) if self.image_runs else new_ids)
         feed.images.extend(new_images)
         async with feed.lock:
             if feed.fed >= len(feed.ids):
@@ -104,7 +111,7 @@ class Verifier:
     async def score(self, traj_id: str, ids: Sequence[int], images: Sequence[Image.Image]) -> Verdict:
         """The whole trajectory at once: the non-streamed score."""
         self.discard(traj_id)
-        self._feeds[traj_id] = _Feed(list(ids), list(images))
+        self._feeds[traj_id] = _Feed(self.image_runs(ids, images) if self.image_runs else list(ids), list(images))
         return await self.finish(traj_id)
 
     def discard(self, traj_id: str) -> None:
@@ -132,6 +139,18 @@ class FollowUp:
     def after(self, ids: Sequence[int]) -> list[int]:
         """``ids`` (closing the model's turn if it was cut off), the user turn, the reply's opener."""
         return [*ids, *(self.ids if ids and ids[-1] == self.end_of_turn else self.closed_ids)]
+
+
+def resized_image_runs(policy: VisionInputs, verifier: VisionInputs) -> ImageRuns | None:
+    """What rewrites the policy's image runs to the verifier's sizes; None when both processors size images alike.
+
+    A piece handed to the verifier holds whole image runs (a prompt or an observation), so
+    each run can be collapsed to one placeholder and expanded again for the verifier.
+    """
+    if (policy.min_pixels, policy.max_pixels, policy.patch, policy.merge) == (
+            verifier.min_pixels, verifier.max_pixels, verifier.patch, verifier.merge):
+        return None
+    return lambda ids, images: verifier.expand(policy.collapse(ids), images)
 
 
 def check_same_tokenizer(model_dir: str, tokenizer: Any, key: str) -> None:
