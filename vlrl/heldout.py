@@ -38,9 +38,19 @@ class Heldout:
         return sum(self.tool_called) / max(len(self.tool_called), 1)
 
 
+def trajectory_accuracy(traj: Trajectory) -> float:
+    """Whether a rewarded trajectory's answer was right: the reward's ``accuracy`` part, else its total."""
+    return float(traj.reward_parts.get("accuracy", traj.reward or 0.0))
+
+
+def answer_accuracy(reward: Reward, answer: str, answers: Sequence[str]) -> float:
+    """Whether ``reward`` accepts a bare ``answer`` for ``answers`` (its ``accuracy`` part, else its total)."""
+    score = reward(f"FINAL ANSWER: {answer}", answers)
+    return float(score.parts.get("accuracy", score.total))
+
+
 def _outcome(traj: Trajectory) -> tuple[float, bool]:
-    correct = traj.reward_parts.get("accuracy", traj.reward or 0.0)
-    return float(correct), traj.tool_stats()["tool_calls"] > 0
+    return trajectory_accuracy(traj), traj.tool_stats()["tool_calls"] > 0
 
 
 async def evaluate_policy(engine: Engine, env: Env, tokenizer: Any, reward: Reward, samples: Sequence[Sample],
@@ -69,8 +79,7 @@ def majority_baseline(samples: Sequence[Sample], reward: Reward) -> float:
     if not samples:
         return 0.0
     common = Counter(s.answers[0] for s in samples).most_common(1)[0][0]
-    scores = [reward(f"FINAL ANSWER: {common}", s.answers) for s in samples]
-    return sum(s.parts.get("accuracy", s.total) for s in scores) / len(samples)
+    return sum(answer_accuracy(reward, common, s.answers) for s in samples) / len(samples)
 
 
 def accuracy_by_task(samples: Sequence[Sample], correct: dict[str, Sequence[float]]) -> dict[str, dict[str, float]]:

@@ -39,6 +39,7 @@ from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import make_env
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
+from vlrl.heldout import answer_accuracy, trajectory_accuracy
 from vlrl.registry import resolve
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer, resized_image_runs
 from vlrl.rollout.manager import Reward, RolloutManager
@@ -241,7 +242,7 @@ def outcome(traj: Trajectory, tokenizer: Any) -> dict[str, Any]:
     turns = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in traj.segments if s.kind == "policy"]
     answer = extract_answer(turns[-1]).strip() if turns else ""
     stats = traj.tool_stats()
-    return {"answer": answer or None, "correct": float(traj.reward_parts.get("accuracy", traj.reward or 0.0)),
+    return {"answer": answer or None, "correct": trajectory_accuracy(traj),
             "tool_calls": stats["tool_calls"], "tool_errors": stats["tool_errors"], "turns": traj.turns,
             "finish": traj.finish_reason,
             "policy_tokens": sum(len(s.token_ids) for s in traj.segments if s.kind == "policy"),
@@ -250,8 +251,7 @@ def outcome(traj: Trajectory, tokenizer: Any) -> dict[str, Any]:
 
 def same_answer(reward: Reward, answer: str, other: str) -> bool:
     """Whether ``reward`` accepts ``answer`` for the accepted answer ``other``: the votes' equivalence."""
-    score = reward(f"FINAL ANSWER: {answer}", [other])
-    return score.parts.get("accuracy", score.total) >= 1.0
+    return answer_accuracy(reward, answer, [other]) >= 1.0
 
 
 def revision(reward: Reward, before: str | None, after: str | None, sample: Sample) -> dict[str, Any]:
@@ -264,8 +264,7 @@ def revision(reward: Reward, before: str | None, after: str | None, sample: Samp
 def _correct(reward: Reward, answer: str | None, sample: Sample) -> float:
     if answer is None:
         return 0.0
-    score = reward(f"FINAL ANSWER: {answer}", sample.answers)
-    return float(score.parts.get("accuracy", score.total))
+    return answer_accuracy(reward, answer, sample.answers)
 
 
 def _count_dirs(folder: Path) -> int:
