@@ -42,7 +42,7 @@ from vlrl.eval.report import build_report, write_report
 from vlrl.heldout import answer_accuracy, trajectory_accuracy
 from vlrl.registry import resolve
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer, resized_image_runs
-from vlrl.rollout.manager import Reward, RolloutManager
+from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
 from vlrl.types import Sample, SamplingParams, Trajectory
@@ -174,8 +174,7 @@ class _Evaluation:
         trajs = rolled[0].groups[0].trajectories if rolled[0].groups else []
         records = await asyncio.gather(*(self.judge(t, sample) for t in trajs))
         if not trajs:  # the group failed: its samples count as wrong answers, with the reason
-            reason = ", ".join(sorted(rolled[0].dropped)) or "dropped"
-            records = [{"answer": None, "correct": 0.0, "dropped": reason} for _ in range(self.cfg.samples)]
+            records = [_dropped(rolled[0]) for _ in range(self.cfg.samples)]
         clusters = cluster_answers([r["answer"] for r in records], lambda a, b: same_answer(self.reward, a, b))
         for record, cluster in zip(records, clusters):
             record["cluster"] = cluster
@@ -184,8 +183,7 @@ class _Evaluation:
                                 "errors": rolled[0].errors}
         if self.greedy is not None:
             greedy = rolled[1].groups[0].trajectories[0] if rolled[1].groups else None
-            line["greedy"] = outcome(greedy, self.tokenizer) if greedy is not None else {
-                "answer": None, "correct": 0.0, "dropped": ", ".join(sorted(rolled[1].dropped)) or "dropped"}
+            line["greedy"] = outcome(greedy, self.tokenizer) if greedy is not None else _dropped(rolled[1])
         line["seconds"] = time.perf_counter() - start
         for traj, record in zip(trajs, records):
             self.keep_transcript(traj, record)
@@ -265,6 +263,11 @@ def _correct(reward: Reward, answer: str | None, sample: Sample) -> float:
     if answer is None:
         return 0.0
     return answer_accuracy(reward, answer, sample.answers)
+
+
+def _dropped(result: RolloutResult) -> dict[str, Any]:
+    """The record of a sample whose trajectory failed: no answer, wrong, and why."""
+    return {"answer": None, "correct": 0.0, "dropped": ", ".join(sorted(result.dropped)) or "dropped"}
 
 
 def _count_dirs(folder: Path) -> int:
