@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,34 @@ def vllm_engine(tiny_dir, loop):
     engine = loop.run_until_complete(VLLMEngine.create(tiny_dir))
     yield engine
     loop.run_until_complete(engine.close())
+
+
+REWARD = textwrap.dedent('''
+    from vlrl.types import Score
+
+    def distinct_characters(text, answers):
+        """A reward every random model gets partly: how varied its answer is."""
+        value = min(len(set(text)) / 40, 1.0)
+        return Score(value, {"accuracy": value})
+''')
+
+
+@pytest.fixture
+def train_config(tmp_path, tiny_dir) -> Path:
+    """A short `vlrl train` config on the tiny model (3 steps of 2 groups of 3, no tools), with a reward every
+    random model gets partly."""
+    (tmp_path / "reward.py").write_text(REWARD)
+    path = tmp_path / "train.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: e2e
+        model: {{path: {tiny_dir}}}
+        env: {{tools: [], max_turns: 1, sandbox: {{workers: 1}}}}
+        task: {{name: synthetic_charts, args: {{kinds: [v_bar], difficulty: easy}},
+                reward: "{tmp_path / 'reward.py'}:distinct_characters"}}
+        rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 8}}
+        optim: {{lr: 1.0e-3}}
+        steps: 3
+        checkpoint_every: 1
+        log: {{dir: {tmp_path / 'runs'}, transcripts_every: 2, progress: false}}
+    """))
+    return path

@@ -14,34 +14,6 @@ from safetensors.torch import load_file
 from test_cli import ROOT, vlrl
 from vlrl.config import TrainConfig, load_config
 
-REWARD = textwrap.dedent('''
-    from vlrl.types import Score
-
-    def distinct_characters(text, answers):
-        """A reward every random model gets partly: how varied its answer is."""
-        value = min(len(set(text)) / 40, 1.0)
-        return Score(value, {"accuracy": value})
-''')
-
-
-@pytest.fixture
-def config(tmp_path, tiny_dir):
-    (tmp_path / "reward.py").write_text(REWARD)
-    path = tmp_path / "train.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: e2e
-        model: {{path: {tiny_dir}}}
-        env: {{tools: [], max_turns: 1, sandbox: {{workers: 1}}}}
-        task: {{name: synthetic_charts, args: {{kinds: [v_bar], difficulty: easy}},
-                reward: "{tmp_path / 'reward.py'}:distinct_characters"}}
-        rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 8}}
-        optim: {{lr: 1.0e-3}}
-        steps: 3
-        checkpoint_every: 1
-        log: {{dir: {tmp_path / 'runs'}, transcripts_every: 2, progress: false}}
-    """))
-    return path
-
 
 def weights(run, step):
     return load_file(run / "checkpoints" / f"step-{step}" / "model" / "model.safetensors")
@@ -49,8 +21,8 @@ def weights(run, step):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
-def test_train_logs_learns_checkpoints_and_serves_new_weights(config, tmp_path, tiny_dir, kind):
-    vlrl("train", str(config), f"engine.kind={kind}", "log.wandb=offline")
+def test_train_logs_learns_checkpoints_and_serves_new_weights(train_config, tmp_path, tiny_dir, kind):
+    vlrl("train", str(train_config), f"engine.kind={kind}", "log.wandb=offline")
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
@@ -68,10 +40,10 @@ def test_train_logs_learns_checkpoints_and_serves_new_weights(config, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_verifier_model_judges_every_trajectory_while_it_streams(config, tmp_path):
+def test_a_verifier_model_judges_every_trajectory_while_it_streams(train_config, tmp_path):
     """The verifier's processor makes smaller images than the policy's: the image runs it reads are resized."""
     vlrl("model", "tiny", "--out", str(tmp_path / "verifier"), "--max-pixels", "12544")
-    vlrl("train", str(config), "rollout.schedule=async", f"verifier.model={tmp_path / 'verifier'}",
+    vlrl("train", str(train_config), "rollout.schedule=async", f"verifier.model={tmp_path / 'verifier'}",
          "verifier.weight=0.25",
          "verifier.chunk_tokens=auto", "checkpoint_every=0")
     run = (tmp_path / "runs" / "latest").resolve()
@@ -92,9 +64,9 @@ def groups_accounted(records, group_size):
 
 
 @pytest.mark.slow
-def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(config, tmp_path):
+def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(train_config, tmp_path):
     overlap = ["rollout.schedule=overlap", "rollout.extra_groups=2", "rollout.max_staleness=1", "steps=4"]
-    vlrl("train", str(config), *overlap, "log.timeline=2")
+    vlrl("train", str(train_config), *overlap, "log.timeline=2")
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["groups_started"] == 4 and all(r["trajectories"] == 6 for r in records)  # B = 2 groups of 3
@@ -109,7 +81,7 @@ def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(config,
     entered, accounted = groups_accounted(records, 3)
     assert entered == accounted
     pending = torch.load(whole / "checkpoints" / "step-2" / "state.pt", weights_only=False)["pending"]
-    vlrl("train", str(config), *overlap, f"resume={whole / 'checkpoints' / 'step-2'}")
+    vlrl("train", str(train_config), *overlap, f"resume={whole / 'checkpoints' / 'step-2'}")
     resumed = (tmp_path / "runs" / "latest").resolve()
     after = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()][2:]
     entered, accounted = groups_accounted(after, 3)
@@ -117,10 +89,10 @@ def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(config,
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
-    vlrl("train", str(config))
+def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
+    vlrl("train", str(train_config))
     whole = (tmp_path / "runs" / "latest").resolve()
-    vlrl("train", str(config), f"resume={whole / 'checkpoints' / 'step-1'}")
+    vlrl("train", str(train_config), f"resume={whole / 'checkpoints' / 'step-1'}")
     resumed = (tmp_path / "runs" / "latest").resolve()
     assert resumed != whole
     a, b = weights(whole, 3), weights(resumed, 3)
@@ -144,9 +116,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights(config, tmp_path):
     ("rollout.extra_groups=-1", "extra_groups must be >= 0 or auto, got -1"),
     ("rollout.schedule=later", "not one of ['sync', 'async', 'overlap']"),
     ("log.timeline=-1", "log.timeline must be >= 0, got -1"),
+    ("engine.replicas=2", "engine.replicas = 2 needs distributed.backend: ray"),
+    ("distributed.world_size=0", "world_size must be >= 1, got 0"),
+    ("distributed.backend=slurm", "not one of ['none', 'ray']"),
 ])
-def test_bad_config_fails_before_any_work(config, tmp_path, override, message):
-    result = vlrl("train", str(config), override, check=False)
+def test_bad_config_fails_before_any_work(train_config, tmp_path, override, message):
+    result = vlrl("train", str(train_config), override, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "runs").exists()  # no run directory, no engine started
 
@@ -215,14 +190,14 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
 
 
 @pytest.mark.slow
-def test_ppo_with_a_critic_trains_and_resumes(config, tmp_path):
+def test_ppo_with_a_critic_trains_and_resumes(train_config, tmp_path):
     overrides = ["algo.name=ppo", "rollout.group_size=1", "rollout.prompts_per_step=3", "algo.critic.lr=1.0e-3"]
-    vlrl("train", str(config), *overrides)
+    vlrl("train", str(train_config), *overrides)
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert all(r["value_loss"] > 0 and r["grad_norm"] > 0 for r in records)
     assert records[-1]["value_loss"] < records[0]["value_loss"]  # the critic learns the rewards' scale
-    vlrl("train", str(config), *overrides, f"resume={whole / 'checkpoints' / 'step-1'}")
+    vlrl("train", str(train_config), *overrides, f"resume={whole / 'checkpoints' / 'step-1'}")
     resumed = (tmp_path / "runs" / "latest").resolve()
     a, b = weights(whole, 3), weights(resumed, 3)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -283,9 +258,9 @@ def test_a_run_whose_tool_crashes_and_hangs_keeps_going_and_counts_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_trains_adapters_serves_merged_weights_and_resumes(config, tmp_path, tiny_dir):
+def test_lora_trains_adapters_serves_merged_weights_and_resumes(train_config, tmp_path, tiny_dir):
     lora = ["optim.lora_rank=4", "optim.lr=1.0e-2"]
-    vlrl("train", str(config), *lora)
+    vlrl("train", str(train_config), *lora)
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert all(r["parity"] < 1e-3 for r in records)  # the engine samples with the merged adapters
@@ -293,14 +268,14 @@ def test_lora_trains_adapters_serves_merged_weights_and_resumes(config, tmp_path
     changed = {k for k in final if not torch.equal(initial[k], final[k])}
     assert changed and all(k.endswith("_proj.weight") and "visual" not in k for k in changed)
     assert (whole / "checkpoints" / "step-3" / "adapter" / "adapter_model.safetensors").is_file()
-    vlrl("train", str(config), *lora, f"resume={whole / 'checkpoints' / 'step-1'}")
+    vlrl("train", str(train_config), *lora, f"resume={whole / 'checkpoints' / 'step-1'}")
     resumed = weights((tmp_path / "runs" / "latest").resolve(), 3)
     assert all(torch.equal(final[k], resumed[k]) for k in final)
 
 
 @pytest.mark.slow
-def test_several_updates_per_rollout_use_the_rollouts_old_policy(config, tmp_path):
-    vlrl("train", str(config), "algo.epochs=2", "algo.mini_batches=3", "steps=2", "checkpoint_every=0")
+def test_several_updates_per_rollout_use_the_rollouts_old_policy(train_config, tmp_path):
+    vlrl("train", str(train_config), "algo.epochs=2", "algo.mini_batches=3", "steps=2", "checkpoint_every=0")
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["optimizer_steps"] == 6 and r["parity"] < 1e-3 for r in records)

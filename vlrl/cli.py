@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     bo.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
     bo.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
     bo.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    bs = bench_sub.add_parser("scale", help="rollout tokens/s over 1 and 2 Ray engine replicas, and the Ray layer's "
+                                            "cost")
+    bs.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
+    bs.add_argument("--engine", default="hf", choices=["hf", "vllm"])
+    bs.add_argument("--steps", type=int, default=4, help="steps per setup; the first warms up")
+    bs.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     bd = bench_sub.add_parser("data", help="synthetic samples per second, loader rows per second")
     bd.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
 
@@ -201,6 +207,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm", max_pixels=12544)
             steps = args.steps or (5 if args.quick else 10)
             run_overlap_bench(model_dir, steps, args.json, Path(args.keep) if args.keep else None)
+    elif args.command == "bench" and args.bench_command == "scale":
+        from vlrl.bench.scale import run as run_scale_bench
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
+            run_scale_bench(model_dir, args.engine, args.steps, args.json)
     elif args.command == "bench" and args.bench_command == "data":
         from vlrl.bench.data import run as run_data_bench
 

@@ -103,8 +103,14 @@ class EngineConfig:
     block_size: int = 0  # (vllm) KV block tokens, the prefix cache's granularity; 0: vLLM's default (128 on CPU)
     tensor_parallel_size: int = 1  # (vllm)
     max_images_per_prompt: int = 8  # (vllm) images one trajectory may hold
+    replicas: int = 1  # engines behind a router, each a Ray actor (needs distributed.backend: ray)
+    replica_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # Ray resources per replica,
+    #                                         e.g. {GPU: 1}, or {GPU: 2} with tensor_parallel_size 2
+    restart_replicas: bool = True  # start a new replica (with the latest weights) in place of one that died
 
     def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -277,6 +283,31 @@ class HeldoutConfig:
     agent: str = ""  # also score this agent (e.g. the warm start's teacher) on the same questions
 
 
+@dataclass
+class DistributedConfig:
+    """Where the engines and the trainer run: this process (``none``), or Ray actors across a cluster."""
+
+    backend: Literal["none", "ray"] = "none"  # none: one process, Ray is not imported
+    address: str = ""  # (ray) "": start a local cluster for this run; "auto": join the running one; or HOST:PORT
+    world_size: int = 1  # (ray) trainer ranks, data parallel over torch.distributed
+    rank_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # (ray) per rank, e.g. {GPU: 1}
+    placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {self.world_size}")
+        if self.placement_timeout_s <= 0:
+            raise ValueError(f"placement_timeout_s must be > 0, got {self.placement_timeout_s}")
+
+
+def check_backend(engine: EngineConfig, distributed: DistributedConfig) -> None:
+    """Several replicas or trainer ranks need Ray; raises ConfigError naming the setting otherwise."""
+    if distributed.backend == "none":
+        for key, value in (("engine.replicas", engine.replicas), ("distributed.world_size", distributed.world_size)):
+            if value > 1:
+                raise ConfigError(f"{key} = {value} needs distributed.backend: ray")
+
+
 OVERLAP_IMPORTANCE_CAP = 2.0  # the truncation of the importance weights of deferred tokens (verl's TIS default)
 
 
@@ -296,6 +327,7 @@ class TrainConfig:
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     steps: int = 10
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
@@ -304,6 +336,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_backend(self.engine, self.distributed)
         if self.algo.epochs < 1 or self.algo.mini_batches < 1:
             raise ValueError(f"algo.epochs and algo.mini_batches must be >= 1, got {self.algo.epochs}, "
                              f"{self.algo.mini_batches}")

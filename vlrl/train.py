@@ -26,7 +26,8 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
 from vlrl.config import ModelConfig, TrainConfig, to_dict
-from vlrl.engines import make_engine
+from vlrl.distributed import cluster
+from vlrl.engines import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import Env, make_env
 from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
@@ -139,75 +140,76 @@ async def train(cfg: TrainConfig) -> Path:
         run.log(record["step"], {k: v for k, v in record.items() if k != "step"})
     sampling = SamplingParams(max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                               top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
-    engine = await make_engine(cfg.model, cfg.engine)
-    compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
-    wall = time.perf_counter()
-    verifier_engine = None
-    try:
-        verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
-        tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
-        if trainer.version:
-            await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
-        stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
-        async with make_env(cfg.env, tokenizer, vision) as env:
-            if teacher is not None and not cfg.resume:
-                await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run, compute)
-                if trainer.reference is not None:  # KL keeps RL near what the warm start learned
-                    trainer.reference.load_state_dict(merged_state_dict(trainer.model))
-            if heldout and not cfg.resume:
-                state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
-            overlap = cfg.rollout.schedule == "overlap"
-            manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
-                                     "async" if overlap else cfg.rollout.schedule, verifier, cfg.verifier.weight,
-                                     tuner.current if tuner else int(cfg.verifier.chunk_tokens))
-            scheduler = _scheduler(cfg, manager, state) if overlap else None
-            progress = _progress(cfg, state.step)
-            for step in range(state.step, cfg.steps):
-                if tuner is not None:
-                    manager.chunk_tokens = tuner.current
-                metrics = await _step(cfg, step, manager, scheduler, trainer, engine, stream, run, tokenizer, critic,
-                                      compute)
-                if tuner is not None:
-                    tuner.observe(metrics["step_s"])
-                state.step, state.cursor = step + 1, state.cursor + metrics["groups_started"]
-                state.pending = scheduler.pending() if scheduler is not None else []
-                state.history = run.history
-                if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
-                    run.plot()
-                if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-                    save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir,
-                                    critic)
-                if step + 1 == cfg.steps:  # a stable name for the final weights: checkpoints/last/model
-                    last = run.path / "checkpoints" / "last"
-                    last.unlink(missing_ok=True)
-                    last.symlink_to(f"step-{step + 1}")
+    with cluster(cfg.distributed.backend, cfg.distributed.address):  # Ray only for backend ray
+        engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
+        compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
+        wall = time.perf_counter()
+        verifier_engine = None
+        try:
+            verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
+            tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
+            if trainer.version:
+                await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
+            stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
+            async with make_env(cfg.env, tokenizer, vision) as env:
+                if teacher is not None and not cfg.resume:
+                    await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run, compute)
+                    if trainer.reference is not None:  # KL keeps RL near what the warm start learned
+                        trainer.reference.load_state_dict(merged_state_dict(trainer.model))
+                if heldout and not cfg.resume:
+                    state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
+                overlap = cfg.rollout.schedule == "overlap"
+                manager = RolloutManager(engine, env, tokenizer, reward, sampling, cfg.rollout.group_size,
+                                         "async" if overlap else cfg.rollout.schedule, verifier, cfg.verifier.weight,
+                                         tuner.current if tuner else int(cfg.verifier.chunk_tokens))
+                scheduler = _scheduler(cfg, manager, state) if overlap else None
+                progress = _progress(cfg, state.step)
+                for step in range(state.step, cfg.steps):
+                    if tuner is not None:
+                        manager.chunk_tokens = tuner.current
+                    metrics = await _step(cfg, step, manager, scheduler, trainer, engine, stream, run, tokenizer,
+                                          critic, compute)
+                    if tuner is not None:
+                        tuner.observe(metrics["step_s"])
+                    state.step, state.cursor = step + 1, state.cursor + metrics["groups_started"]
+                    state.pending = scheduler.pending() if scheduler is not None else []
+                    state.history = run.history
+                    if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
+                        run.plot()
+                    if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+                        save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir,
+                                        critic)
+                    if step + 1 == cfg.steps:  # a stable name for the final weights: checkpoints/last/model
+                        last = run.path / "checkpoints" / "last"
+                        last.unlink(missing_ok=True)
+                        last.symlink_to(f"step-{step + 1}")
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}",
+                                             acc=f"{metrics.get('accuracy', 0):.3f}",
+                                             tools=f"{metrics.get('tool_call_rate', 0):.2f}")
                 if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}",
-                                         acc=f"{metrics.get('accuracy', 0):.3f}",
-                                         tools=f"{metrics.get('tool_call_rate', 0):.2f}")
-            if progress is not None:
-                progress.close()
-            if scheduler is not None:
-                await scheduler.close()
-            summary = dict(state.summary)
-            if heldout:
-                summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
-    finally:
-        await engine.close()
-        if verifier_engine is not None:
-            await verifier_engine.close()
-        compute.close()
-    run.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
-    last = run.history[-1] if run.history else {}
-    summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
-                "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
-                "weights_version": trainer.version}
-    for baseline in PAIRED.values():  # per-question lists: kept for resume, not for the summary
-        summary.pop(baseline, None)
-    run.finish(summary)
-    _print_summary(summary, run.path)
-    return run.path
+                    progress.close()
+                if scheduler is not None:
+                    await scheduler.close()
+                summary = dict(state.summary)
+                if heldout:
+                    summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
+        finally:
+            await engine.close()
+            if verifier_engine is not None:
+                await verifier_engine.close()
+            compute.close()
+        run.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
+        last = run.history[-1] if run.history else {}
+        summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
+                    "wall_seconds": time.perf_counter() - wall, "peak_rss_gb": peak_rss_gb(),
+                    "weights_version": trainer.version}
+        for baseline in PAIRED.values():  # per-question lists: kept for resume, not for the summary
+            summary.pop(baseline, None)
+        run.finish(summary)
+        _print_summary(summary, run.path)
+        return run.path
 
 
 async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any) -> tuple[Verifier | None,
@@ -219,7 +221,7 @@ async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any)
     engine, own, image_runs = policy_engine, None, None
     if v.model != "policy":
         check_same_tokenizer(v.model, tokenizer, "verifier.model")
-        engine = own = await make_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine)
+        engine = own = await open_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine, cfg.distributed)
         image_runs = resized_image_runs(VisionInputs(cfg.model.path), VisionInputs(v.model))
     return Verifier(engine, tokenizer, v.question, v.yes, v.no, image_runs), own
 
@@ -353,6 +355,9 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
         with timeline.span(TRAINER, "sync"):
             metrics["sync_s"] = await trainer.push(engine)
     metrics["version"] = trainer.version
+    metrics |= engine.take_stats()
+    if manager.verifier is not None and manager.verifier.engine is not engine:
+        metrics |= {f"verifier_{key}": value for key, value in manager.verifier.engine.take_stats().items()}
     end = time.perf_counter()
     metrics["step_s"] = end - start
     metrics |= timeline.engine_figures(start, rolled, end, cfg.engine.max_num_seqs)

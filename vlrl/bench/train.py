@@ -12,7 +12,7 @@ import asyncio
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.train import train
@@ -27,17 +27,17 @@ KEYS = {"step_s": "step", "rollout_s": "rollout (decode + tools)", "reward_s": "
         "forward_s": "logprob forward", "update_s": "update (forward + backward + AdamW)", "sync_s": "weight sync"}
 
 
-def measure(model_dir: Path, engine: str) -> dict[str, Any]:
+def measure(model_dir: Path, engine: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The per-step metrics of `vlrl train` on the workload (with ``overrides``)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(TrainConfig, None, [*WORKLOAD, f"model.path={model_dir}", f"engine.kind={engine}",
-                                              f"log.dir={tmp}"])
+                                              f"log.dir={tmp}", *overrides])
         run = asyncio.run(train(cfg))
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return records[-1]
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def run(model_dir: Path, engine: str, as_json: bool) -> dict[str, float]:
-    last = measure(model_dir, engine)
+    last = measure(model_dir, engine)[-1]
     print(f"one GRPO step ({engine} engine, 8 prompts x 8 trajectories, {last['trajectories']} trajectories, "
           f"{last['policy_tokens']:.0f} policy tokens)")
     for key, label in KEYS.items():

@@ -1,8 +1,13 @@
 """The rollout engine protocol: token ids + images in, streamed token ids + logprobs out.
 
-Both engines (HF and vLLM) implement it; the rollout manager, the verifier and the
-benchmarks only ever see this interface. Engines never tokenize or detokenize what the
-caller passes: the ids given are the ids run, the ids returned are the ids sampled.
+Both engines (HF and vLLM) implement it, and so does the router over Ray replicas of
+either (``vlrl.distributed.router``); the rollout manager, the verifier and the benchmarks
+only ever see this interface. Engines never tokenize or detokenize what the caller passes:
+the ids given are the ids run, the ids returned are the ids sampled.
+
+Request ids are paths whose first part names the conversation: a trajectory's turns
+(``TRAJ/t0``, ``TRAJ/t1``, ...) and its verifier calls (``TRAJ/verify``) share it, and a
+router keeps them on one replica so its cached prefix is reused.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Abort every request and release the engine's resources."""
+
+    def take_stats(self) -> dict[str, float]:
+        """Figures counted since the last call, for the step's metrics (a router: requests per replica, failovers)."""
+        return {}
 
     async def complete(
         self,

@@ -1,7 +1,8 @@
-"""Next-token sampling shared by the HF engine: logits --> (token, raw logprob) per row."""
+"""Next-token sampling shared by the HF engine (logits --> token, raw logprob per row), and continued requests."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -46,3 +47,14 @@ def sample_next(
         tokens.append(tok)
     logprobs = raw[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
     return tokens, logprobs
+
+
+def continued(sampling: SamplingParams, generated: int, part: int) -> SamplingParams:
+    """``sampling`` for the ``part``-th continuation of a request cut off after ``generated`` tokens.
+
+    A request paused by the scheduler, or moved off an engine replica that died, goes on as
+    a new request whose prompt ends with what it generated: its token budget is what is
+    left, and a seeded request gets a seed of its own per part so it does not replay its start.
+    """
+    seed = None if sampling.seed is None else (sampling.seed + 7_919 * part) % 2**31
+    return replace(sampling, max_tokens=sampling.max_tokens - generated, seed=seed)

@@ -164,7 +164,7 @@ def check_same_tokenizer(model_dir: str, tokenizer: Any, key: str) -> None:
 
 
 def _key(traj_id: str) -> str:
-    return f"verify/{traj_id}"
+    return f"{traj_id}/verify"
 
 
 def _single_tokens(tokenizer: Any, words: Sequence[str], what: str) -> list[int]:

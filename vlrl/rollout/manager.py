@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable, Literal, Sequence
 
 from vlrl.engines.base import Engine, collect
+from vlrl.engines.sampling import continued
 from vlrl.env import Env
 from vlrl.rewards.verifier import Verdict, Verifier
 from vlrl.rollout.feed import VerifierFeed
@@ -190,8 +191,7 @@ class RolloutManager:
         part = 0
         while True:
             rid = request if part == 0 else f"{request}/resumed-{part}"
-            params = replace(sampling, max_tokens=sampling.max_tokens - len(ids),
-                             seed=None if sampling.seed is None else (sampling.seed + 7_919 * part) % 2**31)
+            params = continued(sampling, len(ids), part)
             self._running[traj.id] = rid
             t0 = time.perf_counter()
             try:

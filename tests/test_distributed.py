@@ -1,0 +1,208 @@
+"""Engine replicas on a local Ray cluster: placement, conversations kept on a replica, failover, config errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from test_cli import ROOT, VLRL, vlrl
+from test_train import groups_accounted
+from vlrl.config import DistributedConfig, EngineConfig, ModelConfig
+from vlrl.trainer.logprobs import sequence_logprobs
+from vlrl.types import SamplingParams
+
+pytestmark = pytest.mark.slow
+RAY = DistributedConfig(backend="ray", placement_timeout_s=120)
+HALF_CPU = {"CPU": 0.5}  # two replicas and the driver share this machine's 2 cores
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from vlrl.distributed.cluster import connect, disconnect
+
+    started = connect("")
+    yield
+    disconnect(started)
+
+
+@pytest.fixture(scope="module")
+def router(ray_cluster, tiny_dir, loop):
+    from vlrl.engines import open_engine
+
+    engine = loop.run_until_complete(open_engine(
+        ModelConfig(str(tiny_dir)), EngineConfig(replicas=2, replica_resources=HALF_CPU), RAY))
+    yield engine
+    loop.run_until_complete(engine.close())
+
+
+async def together(*aws):
+    return await asyncio.gather(*aws)
+
+
+def no_eos(router) -> SamplingParams:
+    """Every request runs its whole budget: the tiny random model may otherwise stop at once."""
+    return SamplingParams(max_tokens=48, seed=0, suppress_token_ids=router.eos_ids)
+
+
+def test_requests_spread_and_a_conversation_keeps_its_replica(run, router, tokenizer):
+    router.take_stats()
+    prompt = tokenizer("How many bars are there?")["input_ids"]
+    sampling = no_eos(router)
+
+    async def conversation(i: int) -> None:  # two turns, then a verifier call, as a trajectory makes them
+        ids = list(prompt)
+        for turn in range(2):
+            out = await router.complete(ids, [], sampling, f"conv{i}/t{turn}")
+            assert len(out.token_ids) == 48 and len(out.logprobs) == 48
+            ids += list(out.token_ids) + tokenizer(" Look again.")["input_ids"]
+        await router.score_next(f"conv{i}/verify", ids, [], tokenizer.convert_tokens_to_ids(["Yes", "No"]))
+
+    run(together(*(conversation(i) for i in range(8))))
+    stats = router.take_stats()
+    assert stats["replica_0_requests"] > 0 and stats["replica_1_requests"] > 0  # spread
+    assert stats["replica_0_requests"] + stats["replica_1_requests"] == 8 * 3
+    assert stats["replica_failovers"] == 0 and stats["replicas_alive"] == 2
+    served = [set(info["served"]) for info in run(router.replica_info())]
+    for i in range(8):
+        mine = {f"conv{i}/t0", f"conv{i}/t1", f"conv{i}/verify"}
+        assert sum(mine <= s for s in served) == 1, f"conversation {i} was split over replicas"
+
+
+def test_weights_reach_every_replica_with_their_version(run, router, tokenizer, vision, trainer_model):
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in trainer_model.state_dict().items()}
+    run(router.update_weights(state, 7))
+    assert router.version == 7 and [i["version"] for i in run(router.replica_info())] == [7, 7]
+    prompt = tokenizer("Which bar is the highest?")["input_ids"]
+    outs = run(together(*(router.complete(prompt, [], no_eos(router), f"w{i}/t0") for i in range(4))))
+    model = type(trainer_model)(trainer_model.config).eval()
+    model.load_state_dict(state)
+    for out in outs:
+        assert set(out.versions) == {7}
+        full = sequence_logprobs(model, vision, [(prompt + list(out.token_ids), [])])[0].logprobs[len(prompt) - 1:]
+        assert (full - torch.tensor(out.logprobs)).abs().max() < 1e-3  # the replicas sample with these weights
+    run(router.update_weights(trainer_model.state_dict(), 8))
+
+
+def test_a_replica_killed_mid_rollout_loses_no_token_and_is_replaced(run, router, tokenizer, vision, trainer_model):
+    """SIGKILL one replica while its requests stream: each goes on at the survivor from the tokens it had."""
+    router.take_stats()
+    prompt = tokenizer("What is the value of the largest bar?")["input_ids"]
+    sampling = SamplingParams(max_tokens=160, seed=1, suppress_token_ids=router.eos_ids)
+    victim = run(router.replica_info())[0]["pid"]
+    seen: dict[str, int] = {}
+
+    async def stream(i: int):
+        ids, logprobs = [], []
+        async for delta in router.generate(prompt, [], sampling, f"kill{i}/t0"):
+            ids += delta.token_ids
+            logprobs += delta.logprobs
+            seen[f"kill{i}"] = len(ids)
+        return ids, logprobs, delta.finish_reason
+
+    async def kill_when_streaming() -> None:
+        while sum(seen.values()) < 40:
+            await asyncio.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+
+    *outs, _ = run(together(*(stream(i) for i in range(8)), kill_when_streaming()))
+    stats = router.take_stats()
+    assert stats["replica_losses"] == 1 and stats["replica_failovers"] >= 1
+    for ids, logprobs, finish in outs:
+        assert len(ids) == 160 and finish == "length"
+        full = sequence_logprobs(trainer_model, vision, [(prompt + ids, [])])[0].logprobs[len(prompt) - 1:]
+        assert (full - torch.tensor(logprobs)).abs().max() < 1e-3  # the survivor continued the exact prefix
+
+    async def replaced() -> list[dict]:
+        for _ in range(600):
+            infos = await router.replica_info()
+            if len(infos) == 2:
+                return infos
+            await asyncio.sleep(0.1)
+        raise AssertionError("the lost replica was not restarted")
+
+    infos = run(replaced())
+    assert victim not in {i["pid"] for i in infos} and {i["version"] for i in infos} == {8}  # the latest weights
+    assert router.take_stats()["replica_restarts"] == 1
+
+
+def test_replicas_the_cluster_cannot_place_fail_with_what_is_free(run, ray_cluster, tiny_dir):
+    from vlrl.engines import open_engine
+
+    cfg = EngineConfig(replicas=1, replica_resources={"CPU": 64})
+    with pytest.raises(TimeoutError, match=r"could not place 1 engine replicas with \{'CPU': 64\} .* free"):
+        run(open_engine(ModelConfig(str(tiny_dir)), cfg, DistributedConfig(backend="ray", placement_timeout_s=2)))
+
+
+TRAIN_ON_RAY = ["distributed.backend=ray", "engine.replicas=2", "engine.replica_resources={CPU: 0.5}",
+                "checkpoint_every=0"]
+
+
+def records_of(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_config, tmp_path):
+    vlrl("train", str(train_config), *TRAIN_ON_RAY, "rollout.schedule=overlap", "rollout.extra_groups=1", "steps=3",
+         "verifier.model=policy", "verifier.weight=0.25", "verifier.chunk_tokens=4")
+    records = records_of((tmp_path / "runs" / "latest").resolve())
+    for r in records:
+        assert r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 and r["replicas_alive"] == 2
+        assert r["trajectories"] == 6 and r["verifier_early_tokens"] > 0 and r["version"] == r["step"] + 1
+    entered, accounted = groups_accounted(records, 3)
+    assert entered == accounted
+
+
+def test_a_replica_killed_during_training_is_failed_over_and_every_trajectory_trained(train_config, tmp_path):
+    proc = subprocess.Popen([*VLRL, "train", str(train_config), *TRAIN_ON_RAY, "steps=4", "rollout.prompts_per_step=4",
+                             "rollout.max_new_tokens=48"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    metrics = tmp_path / "runs" / "latest" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()):  # step 0 is done: step 1's rollout begins
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.02)
+    replicas = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "EngineReplica" in " ".join(p.cmdline())]
+    assert len(replicas) == 2
+    replicas[0].kill()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "engine replica" in out and "is lost" in out
+    records = records_of((tmp_path / "runs" / "latest").resolve())
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert all(r["trajectories"] == 12 and not r["dropped"] for r in records)  # every trajectory trained
+    assert sum(r["replica_losses"] for r in records) == 1 and sum(r["replica_failovers"] for r in records) >= 1
+    assert sum(r["replica_restarts"] for r in records) <= 1
+
+
+@pytest.mark.vllm
+def test_vllm_replicas_sample_spread_and_take_new_weights(run, ray_cluster, tiny_dir, tokenizer, vision,
+                                                          trainer_model):
+    from vlrl.engines import open_engine
+
+    cfg = EngineConfig(kind="vllm", replicas=2, replica_resources=HALF_CPU, kv_cache_gib=1)
+    router = run(open_engine(ModelConfig(str(tiny_dir)), cfg, RAY))
+    try:
+        state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                 for k, v in trainer_model.state_dict().items()}
+        run(router.update_weights(state, 3))
+        prompt = tokenizer("Which bar is the highest?")["input_ids"]
+        outs = run(together(*(router.complete(prompt, [], no_eos(router), f"v{i}/t0") for i in range(6))))
+        assert router.take_stats()["replica_1_requests"] > 0
+        model = type(trainer_model)(trainer_model.config).eval()
+        model.load_state_dict(state)
+        for out in outs:
+            assert len(out.token_ids) == 48 and set(out.versions) == {3}
+            full = sequence_logprobs(model, vision, [(prompt + list(out.token_ids), [])])[0].logprobs[len(prompt) - 1:]
+            assert (full - torch.tensor(out.logprobs)).abs().max() < 1e-2
+    finally:
+        run(router.close())
