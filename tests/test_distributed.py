@@ -7,11 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import time
 
 import psutil
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from test_cli import ROOT, VLRL, vlrl
 from test_train import groups_accounted
@@ -206,3 +209,133 @@ def test_vllm_replicas_sample_spread_and_take_new_weights(run, ray_cluster, tiny
             assert (full - torch.tensor(out.logprobs)).abs().max() < 1e-2
     finally:
         run(router.close())
+
+
+def handmade_items(tokenizer, n: int = 6) -> list:
+    """Trajectories of different lengths (a prompt and a policy turn) with advantages of both signs."""
+    from vlrl.trainer.policy import TrainItem
+    from vlrl.types import Segment, Trajectory
+
+    items = []
+    for i in range(n):
+        prompt = tuple(tokenizer(f"Question {i}: which bar is the highest?")["input_ids"])
+        answer = tuple(tokenizer(" The answer is bar " + "ABCDEF"[i] * (1 + 3 * i))["input_ids"])
+        policy = Segment("policy", answer, logprobs=(-1.0,) * len(answer), versions=(0,) * len(answer))
+        items.append(TrainItem(Trajectory(f"t{i}", f"s{i}", [Segment("prompt", prompt), policy]),
+                               (-1.0) ** i * (0.5 + 0.1 * i)))
+    return items
+
+
+def new_trainer(tiny_dir, vision, **optim):
+    from transformers import AutoModelForImageTextToText
+
+    from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=torch.float32)
+    return PolicyTrainer(model, vision, OptimConfig(lr=1e-3, **optim), LossConfig(), total_steps=10)
+
+
+@pytest.fixture
+def two_ranks(run, ray_cluster, tiny_dir, vision):
+    """Rank 0 here and rank 1 in a Ray actor, joined in a gloo process group."""
+    from vlrl.distributed.ranks import RankSpec, RemoteRanks
+    from vlrl.trainer.policy import LossConfig, OptimConfig
+    from vlrl.worker_thread import WorkerThread
+
+    trainer, compute = new_trainer(tiny_dir, vision), WorkerThread("rank-0")
+    spec = RankSpec(str(tiny_dir), "float32", OptimConfig(lr=1e-3), LossConfig(), 10, timeout_s=60)
+    ranks = run(RemoteRanks.start(trainer, spec, DistributedConfig(backend="ray", world_size=2,
+                                                                   rank_resources=HALF_CPU), compute))
+    yield trainer, ranks
+    ranks.close()
+    compute.close()
+
+
+def test_data_parallel_steps_equal_one_process_and_keep_the_ranks_equal(two_ranks, tiny_dir, vision, tokenizer):
+    trainer, ranks = two_ranks
+    single = new_trainer(tiny_dir, vision)
+    items = handmade_items(tokenizer)
+    for _ in range(2):
+        alone, shared = single.step(items), trainer.step(items)
+        assert shared["policy_tokens"] == alone["policy_tokens"]  # figures summed over the ranks
+        for key in ("loss", "grad_norm", "entropy", "ratio"):
+            assert shared[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-7), key
+    imitated = [single.imitate([it.trajectory for it in items]), trainer.imitate([it.trajectory for it in items])]
+    assert imitated[1]["sft_loss"] == pytest.approx(imitated[0]["sft_loss"], rel=1e-5)
+    mine, (theirs,) = trainer.model.state_dict(), ranks.weights()
+    for name, tensor in single.model.state_dict().items():
+        # as one process, up to the order of the sums: Adam divides by sqrt(v), which turns gradient differences
+        # of ~1e-7 into weight differences of ~1e-5 where v is small; 1e-4 is a tenth of one step at lr 1e-3
+        assert torch.allclose(mine[name], tensor, atol=1e-4), name
+        assert torch.equal(theirs[name], mine[name]), name  # the ranks took the very same steps
+
+
+def test_a_lost_trainer_rank_ends_the_step_naming_it(two_ranks, tokenizer):
+    from vlrl.distributed import TrainerRankLost
+
+    trainer, ranks = two_ranks
+    os.kill(ranks.pids[0], signal.SIGKILL)
+    with pytest.raises(TrainerRankLost, match=rf"trainer rank 1 \(pid {ranks.pids[0]}\) died during the step"):
+        trainer.step(handmade_items(tokenizer))
+
+
+@pytest.fixture
+def warm_config(train_config, tmp_path, tiny_dir):
+    """A warm start on a teacher's tool-using traces, then GRPO with KL and two epochs per rollout."""
+    path = tmp_path / "warm.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: warm
+        model: {{path: {tiny_dir}}}
+        env: {{max_turns: 2, action_formats: [code], sandbox: {{workers: 2}}}}
+        task: {{name: synthetic_tables, args: {{difficulty: easy, families: [extrema, comparison]}},
+                reward: "{tmp_path / 'reward.py'}:distinct_characters"}}
+        rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 12}}
+        algo: {{epochs: 2, loss: {{kl_coef: 0.05}}}}
+        warmstart: {{agent: teacher, agent_args: {{p_tool: 1.0, p_correct: 0.5}}, samples: 12, steps: 3,
+                    batch_size: 5}}
+        steps: 3
+        checkpoint_every: 1
+        log: {{dir: {tmp_path / 'runs'}, progress: false, transcripts_every: 0}}
+    """))
+    return path
+
+
+RANKS = ["distributed.world_size=2", "distributed.rank_resources={CPU: 0.5}"]
+
+
+def test_two_replicas_and_two_ranks_train_as_one_process(warm_config, tmp_path):
+    runs = {}
+    for name, overrides in (("single", []), ("ray", [*TRAIN_ON_RAY[:3], *RANKS])):
+        vlrl("train", str(warm_config), *overrides, f"name={name}")
+        runs[name] = (tmp_path / "runs" / "latest").resolve()
+    one, two = (records_of(runs[k]) for k in ("single", "ray"))
+    assert [r["reward"] for r in two] == [r["reward"] for r in one]  # the replicas sampled what one engine did
+    assert all(r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 for r in two)
+    for a, b in zip(one, two):
+        for key in ("loss", "kl", "grad_norm", "entropy", "policy_tokens"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    warm = [[json.loads(line)["sft_loss"] for line in (runs[k] / "warmstart.jsonl").read_text().splitlines()]
+            for k in ("single", "ray")]
+    assert warm[1] == pytest.approx(warm[0], rel=1e-5)
+    final = [load_file(runs[k] / "checkpoints" / "step-3" / "model" / "model.safetensors") for k in ("single", "ray")]
+    assert all(torch.allclose(final[1][k], final[0][k], atol=1e-4) for k in final[0])  # see the test above
+
+
+def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(warm_config, tmp_path):
+    proc = subprocess.Popen([*VLRL, "train", str(warm_config), *TRAIN_ON_RAY[:3], *RANKS, "steps=4"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "latest" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and metrics.read_text().strip()):  # RL step 0 is done and checkpointed
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    rank = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "TrainerRank" in " ".join(p.cmdline()))
+    rank.kill()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"trainer rank 1 (pid {rank.pid}) died" in err and "resuming (1/1)" in err
+    resumed = (tmp_path / "runs" / "latest").resolve()
+    resume = yaml.safe_load((resumed / "config.yaml").read_text())["resume"]
+    assert "/checkpoints/step-" in resume  # the second run started from the first one's checkpoint
+    assert [r["step"] for r in records_of(resumed)] == [0, 1, 2, 3]

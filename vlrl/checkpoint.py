@@ -89,3 +89,10 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, critic: torch.nn
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
     return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"], saved["summary"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's complete checkpoint of the highest step, or None if it wrote none."""
+    steps = [(int(p.name.removeprefix("step-")), p) for p in (run_dir / "checkpoints").glob("step-*")
+             if p.name.removeprefix("step-").isdigit() and (p / "state.pt").is_file()]
+    return max(steps)[1] if steps else None

@@ -142,9 +142,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
     elif args.command == "train":
         from vlrl.config import TrainConfig, load_config
-        from vlrl.train import train
+        from vlrl.distributed import TrainerRankLost
+        from vlrl.train import run_training
 
-        asyncio.run(train(load_config(TrainConfig, args.config, args.overrides)))
+        try:
+            run_training(load_config(TrainConfig, args.config, args.overrides))
+        except TrainerRankLost as e:
+            print(f"vlrl: error: {e}", file=sys.stderr)
+            return 1
     elif args.command == "eval":
         import json
 

@@ -292,12 +292,17 @@ class DistributedConfig:
     world_size: int = 1  # (ray) trainer ranks, data parallel over torch.distributed
     rank_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # (ray) per rank, e.g. {GPU: 1}
     placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
+    collective_timeout_s: float = 600.0  # (ray) a gradient all-reduce waiting longer than this fails the step
+    max_restarts: int = 1  # (ray) times `vlrl train` resumes from the last checkpoint after losing a trainer rank
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {self.world_size}")
-        if self.placement_timeout_s <= 0:
-            raise ValueError(f"placement_timeout_s must be > 0, got {self.placement_timeout_s}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        for name in ("placement_timeout_s", "collective_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def check_backend(engine: EngineConfig, distributed: DistributedConfig) -> None:

@@ -11,10 +11,12 @@ Then metrics.jsonl, the curves, transcripts every K steps and checkpoints every 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import random
 import resource
+import sys
 import time
 from collections import Counter
 from itertools import islice
@@ -24,9 +26,9 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
+from vlrl.checkpoint import RunState, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlrl.config import ModelConfig, TrainConfig, to_dict
-from vlrl.distributed import cluster
+from vlrl.distributed import TrainerRankLost, cluster
 from vlrl.engines import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import Env, make_env
@@ -110,6 +112,21 @@ def task_stream(cfg: TrainConfig, first: Iterable[Sample] | None = None) -> Iter
         epoch += 1
 
 
+def run_training(cfg: TrainConfig) -> Path:
+    """`vlrl train`: ``train`` in an event loop of its own; a run that loses a data-parallel trainer rank resumes
+    from its last checkpoint (as a new run directory, like ``resume=``), ``distributed.max_restarts`` times."""
+    restarts = 0
+    while True:
+        try:
+            return asyncio.run(train(cfg))
+        except TrainerRankLost as e:
+            restarts += 1
+            if restarts > cfg.distributed.max_restarts:
+                raise
+            print(f"vlrl train: {e}; resuming ({restarts}/{cfg.distributed.max_restarts})", file=sys.stderr)
+            cfg = dataclasses.replace(cfg, resume=e.checkpoint or cfg.resume)
+
+
 async def train(cfg: TrainConfig) -> Path:
     """Run ``cfg``; returns the run directory."""
     model_dir = check_model_dir(cfg.model.path)
@@ -144,8 +161,9 @@ async def train(cfg: TrainConfig) -> Path:
         engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
         compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
         wall = time.perf_counter()
-        verifier_engine = None
+        verifier_engine = ranks = None
         try:
+            ranks = await _ranks(cfg, trainer, model_dir, compute)
             verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
             tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
             if trainer.version:
@@ -155,7 +173,7 @@ async def train(cfg: TrainConfig) -> Path:
                 if teacher is not None and not cfg.resume:
                     await _warm_start(cfg, env, tokenizer, vision, teacher, trainer, engine, run, compute)
                     if trainer.reference is not None:  # KL keeps RL near what the warm start learned
-                        trainer.reference.load_state_dict(merged_state_dict(trainer.model))
+                        await compute.run(trainer.reset_reference)
                 if heldout and not cfg.resume:
                     state.summary |= await _heldout_before(cfg, env, engine, tokenizer, reward, heldout, heldout_agent)
                 overlap = cfg.rollout.schedule == "overlap"
@@ -195,10 +213,16 @@ async def train(cfg: TrainConfig) -> Path:
                 summary = dict(state.summary)
                 if heldout:
                     summary |= await _heldout_after(cfg, env, engine, tokenizer, reward, heldout, state.summary)
+        except TrainerRankLost as e:
+            last = latest_checkpoint(run.path)
+            raise TrainerRankLost(f"{e}; the run can resume from {last or 'its start'}",
+                                  str(last) if last else None) from e
         finally:
             await engine.close()
             if verifier_engine is not None:
                 await verifier_engine.close()
+            if ranks is not None:
+                ranks.close()
             compute.close()
         run.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
         last = run.history[-1] if run.history else {}
@@ -245,7 +269,8 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
     demos = await play_agent(env, tokenizer, agent, samples, "warmstart")
     print(f"warm start: {len(demos)} {ws.agent} trajectories in {time.perf_counter() - start:.1f} s")
     optim = dataclasses.replace(cfg.optim, lr=ws.lr, warmup_steps=0, schedule="constant", lora_rank=0)
-    sft = PolicyTrainer(trainer.model, trainer.vision, optim, dataclasses.replace(cfg.algo.loss, kl_coef=0.0), ws.steps)
+    sft = await compute.run(trainer.sibling, optim, dataclasses.replace(cfg.algo.loss, kl_coef=0.0), ws.steps,
+                            "warmstart")
     rng = random.Random(cfg.seed)
     progress = _progress(dataclasses.replace(cfg, steps=ws.steps, name=f"{cfg.name} warm start"), 0)
     for step in range(ws.steps):
@@ -311,6 +336,17 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
             print(f"  {task:28s} {figures['questions']} questions: {shown}")
     print(f"run written to {path} (summary.json, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
           "checkpoints/)")
+
+
+async def _ranks(cfg: TrainConfig, trainer: PolicyTrainer, model_dir: Path, compute: WorkerThread) -> Any:
+    """Ranks 1..world_size-1 joined to ``trainer`` (rank 0) for data-parallel steps; None for one rank."""
+    if cfg.distributed.world_size == 1:
+        return None
+    from vlrl.distributed.ranks import RankSpec, RemoteRanks
+
+    spec = RankSpec(str(model_dir), cfg.model.dtype, cfg.optim, cfg.algo.loss,
+                    cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches, cfg.distributed.collective_timeout_s)
+    return await RemoteRanks.start(trainer, spec, cfg.distributed, compute)
 
 
 def _scheduler(cfg: TrainConfig, manager: RolloutManager, state: RunState) -> OverlapScheduler:

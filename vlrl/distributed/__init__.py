@@ -10,6 +10,14 @@ import contextlib
 from typing import Iterator
 
 
+class TrainerRankLost(RuntimeError):
+    """A data-parallel trainer rank died during a step; ``checkpoint`` is where the run resumes (None: its start)."""
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
 @contextlib.contextmanager
 def cluster(backend: str, address: str) -> Iterator[None]:
     """Inside: connected to the Ray cluster at ``address`` (a local one started for "" and stopped after);

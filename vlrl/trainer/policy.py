@@ -12,6 +12,12 @@ engine sampled from mu, whose logprobs (recorded per token) differ by kernel num
 and, with deferral, by version; ``importance_cap`` > 0 weights each token by
 min(pi_old / mu, cap) (truncated importance sampling), and the mean |pi_old - mu| is
 logged as ``parity``.
+
+Data parallel (``vlrl.distributed.ranks``): with ``peers``, a step cuts its batch into one
+share per rank by tokens, starts the other ranks on theirs and runs its own; every rank
+normalizes by the whole batch, and with a process ``group`` the gradients and the summed
+figures are all-reduced before the (identical) optimizer step, so the ranks' weights stay
+equal and equal to a single process's, up to the order of the float sums.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -32,6 +38,29 @@ from vlrl.vision import VisionInputs
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports this module's configs
     from vlrl.engines.base import Engine
+
+SUMS = ("loss", "clipped", "ratio", "entropy", "kl", "parity", "weight", "tokens", "engine_tokens")  # all-reduced
+
+
+class Peers(Protocol):
+    """The other data-parallel ranks, as the rank that drives them sees them (``vlrl.distributed.ranks``)."""
+
+    world_size: int
+
+    def submit(self, trainer: str, method: str, shares: Sequence[Sequence[Any]], total: float) -> Any:
+        """Start ``method`` of trainer ``trainer`` on ranks 1.. with a share each; returns what ``wait`` takes."""
+
+    def wait(self, pending: Any) -> None:
+        """Wait for the ranks' part of the step; raises if one of them is lost."""
+
+    def failed(self, pending: Any, error: BaseException) -> None:
+        """This rank's part failed with ``error``: raise the loss of a rank if that is the cause."""
+
+    def open(self, trainer: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
+        """Give every rank a trainer named ``trainer`` of the same model with an optimizer of its own."""
+
+    def reset_reference(self) -> None:
+        """Copy each rank's model into its reference model."""
 
 
 @dataclass
@@ -87,11 +116,13 @@ class PolicyTrainer:
     """Owns the trainer's copy of the model, its optimizer and LR schedule."""
 
     def __init__(self, model: PreTrainedModel, vision: VisionInputs, optim: OptimConfig, loss: LossConfig,
-                 total_steps: int, reference: PreTrainedModel | None = None):
+                 total_steps: int, reference: PreTrainedModel | None = None, group: Any = None,
+                 peers: Peers | None = None, name: str = "policy"):
         if loss.kl_coef > 0 and reference is None:
             raise ValueError("loss.kl_coef > 0 needs a reference model")
         self.model, self.vision, self.optim_cfg, self.loss_cfg = model, vision, optim, loss
         self.reference = reference
+        self.group, self.peers, self.name = group, peers, name  # data parallel: see the module docstring
         if optim.lora_rank > 0:
             model = apply_lora(model, optim.lora_rank, optim.lora_alpha, optim.lora_dropout)
             self.model = model
@@ -103,11 +134,31 @@ class PolicyTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim, total_steps))
         self.version = 0
 
-    def step(self, items: Sequence[TrainItem]) -> dict[str, float]:
-        """One optimizer step over ``items``; returns the step's training metrics."""
+    def sibling(self, optim: OptimConfig, loss: LossConfig, total_steps: int, name: str) -> PolicyTrainer:
+        """A trainer of the same model with an optimizer of its own (the warm start's), on every rank."""
+        if self.peers is not None:
+            self.peers.open(name, optim, loss, total_steps)
+        return PolicyTrainer(self.model, self.vision, optim, loss, total_steps, group=self.group, peers=self.peers,
+                             name=name)
+
+    def reset_reference(self) -> None:
+        """The reference model (KL) becomes a copy of the model as it is now, on every rank."""
+        if self.reference is None:
+            raise ValueError("this trainer has no reference model (loss.kl_coef is 0)")
+        self.reference.load_state_dict(merged_state_dict(self.model))
+        if self.peers is not None:
+            self.peers.reset_reference()
+
+    def step(self, items: Sequence[TrainItem], total: float | None = None) -> dict[str, float]:
+        """One optimizer step over ``items``; returns the step's training metrics.
+
+        ``total`` is the loss normalizer of the whole batch when ``items`` is one rank's share.
+        """
         start = time.perf_counter()
-        sums = self.backward(items)
-        grad_norm = self._apply()
+        if not items and total is None:
+            raise ValueError("a policy step needs at least one trajectory")
+        total = normalizer(items, self.loss_cfg.aggregation) if total is None else total
+        sums, grad_norm = self._update("step", self.backward, items, total)
         cfg = self.loss_cfg
         tokens, engine_tokens = max(sums["tokens"], 1.0), max(sums["engine_tokens"], 1.0)
         metrics = {"loss": sums["loss"], "clip_fraction": sums["clipped"] / tokens, "ratio": sums["ratio"] / tokens,
@@ -121,16 +172,16 @@ class PolicyTrainer:
         self.scheduler.step()
         return metrics
 
-    def backward(self, items: Sequence[TrainItem]) -> dict[str, float]:
-        """Accumulate the gradient of the batch's loss over its micro-batches; returns token-summed figures."""
-        if not items:
-            raise ValueError("a policy step needs at least one trajectory")
+    def backward(self, items: Sequence[TrainItem], total: float | None = None) -> dict[str, float]:
+        """Accumulate the gradient of the batch's loss over its micro-batches; returns token-summed figures.
+
+        The loss is normalized by ``total`` (default: ``items``' own normalizer), so the
+        gradients of shares of one batch add up to the batch's.
+        """
         cfg = self.loss_cfg
         self.model.train()
-        masks = [torch.tensor(it.trajectory.loss_mask[1:], dtype=torch.float32) for it in items]
-        total = float(sum(m.sum() for m in masks)) if cfg.aggregation == "token-mean" else float(len(items))
-        sums: dict[str, float] = {k: 0.0 for k in ("loss", "clipped", "ratio", "entropy", "kl", "parity",
-                                                   "weight", "tokens", "engine_tokens", "forward_s")}
+        total = normalizer(items, cfg.aggregation) if total is None else total
+        sums: dict[str, float] = dict.fromkeys((*SUMS, "forward_s"), 0.0)
         for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
             trajs = [it.trajectory for it in batch]
             t0 = time.perf_counter()
@@ -183,31 +234,77 @@ class PolicyTrainer:
                                                            for it in batch])]
         return out
 
-    def imitate(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    def imitate(self, trajectories: Sequence[Trajectory], total: float | None = None) -> dict[str, float]:
         """One supervised step: maximize the log-likelihood of the policy tokens (loss mask 1) of ``trajectories``.
 
         The warm start on expert (or teacher) trajectories: the same ids, images and masks
         as RL, so the model learns the format and the tool protocol before RL improves it.
         """
-        if not trajectories:
+        if not trajectories and total is None:
             raise ValueError("a supervised step needs at least one trajectory")
         self.model.train()
         start = time.perf_counter()
-        total = float(sum(sum(t.loss_mask[1:]) for t in trajectories))
-        loss_sum = correct = 0.0
+        total = float(sum(sum(t.loss_mask[1:]) for t in trajectories)) if total is None else total
+        sums, grad_norm = self._update("imitate", self._imitation_backward, trajectories, total)
+        metrics = {"sft_loss": sums["loss"], "sft_token_p_over_half": sums["confident"] / max(total, 1.0),
+                   "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
+                   "update_s": time.perf_counter() - start}
+        self.scheduler.step()
+        return metrics
+
+    def _imitation_backward(self, trajectories: Sequence[Trajectory], total: float) -> dict[str, float]:
+        """Accumulate the gradient of the mean negative log-likelihood (over ``total`` tokens) of the policy tokens."""
+        sums = {"loss": 0.0, "confident": 0.0}
         for batch in micro_batches(trajectories, self.optim_cfg.micro_batch_tokens):
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
             logp = pad([s.logprobs for s in scores])
             mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
             loss = aggregate(-logp, mask, "token-mean", total)
             loss.backward()
-            loss_sum += float(loss.detach())
-            correct += float(((logp.detach() > math.log(0.5)) * mask).sum())
-        metrics = {"sft_loss": loss_sum, "sft_token_p_over_half": correct / max(total, 1.0),
-                   "grad_norm": self._apply(), "lr": self.scheduler.get_last_lr()[0],
-                   "update_s": time.perf_counter() - start}
-        self.scheduler.step()
-        return metrics
+            sums["loss"] += float(loss.detach())
+            sums["confident"] += float(((logp.detach() > math.log(0.5)) * mask).sum())
+        return sums
+
+    def _update(self, method: str, backward: Callable[[Sequence[Any], float], dict[str, float]],
+                items: Sequence[Any], total: float) -> tuple[dict[str, float], float]:
+        """``backward`` on this rank's share of ``items`` (the other ranks start ``method`` on theirs), the gradients
+        and figures summed over the ranks, then the optimizer step; returns the summed figures and the grad norm."""
+        if self.peers is None:  # one process, or a remote rank (which has the group, not the peers)
+            sums = backward(items, total)
+            self._reduce(sums)
+            return sums, self._apply()
+        shares = split_by_tokens(items, self.peers.world_size)
+        pending = self.peers.submit(self.name, method, shares[1:], total)
+        try:
+            sums = backward(shares[0], total)
+            self._reduce(sums)  # where the other ranks meet this one
+        except Exception as e:
+            self.peers.failed(pending, e)
+            raise
+        grad_norm = self._apply()
+        self.peers.wait(pending)
+        return sums, grad_norm
+
+    def _reduce(self, sums: dict[str, float]) -> None:
+        """Sum the gradients and the additive figures over the process group (no-op without one)."""
+        if self.group is None:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # unused by this rank's share: it adds nothing, but the shapes must line up
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, group=self.group)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+        keys = [k for k in sums if k != "forward_s"]
+        figures = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(figures, group=self.group)
+        sums.update(zip(keys, figures.tolist()))
 
     def _apply(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -224,6 +321,27 @@ class PolicyTrainer:
         with torch.no_grad():
             await engine.update_weights(merged_state_dict(self.model), self.version)
         return time.perf_counter() - start
+
+
+def normalizer(items: Sequence[TrainItem], aggregation: Aggregation) -> float:
+    """What the batch's loss is divided by: its policy tokens (token-mean) or its trajectories."""
+    if aggregation == "token-mean":
+        return float(sum(sum(it.trajectory.loss_mask[1:]) for it in items))
+    return float(len(items))
+
+
+def split_by_tokens(items: Sequence[Any], ranks: int) -> list[list[Any]]:
+    """``items`` dealt to ``ranks`` shares of near-equal tokens: longest first, each to the lightest share.
+
+    Each share keeps the batch's order, so micro-batching within a share is as in one process.
+    """
+    loads = [0] * ranks
+    owner: dict[int, int] = {}
+    for i in sorted(range(len(items)), key=lambda i: -len(getattr(items[i], "trajectory", items[i]).token_ids)):
+        rank = loads.index(min(loads))
+        owner[i] = rank
+        loads[rank] += len(getattr(items[i], "trajectory", items[i]).token_ids)
+    return [[items[i] for i in range(len(items)) if owner[i] == rank] for rank in range(ranks)]
 
 
 def micro_batches(items: Sequence[Any], budget: int) -> list[list[Any]]:

@@ -1,0 +1,186 @@
+"""Data-parallel trainer ranks: rank 0 is the driver's ``PolicyTrainer``, ranks 1..W-1 are Ray actors.
+
+The remote ranks are placed by a Ray placement group (one bundle of
+``distributed.rank_resources`` each) and every rank joins one torch.distributed process
+group (gloo: the trainer runs on CPU) that rendezvouses at the driver. A remote rank
+starts as a copy of rank 0: the same model folder, then rank 0's weights, optimizer and
+LR-schedule state and reference model, so a resumed run, or LoRA's random init, starts
+equal everywhere. Each step, rank 0 deals the batch out by tokens (``PolicyTrainer``);
+the gradients are all-reduced, so every rank takes the same optimizer step. Rank 0 pushes
+the weights to the engines, saves the checkpoints and runs the critic (PPO).
+
+A rank that dies ends the step with ``TrainerRankLost``, naming it; `vlrl train` then
+resumes the run from its last checkpoint (``distributed.max_restarts`` times).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from transformers import AutoModelForImageTextToText
+
+from vlrl.config import DistributedConfig
+from vlrl.distributed import TrainerRankLost
+from vlrl.distributed.cluster import actor_options, placed
+from vlrl.trainer.lora import merged_state_dict
+from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer
+from vlrl.vision import VisionInputs
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """How to build a rank's trainer: what rank 0's was built from."""
+
+    model_dir: str
+    dtype: str
+    optim: OptimConfig
+    loss: LossConfig
+    total_steps: int
+    timeout_s: float  # a collective that waits longer than this fails
+
+
+class TrainerRank:
+    """The actor class of ranks 1..W-1; ``ray.remote(TrainerRank)`` makes it one."""
+
+    def __init__(self, rank: int, world_size: int, init_method: str, spec: RankSpec, state: dict[str, Any]):
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=spec.timeout_s))
+        model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=getattr(torch, spec.dtype))
+        reference = copy.deepcopy(model).eval().requires_grad_(False) if state["reference"] is not None else None
+        trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.loss, spec.total_steps,
+                                reference, group=dist.group.WORLD)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        if reference is not None:
+            reference.load_state_dict(state["reference"])
+        self.trainers = {trainer.name: trainer}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, trainer: str, method: str, items: Sequence[Any], total: float) -> None:
+        """This rank's part of ``method`` (``step`` or ``imitate``) of trainer ``trainer``, on its share."""
+        getattr(self.trainers[trainer], method)(items, total=total)
+
+    def open(self, name: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
+        self.trainers[name] = self.trainers["policy"].sibling(optim, loss, total_steps, name)
+
+    def reset_reference(self) -> None:
+        self.trainers["policy"].reset_reference()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's weights (LoRA merged), to check that the ranks agree."""
+        return {k: v.clone() for k, v in merged_state_dict(self.trainers["policy"].model).items()}
+
+
+_Actor = ray.remote(TrainerRank)
+
+
+class RemoteRanks:
+    """Ranks 1..W-1 as rank 0 drives them (the ``Peers`` of ``vlrl.trainer.policy``)."""
+
+    def __init__(self, actors: list[Any], pids: list[int], group: Any):
+        self.actors, self.pids, self._placement = actors, pids, group
+        self.world_size = len(actors) + 1
+
+    @classmethod
+    async def start(cls, trainer: PolicyTrainer, spec: RankSpec, cfg: DistributedConfig, compute: Any) -> RemoteRanks:
+        """Place ranks 1..W-1, build them from rank 0's state, and join them in one process group with ``trainer``.
+
+        ``compute`` is the thread rank 0 trains on: it joins the group there, so the event
+        loop is never blocked by the rendezvous.
+        """
+        remote = cfg.world_size - 1
+        group = placement_group([dict(cfg.rank_resources)] * remote)
+        actors: list[Any] = []
+        try:
+            await placed("trainer ranks", group.ready(), cfg.rank_resources, remote, cfg.placement_timeout_s)
+            init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+            state = ray.put({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                             "scheduler": trainer.scheduler.state_dict(),
+                             "reference": None if trainer.reference is None else trainer.reference.state_dict()})
+            options = actor_options(cfg.rank_resources) | {"max_restarts": 0}
+            actors = [_Actor.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(group, k))
+                      .remote(k + 1, cfg.world_size, init_method, spec, state) for k in range(remote)]
+            await compute.run(dist.init_process_group, "gloo", init_method=init_method, rank=0,
+                              world_size=cfg.world_size, timeout=timedelta(seconds=spec.timeout_s))
+            pids = list(await placed("trainer ranks", _gather([a.pid.remote() for a in actors]), cfg.rank_resources,
+                                     remote, cfg.placement_timeout_s))
+        except BaseException:
+            for actor in actors:
+                ray.kill(actor)
+            remove_placement_group(group)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            raise
+        trainer.group, trainer.peers = dist.group.WORLD, cls(actors, pids, group)
+        return trainer.peers  # type: ignore[return-value]
+
+    def submit(self, trainer: str, method: str, shares: Sequence[Sequence[Any]], total: float) -> list[Any]:
+        return [actor.run.remote(trainer, method, list(share), total) for actor, share in zip(self.actors, shares)]
+
+    def wait(self, pending: list[Any]) -> None:
+        self._get(pending)
+
+    def failed(self, pending: list[Any], error: BaseException) -> None:
+        """Rank 0's part failed with ``error``: raise TrainerRankLost if a remote rank is gone (the likely cause)."""
+        ray.wait(pending, num_returns=len(pending), timeout=10)
+        lost = [r for r, actor in enumerate(self.actors, start=1) if not _alive(actor)]
+        if lost:
+            raise TrainerRankLost(f"trainer rank {lost[0]} (pid {self.pids[lost[0] - 1]}) died during the step "
+                                  f"({type(error).__name__}: {error})") from error
+
+    def open(self, trainer: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
+        self._get([actor.open.remote(trainer, optim, loss, total_steps) for actor in self.actors])
+
+    def reset_reference(self) -> None:
+        self._get([actor.reset_reference.remote() for actor in self.actors])
+
+    def weights(self) -> list[dict[str, torch.Tensor]]:
+        """Each remote rank's weights, in rank order."""
+        return self._get([actor.weights.remote() for actor in self.actors])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self._placement)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _get(self, refs: list[Any]) -> Any:
+        try:
+            return ray.get(refs)
+        except RayActorError as e:
+            rank = next((r for r, actor in enumerate(self.actors, start=1) if not _alive(actor)), None)
+            raise TrainerRankLost(f"trainer rank {rank} (pid {self.pids[rank - 1] if rank else '?'}) died: "
+                                  f"{type(e).__name__}") from e
+
+
+def _alive(actor: Any) -> bool:
+    try:
+        ray.get(actor.pid.remote(), timeout=10)
+    except (RayActorError, GetTimeoutError):
+        return False
+    return True
+
+
+async def _gather(refs: list[Any]) -> list[Any]:
+    return [await ref for ref in refs]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
