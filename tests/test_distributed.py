@@ -321,8 +321,8 @@ def test_two_replicas_and_two_ranks_train_as_one_process(warm_config, tmp_path):
     assert all(torch.allclose(final[1][k], final[0][k], atol=1e-4) for k in final[0])  # see the test above
 
 
-def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(warm_config, tmp_path):
-    proc = subprocess.Popen([*VLRL, "train", str(warm_config), *TRAIN_ON_RAY[:3], *RANKS, "steps=4"], cwd=ROOT,
+def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(train_config, tmp_path):
+    proc = subprocess.Popen([*VLRL, "train", str(train_config), *TRAIN_ON_RAY[:3], *RANKS, "steps=4"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "runs" / "latest" / "metrics.jsonl"
     deadline = time.monotonic() + 600
@@ -339,3 +339,40 @@ def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(warm_co
     resume = yaml.safe_load((resumed / "config.yaml").read_text())["resume"]
     assert "/checkpoints/step-" in resume  # the second run started from the first one's checkpoint
     assert [r["step"] for r in records_of(resumed)] == [0, 1, 2, 3]
+
+
+def same_numbers(a, b, path="") -> None:
+    """``a`` and ``b`` equal, floats to 1e-5 (timings, keys "seconds" and "*_s", are not compared)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            if key != "seconds" and not key.endswith("_s"):
+                same_numbers(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-5), path
+    else:
+        assert a == b, path
+
+
+def test_eval_over_replicas_gives_the_single_engines_results(tmp_path, tiny_dir):
+    common = ["configs/eval_quick.yaml", f"model.path={tiny_dir}", "questions=4", "samples=3", "judge.external=",
+              "batch_questions=4", "transcripts=0", "task.args.workers=1"]
+    vlrl("eval", *common, f"out={tmp_path / 'one'}")
+    vlrl("eval", *common, f"out={tmp_path / 'two'}", *TRAIN_ON_RAY[:3])
+    one, two = ([json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+                for name in ("one", "two"))
+    assert len(one) == 4 and all(len(line["samples"]) == 3 for line in one)
+    same_numbers(sorted(one, key=lambda r: r["index"]), sorted(two, key=lambda r: r["index"]))
+
+
+def test_bench_scale_json(tiny_dir):
+    out = vlrl("bench", "scale", "--quick", "--steps", "2", "--model", str(tiny_dir), "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert set(figures) == {"tokens_per_s_1", "tokens_per_s_2", "ray_overhead_ratio"}
+    assert figures["tokens_per_s_1"] > 0 and figures["tokens_per_s_2"] > 0 and figures["ray_overhead_ratio"] > 0
+    two = [line for line in out.splitlines() if line.startswith("  ray x2")]
+    assert len(two) == 2 and all(" / " in line for line in two)  # both replicas served requests: "n / m"

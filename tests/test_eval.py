@@ -203,12 +203,12 @@ def test_the_no_image_condition_sends_no_image_and_a_verifier_without_yes_no_sto
                                           "second_look=false", f"out={tmp_path / 'a'}"])
     asyncio.run(evaluate(cfg))
     vision = VisionInputs(taught)
-    noimage = {k: v for k, v in seen.items() if k.endswith("/self-noimage")}
-    image = {k: v for k, v in seen.items() if k.endswith("/self")}
+    noimage = {k: v for k, v in seen.items() if k.endswith("/self-noimage/verify")}  # the verifier's request keys
+    image = {k: v for k, v in seen.items() if k.endswith("/self/verify")}
     assert len(noimage) == len(image) == 4
     for key, (ids, n_images) in noimage.items():
         assert n_images == 0 and not set(ids) & set(vision.vision_token_ids), key
-        with_image, _ = image[key.replace("/self-noimage", "/self")]
+        with_image, _ = image[key.replace("/self-noimage/", "/self/")]
         assert ids == vision.strip_images(with_image)  # the same text, only the image gone
     assert all(n >= 1 and vision.image_token_id in ids for ids, n in image.values())
 

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
     bs.add_argument("--engine", default="hf", choices=["hf", "vllm"])
     bs.add_argument("--steps", type=int, default=4, help="steps per setup; the first warms up")
+    bs.add_argument("--quick", action="store_true", help="2 prompts x 4 trajectories per step instead of 8 x 8")
     bs.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     bd = bench_sub.add_parser("data", help="synthetic samples per second, loader rows per second")
     bd.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
@@ -217,7 +218,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(args.model) if args.model else _tiny(Path(tmp) / "tiny-vlm")
-            run_scale_bench(model_dir, args.engine, args.steps, args.json)
+            run_scale_bench(model_dir, args.engine, args.steps, args.quick, args.json)
     elif args.command == "bench" and args.bench_command == "data":
         from vlrl.bench.data import run as run_data_bench
 

@@ -289,7 +289,7 @@ class DistributedConfig:
 
     backend: Literal["none", "ray"] = "none"  # none: one process, Ray is not imported
     address: str = ""  # (ray) "": start a local cluster for this run; "auto": join the running one; or HOST:PORT
-    world_size: int = 1  # (ray) trainer ranks, data parallel over torch.distributed
+    world_size: int = 1  # (ray, vlrl train) trainer ranks, data parallel over torch.distributed
     rank_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # (ray) per rank, e.g. {GPU: 1}
     placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
     collective_timeout_s: float = 600.0  # (ray) a gradient all-reduce waiting longer than this fails the step
@@ -397,8 +397,10 @@ class EvalConfig:
     batch_questions: int = 8  # questions in flight at once; results are written after each
     transcripts: int = 3  # sample transcripts written for right and for wrong answers
     out: str = "runs/eval"  # results.jsonl, report.json / .md, plots; an interrupted run resumes here
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # engine.replicas on Ray
 
     def __post_init__(self) -> None:
+        check_backend(self.engine, self.distributed)
         for name in ("questions", "samples", "subsets", "bootstrap", "batch_questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -32,7 +32,7 @@ from vlrl.distributed.cluster import actor_options, placed
 from vlrl.distributed.replica import EngineReplica
 from vlrl.engines.base import Engine, NamedTensors, remember
 from vlrl.engines.sampling import continued
-from vlrl.types import Completion, Delta, NextTokenScores, SamplingParams
+from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 
 _Actor = ray.remote(EngineReplica)
 
@@ -64,8 +64,8 @@ class _Flight:
     base: int = 0  # tokens streamed by earlier parts, on replicas since lost
     aborted: bool = False
 
-    def completion(self, request_id: str, finish: str) -> Completion:
-        return Completion(request_id, tuple(self.ids), tuple(self.logprobs), tuple(self.versions), finish)  # type: ignore[arg-type]
+    def completion(self, request_id: str, finish: FinishReason) -> Completion:
+        return Completion(request_id, tuple(self.ids), tuple(self.logprobs), tuple(self.versions), finish)
 
 
 class ReplicaRouter(Engine):
@@ -106,11 +106,12 @@ class ReplicaRouter(Engine):
         try:
             for part in itertools.count():
                 slot = await self._pick(request_id)
-                params = sampling if part == 0 else continued(sampling, len(flight.ids), part)  # type: ignore[union-attr]
                 if flight is None:
                     flight = self._flights[request_id] = _Flight(slot, request_id)
+                    params = sampling
                 else:
                     flight.slot, flight.rid, flight.base = slot, f"{request_id}/failover-{part}", len(flight.ids)
+                    params = continued(sampling, len(flight.ids), part)
                 if params.max_tokens == 0:  # the lost replica had generated the whole budget
                     finished = Delta(request_id, (), (), self.version, "length")
                     yield finished

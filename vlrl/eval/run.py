@@ -34,7 +34,8 @@ from transformers import AutoTokenizer
 
 from vlrl.answer import extract_answer, has_final_answer
 from vlrl.config import EvalConfig, ModelConfig, to_dict
-from vlrl.engines import make_engine
+from vlrl.distributed import cluster as ray_cluster
+from vlrl.engines import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import make_env
 from vlrl.eval.metrics import cluster_answers
@@ -72,33 +73,41 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     vision = VisionInputs(model_dir)
     start = time.perf_counter()
     if todo:
-        engine = await make_engine(cfg.model, cfg.engine)
-        external = None
-        try:
-            if cfg.judge.external:
-                external = await make_engine(ModelConfig(cfg.judge.external, cfg.model.dtype), cfg.engine)
-            async with make_env(cfg.env, tokenizer, vision) as env:
-                run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
-                for at in range(0, len(todo), cfg.batch_questions):
-                    batch = todo[at: at + cfg.batch_questions]
-                    began = time.perf_counter()
-                    records = await asyncio.gather(*(run.question(i, questions[i]) for i in batch))
-                    share = (time.perf_counter() - began) / len(batch)  # for the throughput
-                    with (out / RESULTS).open("a") as f:
-                        for record in records:
-                            record["wall_share_s"] = share
-                            f.write(json.dumps(record) + "\n")
-                    print(f"eval: {len(done) + at + len(batch)}/{len(questions)} questions, "
-                          f"{time.perf_counter() - start:.0f} s", flush=True)
-        finally:
-            await engine.close()
-            if external is not None:
-                await external.close()
+        with ray_cluster(cfg.distributed.backend, cfg.distributed.address):  # Ray only for backend ray
+            await _run(cfg, todo, questions, tokenizer, vision, reward, out, len(done), start)
     seconds = time.perf_counter() - start
     records = [r for r in _read_results(out) if r["index"] < len(questions)]
     report = build_report(records, cfg, seconds)
     write_report(out, report)
     return report
+
+
+async def _run(cfg: EvalConfig, todo: list[int], questions: list[Sample], tokenizer: Any, vision: VisionInputs,
+               reward: Any, out: Path, done: int, start: float) -> None:
+    """Answer the questions ``todo`` in batches, appending each batch's records to the results."""
+    engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
+    external = None
+    try:
+        if cfg.judge.external:
+            external = await open_engine(ModelConfig(cfg.judge.external, cfg.model.dtype), cfg.engine,
+                                         cfg.distributed)
+        async with make_env(cfg.env, tokenizer, vision) as env:
+            run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
+            for at in range(0, len(todo), cfg.batch_questions):
+                batch = todo[at: at + cfg.batch_questions]
+                began = time.perf_counter()
+                records = await asyncio.gather(*(run.question(i, questions[i]) for i in batch))
+                share = (time.perf_counter() - began) / len(batch)  # for the throughput
+                with (out / RESULTS).open("a") as f:
+                    for record in records:
+                        record["wall_share_s"] = share
+                        f.write(json.dumps(record) + "\n")
+                print(f"eval: {done + at + len(batch)}/{len(questions)} questions, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+    finally:
+        await engine.close()
+        if external is not None:
+            await external.close()
 
 
 def _questions(source: Any, cfg: EvalConfig) -> list[Sample]:
