@@ -95,6 +95,36 @@ def test_weights_reach_every_replica_with_their_version(run, router, tokenizer, 
     run(router.update_weights(trainer_model.state_dict(), 8))
 
 
+def test_an_aborted_request_keeps_its_tokens_and_resumes_on_its_replica(run, router, tokenizer, vision,
+                                                                        trainer_model):
+    """What the overlap scheduler's pause does: abort mid-stream, then continue from prompt + the tokens kept."""
+    prompt = tokenizer("Which bar is the lowest?")["input_ids"]
+    sampling = SamplingParams(max_tokens=160, seed=2, suppress_token_ids=router.eos_ids)
+
+    async def abort_midway():
+        ids, logprobs, finish = [], [], None
+        async for delta in router.generate(prompt, [], sampling, "pause0/t0"):
+            ids += delta.token_ids
+            logprobs += delta.logprobs
+            finish = delta.finish_reason
+            if len(ids) >= 20 and finish is None and not router_aborted:
+                router_aborted.append(await router.abort("pause0/t0"))
+        return ids, logprobs, finish
+
+    router_aborted: list = []
+    ids, logprobs, finish = run(abort_midway())
+    assert finish == "abort" and 20 <= len(ids) < 160
+    assert list(router_aborted[0].token_ids) == ids[: len(router_aborted[0].token_ids)]
+    rest = run(router.complete(prompt + ids, [], SamplingParams(max_tokens=160 - len(ids), seed=3,
+                                                                 suppress_token_ids=router.eos_ids), "pause0/t0/r1"))
+    ids, logprobs = ids + list(rest.token_ids), logprobs + list(rest.logprobs)
+    assert len(ids) == 160
+    full = sequence_logprobs(trainer_model, vision, [(prompt + ids, [])])[0].logprobs[len(prompt) - 1:]
+    assert (full - torch.tensor(logprobs)).abs().max() < 1e-3
+    served = [set(info["served"]) for info in run(router.replica_info())]
+    assert sum({"pause0/t0", "pause0/t0/r1"} <= s for s in served) == 1  # resumed on the replica with its prefix
+
+
 def test_a_replica_killed_mid_rollout_loses_no_token_and_is_replaced(run, router, tokenizer, vision, trainer_model):
     """SIGKILL one replica while its requests stream: each goes on at the survivor from the tokens it had."""
     router.take_stats()
@@ -154,7 +184,8 @@ def records_of(run_dir) -> list[dict]:
 
 
 def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_config, tmp_path):
-    vlrl("train", str(train_config), *TRAIN_ON_RAY, "rollout.schedule=overlap", "rollout.extra_groups=1", "steps=3",
+    vlrl("train", str(train_config), *TRAIN_ON_RAY, "rollout.schedule=overlap", "rollout.extra_groups=2", "steps=3",
+         "rollout.max_new_tokens=64",
          "verifier.model=policy", "verifier.weight=0.25", "verifier.chunk_tokens=4")
     records = records_of((tmp_path / "runs" / "latest").resolve())
     for r in records:
