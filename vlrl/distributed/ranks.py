@@ -15,6 +15,7 @@ resumes the run from its last checkpoint (``distributed.max_restarts`` times).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import socket
@@ -116,8 +117,8 @@ class RemoteRanks:
                       .remote(k + 1, cfg.world_size, init_method, spec, state) for k in range(remote)]
             await compute.run(dist.init_process_group, "gloo", init_method=init_method, rank=0,
                               world_size=cfg.world_size, timeout=timedelta(seconds=spec.timeout_s))
-            pids = list(await placed("trainer ranks", _gather([a.pid.remote() for a in actors]), cfg.rank_resources,
-                                     remote, cfg.placement_timeout_s))
+            pids = list(await placed("trainer ranks", asyncio.gather(*(a.pid.remote() for a in actors)),
+                                     cfg.rank_resources, remote, cfg.placement_timeout_s))
         except BaseException:
             for actor in actors:
                 ray.kill(actor)
@@ -137,10 +138,9 @@ class RemoteRanks:
     def failed(self, pending: list[Any], error: BaseException) -> None:
         """Rank 0's part failed with ``error``: raise TrainerRankLost if a remote rank is gone (the likely cause)."""
         ray.wait(pending, num_returns=len(pending), timeout=10)
-        lost = [r for r, actor in enumerate(self.actors, start=1) if not _alive(actor)]
-        if lost:
-            raise TrainerRankLost(f"trainer rank {lost[0]} (pid {self.pids[lost[0] - 1]}) died during the step "
-                                  f"({type(error).__name__}: {error})") from error
+        lost = self._lost(error)
+        if lost is not None:
+            raise lost from error
 
     def open(self, trainer: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
         self._get([actor.open.remote(trainer, optim, loss, total_steps) for actor in self.actors])
@@ -163,9 +163,15 @@ class RemoteRanks:
         try:
             return ray.get(refs)
         except RayActorError as e:
-            rank = next((r for r, actor in enumerate(self.actors, start=1) if not _alive(actor)), None)
-            raise TrainerRankLost(f"trainer rank {rank} (pid {self.pids[rank - 1] if rank else '?'}) died: "
-                                  f"{type(e).__name__}") from e
+            raise self._lost(e) or TrainerRankLost(f"a trainer rank died: {e}") from e
+
+    def _lost(self, error: BaseException) -> TrainerRankLost | None:
+        """The loss of the first remote rank that no longer answers, or None if all do."""
+        rank = next((r for r, actor in enumerate(self.actors, start=1) if not _alive(actor)), None)
+        if rank is None:
+            return None
+        return TrainerRankLost(f"trainer rank {rank} (pid {self.pids[rank - 1]}) died during the step "
+                               f"({type(error).__name__}: {error})")
 
 
 def _alive(actor: Any) -> bool:
@@ -174,10 +180,6 @@ def _alive(actor: Any) -> bool:
     except (RayActorError, GetTimeoutError):
         return False
     return True
-
-
-async def _gather(refs: list[Any]) -> list[Any]:
-    return [await ref for ref in refs]
 
 
 def _free_port() -> int:
