@@ -269,14 +269,12 @@ def new_trainer(tiny_dir, vision, **optim):
 @pytest.fixture
 def two_ranks(run, ray_cluster, tiny_dir, vision):
     """Rank 0 here and rank 1 in a Ray actor, joined in a gloo process group."""
-    from vlrl.distributed.ranks import RankSpec, RemoteRanks
-    from vlrl.trainer.policy import LossConfig, OptimConfig
+    from vlrl.distributed.ranks import RemoteRanks
     from vlrl.worker_thread import WorkerThread
 
     trainer, compute = new_trainer(tiny_dir, vision), WorkerThread("rank-0")
-    spec = RankSpec(str(tiny_dir), "float32", OptimConfig(lr=1e-3), LossConfig(), 10, timeout_s=60)
-    ranks = run(RemoteRanks.start(trainer, spec, DistributedConfig(backend="ray", world_size=2,
-                                                                   rank_resources=HALF_CPU), compute))
+    cfg = DistributedConfig(backend="ray", world_size=2, rank_resources=HALF_CPU, collective_timeout_s=60)
+    ranks = run(RemoteRanks.start(trainer, tiny_dir, cfg, compute))
     yield trainer, ranks
     ranks.close()
     compute.close()

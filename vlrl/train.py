@@ -342,11 +342,9 @@ async def _ranks(cfg: TrainConfig, trainer: PolicyTrainer, model_dir: Path, comp
     """Ranks 1..world_size-1 joined to ``trainer`` (rank 0) for data-parallel steps; None for one rank."""
     if cfg.distributed.world_size == 1:
         return None
-    from vlrl.distributed.ranks import RankSpec, RemoteRanks
+    from vlrl.distributed.ranks import RemoteRanks
 
-    spec = RankSpec(str(model_dir), cfg.model.dtype, cfg.optim, cfg.algo.loss,
-                    cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches, cfg.distributed.collective_timeout_s)
-    return await RemoteRanks.start(trainer, spec, cfg.distributed, compute)
+    return await RemoteRanks.start(trainer, model_dir, cfg.distributed, compute)
 
 
 def _scheduler(cfg: TrainConfig, manager: RolloutManager, state: RunState) -> OverlapScheduler:

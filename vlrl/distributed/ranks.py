@@ -21,6 +21,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Sequence
 
 import ray
@@ -44,7 +45,7 @@ class RankSpec:
     """How to build a rank's trainer: what rank 0's was built from."""
 
     model_dir: str
-    dtype: str
+    dtype: torch.dtype
     optim: OptimConfig
     loss: LossConfig
     total_steps: int
@@ -57,7 +58,7 @@ class TrainerRank:
     def __init__(self, rank: int, world_size: int, init_method: str, spec: RankSpec, state: dict[str, Any]):
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=spec.timeout_s))
-        model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=getattr(torch, spec.dtype))
+        model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype)
         reference = copy.deepcopy(model).eval().requires_grad_(False) if state["reference"] is not None else None
         trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.loss, spec.total_steps,
                                 reference, group=dist.group.WORLD)
@@ -97,13 +98,17 @@ class RemoteRanks:
         self.world_size = len(actors) + 1
 
     @classmethod
-    async def start(cls, trainer: PolicyTrainer, spec: RankSpec, cfg: DistributedConfig, compute: Any) -> RemoteRanks:
-        """Place ranks 1..W-1, build them from rank 0's state, and join them in one process group with ``trainer``.
+    async def start(cls, trainer: PolicyTrainer, model_dir: str | Path, cfg: DistributedConfig,
+                    compute: Any) -> RemoteRanks:
+        """Place ranks 1..W-1, build them like ``trainer`` (loaded from ``model_dir``) and from its state, and join
+        them in one process group with it.
 
         ``compute`` is the thread rank 0 trains on: it joins the group there, so the event
         loop is never blocked by the rendezvous.
         """
         remote = cfg.world_size - 1
+        spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.loss_cfg, trainer.total_steps,
+                        cfg.collective_timeout_s)
         group = placement_group([dict(cfg.rank_resources)] * remote)
         actors: list[Any] = []
         try:

@@ -132,6 +132,7 @@ class PolicyTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas),
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim, total_steps))
+        self.total_steps = total_steps
         self.version = 0
 
     def sibling(self, optim: OptimConfig, loss: LossConfig, total_steps: int, name: str) -> PolicyTrainer:
