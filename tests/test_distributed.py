@@ -242,18 +242,22 @@ def test_vllm_replicas_sample_spread_and_take_new_weights(run, ray_cluster, tiny
         run(router.close())
 
 
-def handmade_items(tokenizer, n: int = 6) -> list:
-    """Trajectories of different lengths (a prompt and a policy turn) with advantages of both signs."""
+def handmade_items(tokenizer, n: int = 6, vision=None) -> list:
+    """Trajectories of different lengths (a prompt and a policy turn) with advantages of both signs; with
+    ``vision``, every third prompt shows a chart."""
+    from vlrl.demo import bar_chart, question_prompt
     from vlrl.trainer.policy import TrainItem
     from vlrl.types import Segment, Trajectory
 
     items = []
     for i in range(n):
-        prompt = tuple(tokenizer(f"Question {i}: which bar is the highest?")["input_ids"])
-        answer = tuple(tokenizer(" The answer is bar " + "ABCDEF"[i] * (1 + 3 * i))["input_ids"])
+        question = f"Question {i}: which bar is the highest?"
+        chart = bar_chart([3.0, 7.0, 1.0 + i]) if vision is not None and i % 3 == 0 else None
+        prompt = Segment("prompt", tuple(question_prompt(tokenizer, vision, question, chart)), images=(chart,)) \
+            if chart is not None else Segment("prompt", tuple(tokenizer(question)["input_ids"]))
+        answer = tuple(tokenizer(" The answer is bar " + "ABCDEF"[i % 6] * (1 + 3 * i))["input_ids"])
         policy = Segment("policy", answer, logprobs=(-1.0,) * len(answer), versions=(0,) * len(answer))
-        items.append(TrainItem(Trajectory(f"t{i}", f"s{i}", [Segment("prompt", prompt), policy]),
-                               (-1.0) ** i * (0.5 + 0.1 * i)))
+        items.append(TrainItem(Trajectory(f"t{i}", f"s{i}", [prompt, policy]), (-1.0) ** i * (0.5 + 0.1 * i)))
     return items
 
 
@@ -266,18 +270,29 @@ def new_trainer(tiny_dir, vision, **optim):
     return PolicyTrainer(model, vision, OptimConfig(lr=1e-3, **optim), LossConfig(), total_steps=10)
 
 
-@pytest.fixture
-def two_ranks(run, ray_cluster, tiny_dir, vision):
-    """Rank 0 here and rank 1 in a Ray actor, joined in a gloo process group."""
+def start_ranks(run, tiny_dir, vision, strategy: str = "dp", **optim):
+    """Rank 0 here and rank 1 in a Ray actor, joined in a gloo process group; yields (rank 0, the ranks)."""
     from vlrl.distributed.ranks import RemoteRanks
     from vlrl.worker_thread import WorkerThread
 
-    trainer, compute = new_trainer(tiny_dir, vision), WorkerThread("rank-0")
-    cfg = DistributedConfig(backend="ray", world_size=2, rank_resources=HALF_CPU, collective_timeout_s=60)
+    trainer, compute = new_trainer(tiny_dir, vision, **optim), WorkerThread("rank-0")
+    cfg = DistributedConfig(backend="ray", world_size=2, rank_resources=HALF_CPU, collective_timeout_s=60,
+                            strategy=strategy)
     ranks = run(RemoteRanks.start(trainer, tiny_dir, cfg, compute))
     yield trainer, ranks
     ranks.close()
     compute.close()
+
+
+@pytest.fixture
+def two_ranks(run, ray_cluster, tiny_dir, vision):
+    yield from start_ranks(run, tiny_dir, vision)
+
+
+@pytest.fixture
+def sharded_ranks(run, ray_cluster, tiny_dir, vision):
+    """Two ranks that shard the model; one trajectory per micro-batch, so the ranks' counts differ."""
+    yield from start_ranks(run, tiny_dir, vision, "fsdp", micro_batch_tokens=1)
 
 
 def test_data_parallel_steps_equal_one_process_and_keep_the_ranks_equal(two_ranks, tiny_dir, vision, tokenizer):
@@ -297,6 +312,49 @@ def test_data_parallel_steps_equal_one_process_and_keep_the_ranks_equal(two_rank
         # of ~1e-7 into weight differences of ~1e-5 where v is small; 1e-4 is a tenth of one step at lr 1e-3
         assert torch.allclose(mine[name], tensor, atol=1e-4), name
         assert torch.equal(theirs[name], mine[name]), name  # the ranks took the very same steps
+
+
+def test_sharded_ranks_train_as_one_process_and_gather_the_whole_state(sharded_ranks, tiny_dir, vision, tokenizer,
+                                                                       tmp_path):
+    from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
+
+    trainer, ranks = sharded_ranks
+    single = new_trainer(tiny_dir, vision, micro_batch_tokens=1)
+    whole = single.model.state_dict()
+    layer, tower = "model.language_model.layers.0.mlp.up_proj.weight", "model.visual.patch_embed.proj.weight"
+    (theirs,) = ranks.weights()  # each rank keeps half of a layer, and the whole vision tower
+    assert trainer.model.state_dict()[layer].to_local().shape[0] == theirs[layer].shape[0] == len(whole[layer]) // 2
+    assert torch.equal(theirs[tower], whole[tower])
+    items = handmade_items(tokenizer, n=5, vision=vision)  # 3 micro-batches on one rank, 2 on the other
+    for _ in range(2):
+        alone, shared = single.step(items), trainer.step(items)
+        assert shared["policy_tokens"] == alone["policy_tokens"]
+        for key in ("loss", "entropy", "ratio"):
+            assert shared[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-7), key
+        # the norm of whole gradients vs the sum over slices: torch's float32 norm on CPU is good to ~1e-5
+        assert shared["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-4)
+    imitated = [single.imitate([it.trajectory for it in items]), trainer.imitate([it.trajectory for it in items])]
+    assert imitated[1]["sft_loss"] == pytest.approx(imitated[0]["sft_loss"], rel=1e-5)
+    for alone, shared in zip(single.logprobs(items), trainer.logprobs(items), strict=True):
+        assert torch.allclose(shared, alone, atol=1e-4)
+    gathered, state = trainer.weights(), trainer.optimizer_state()
+    assert all(not hasattr(v, "to_local") for v in gathered.values())
+    for name, tensor in single.model.state_dict().items():
+        assert torch.allclose(gathered[name], tensor, atol=1e-4), name  # the tolerance: see the test above
+    expected = single.optimizer.state_dict()
+    assert state["param_groups"] == expected["param_groups"] and state["state"].keys() == expected["state"].keys()
+    for index, moments in expected["state"].items():
+        assert torch.equal(state["state"][index]["step"], moments["step"])
+        scale = float(moments["exp_avg"].abs().max())  # the gradients of weights that differ by ~1e-5 (above)
+        assert torch.allclose(state["state"][index]["exp_avg"], moments["exp_avg"], rtol=1e-3, atol=1e-3 * scale), index
+    # a sharded run's checkpoint is a whole model and optimizer that one process resumes
+    save_checkpoint(tmp_path / "step-3", trainer, RunState(step=3), tiny_dir)
+    resumed = new_trainer(tiny_dir, vision)
+    load_checkpoint(tmp_path / "step-3", resumed)
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, gathered[name]), name
+    for index, moments in resumed.optimizer.state_dict()["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], state["state"][index]["exp_avg_sq"]), index
 
 
 def test_a_lost_trainer_rank_ends_the_step_naming_it(two_ranks, tokenizer):
@@ -333,21 +391,26 @@ RANKS = ["distributed.world_size=2", "distributed.rank_resources={CPU: 0.5}"]
 
 
 def test_two_replicas_and_two_ranks_train_as_one_process(warm_config, tmp_path):
+    """Data parallel and fully sharded ranks, each with two replicas, against one process."""
     runs = {}
-    for name, overrides in (("single", []), ("ray", [*TRAIN_ON_RAY[:3], *RANKS])):
+    for name, overrides in (("single", []), ("dp", [*TRAIN_ON_RAY[:3], *RANKS]),
+                            ("fsdp", [*TRAIN_ON_RAY[:3], *RANKS, "distributed.strategy=fsdp"])):
         vlrl("train", str(warm_config), *overrides, f"name={name}")
         runs[name] = (tmp_path / "runs" / "latest").resolve()
-    one, two = (records_of(runs[k]) for k in ("single", "ray"))
-    assert [r["reward"] for r in two] == [r["reward"] for r in one]  # the replicas sampled what one engine did
-    assert all(r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 for r in two)
-    for a, b in zip(one, two):
-        for key in ("loss", "kl", "grad_norm", "entropy", "policy_tokens"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
-    warm = [[json.loads(line)["sft_loss"] for line in (runs[k] / "warmstart.jsonl").read_text().splitlines()]
-            for k in ("single", "ray")]
-    assert warm[1] == pytest.approx(warm[0], rel=1e-5)
-    final = [load_file(runs[k] / "checkpoints" / "step-3" / "model" / "model.safetensors") for k in ("single", "ray")]
-    assert all(torch.allclose(final[1][k], final[0][k], atol=1e-4) for k in final[0])  # see the test above
+    one = records_of(runs["single"])
+    final = load_file(runs["single"] / "checkpoints" / "step-3" / "model" / "model.safetensors")
+    warm = [json.loads(line)["sft_loss"] for line in (runs["single"] / "warmstart.jsonl").read_text().splitlines()]
+    for name in ("dp", "fsdp"):
+        two = records_of(runs[name])
+        assert [r["reward"] for r in two] == [r["reward"] for r in one]  # the replicas sampled what one engine did
+        assert all(r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 for r in two)
+        for a, b in zip(one, two):
+            for key in ("loss", "kl", "grad_norm", "entropy", "policy_tokens"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (name, key)
+        assert [json.loads(line)["sft_loss"] for line in (runs[name] / "warmstart.jsonl").read_text().splitlines()] \
+            == pytest.approx(warm, rel=1e-5), name
+        theirs = load_file(runs[name] / "checkpoints" / "step-3" / "model" / "model.safetensors")
+        assert all(torch.allclose(theirs[k], final[k], atol=1e-4) for k in final), name  # see the test above
 
 
 def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(train_config, tmp_path):

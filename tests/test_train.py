@@ -119,9 +119,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     ("engine.replicas=2", "engine.replicas = 2 needs distributed.backend: ray"),
     ("distributed.world_size=0", "world_size must be >= 1, got 0"),
     ("distributed.backend=slurm", "not one of ['none', 'ray']"),
+    ("distributed.strategy=fsdp", "strategy fsdp shards over trainer ranks: it needs world_size >= 2, got 1"),
+    ("distributed.backend=ray distributed.world_size=2 distributed.strategy=fsdp optim.lora_rank=4",
+     "distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = 4)"),
 ])
 def test_bad_config_fails_before_any_work(train_config, tmp_path, override, message):
-    result = vlrl("train", str(train_config), override, check=False)
+    result = vlrl("train", str(train_config), *override.split(), check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "runs").exists()  # no run directory, no engine started
 

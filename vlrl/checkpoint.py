@@ -19,7 +19,6 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from vlrl.trainer.lora import merged_state_dict
 from vlrl.trainer.policy import PolicyTrainer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -45,13 +44,14 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
     for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
             shutil.copy2(f, tmp / "model" / f.name)
+    weights, optimizer = trainer.weights(), trainer.optimizer_state()  # sharded: gathered from every rank
     if isinstance(trainer.model, PeftModel):  # the adapter to resume from, the merged model to serve
         trainer.model.save_pretrained(tmp / "adapter")
-        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=merged_state_dict(trainer.model))
+        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=weights)
     else:
-        trainer.model.save_pretrained(tmp / "model")
+        trainer.model.save_pretrained(tmp / "model", state_dict=weights)
     torch.save({
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer": optimizer,
         "scheduler": trainer.scheduler.state_dict(),
         "version": trainer.version,
         "step": state.step, "cursor": state.cursor, "history": state.history, "pending": state.pending,

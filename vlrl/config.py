@@ -290,6 +290,8 @@ class DistributedConfig:
     backend: Literal["none", "ray"] = "none"  # none: one process, Ray is not imported
     address: str = ""  # (ray) "": start a local cluster for this run; "auto": join the running one; or HOST:PORT
     world_size: int = 1  # (ray, vlrl train) trainer ranks, data parallel over torch.distributed
+    strategy: Literal["dp", "fsdp"] = "dp"  # dp: each rank holds the whole model and optimizer; fsdp: the ranks
+    #                    shard the language model's weights, gradients and AdamW state (the vision tower stays whole)
     rank_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # (ray) per rank, e.g. {GPU: 1}
     placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
     collective_timeout_s: float = 600.0  # (ray) a gradient all-reduce waiting longer than this fails the step
@@ -300,6 +302,8 @@ class DistributedConfig:
             raise ValueError(f"world_size must be >= 1, got {self.world_size}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.strategy == "fsdp" and self.world_size < 2:
+            raise ValueError(f"strategy fsdp shards over trainer ranks: it needs world_size >= 2, got {self.world_size}")
         for name in ("placement_timeout_s", "collective_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -349,6 +353,9 @@ class TrainConfig:
         if batch % self.algo.mini_batches:
             raise ValueError(f"rollout.prompts_per_step x rollout.group_size = {batch} trajectories is not divisible "
                              f"by algo.mini_batches = {self.algo.mini_batches}")
+        if self.distributed.strategy == "fsdp" and self.optim.lora_rank > 0:
+            raise ValueError(f"distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = "
+                             f"{self.optim.lora_rank}); use strategy dp, whose ranks each hold the adapters")
         if self.algo.loss.importance_cap is None:
             self.algo.loss.importance_cap = OVERLAP_IMPORTANCE_CAP if self.rollout.schedule == "overlap" else 0.0
         if self.algo.name == "grpo" and self.rollout.group_size < 2:

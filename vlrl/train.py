@@ -44,7 +44,6 @@ from vlrl.runlog import RunDir
 from vlrl.task import TaskConfig, open_task
 from vlrl.trainer.critic import Critic
 from vlrl.trainer.items import grpo_items, ppo_items
-from vlrl.trainer.lora import merged_state_dict
 from vlrl.trainer.policy import PolicyTrainer, TrainItem
 from vlrl.types import Sample, SamplingParams
 from vlrl.vision import VisionInputs
@@ -167,7 +166,7 @@ async def train(cfg: TrainConfig) -> Path:
             verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
             tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
             if trainer.version:
-                await engine.update_weights(merged_state_dict(trainer.model), trainer.version)
+                await engine.update_weights(await compute.run(trainer.weights), trainer.version)
             stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
             async with make_env(cfg.env, tokenizer, vision) as env:
                 if teacher is not None and not cfg.resume:
@@ -195,8 +194,8 @@ async def train(cfg: TrainConfig) -> Path:
                     if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
                         run.plot()
                     if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-                        save_checkpoint(run.path / "checkpoints" / f"step-{step + 1}", trainer, state, model_dir,
-                                        critic)
+                        await compute.run(save_checkpoint, run.path / "checkpoints" / f"step-{step + 1}", trainer,
+                                          state, model_dir, critic)
                     if step + 1 == cfg.steps:  # a stable name for the final weights: checkpoints/last/model
                         last = run.path / "checkpoints" / "last"
                         last.unlink(missing_ok=True)
@@ -281,7 +280,7 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
             progress.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
     if progress is not None:
         progress.close()
-    await sft.push(engine)
+    await sft.push(engine, compute)
     trainer.version = sft.version
 
 
@@ -387,7 +386,7 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
             if critic is not None:
                 metrics |= await compute.run(critic.step, [it.trajectory for it in items], values, returns)
         with timeline.span(TRAINER, "sync"):
-            metrics["sync_s"] = await trainer.push(engine)
+            metrics["sync_s"] = await trainer.push(engine, compute)
     metrics["version"] = trainer.version
     metrics |= engine.take_stats()
     if manager.verifier is not None and manager.verifier.engine is not engine:

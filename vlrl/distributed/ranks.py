@@ -9,6 +9,10 @@ equal everywhere. Each step, rank 0 deals the batch out by tokens (``PolicyTrain
 the gradients are all-reduced, so every rank takes the same optimizer step. Rank 0 pushes
 the weights to the engines, saves the checkpoints and runs the critic (PPO).
 
+With ``distributed.strategy: fsdp`` every rank then shards its copy (``PolicyTrainer.shard``)
+and keeps a slice of the language model and of its optimizer state; the weights rank 0
+pushes and checkpoints are gathered from all ranks.
+
 A rank that dies ends the step with ``TrainerRankLost``, naming it; `vlrl train` then
 resumes the run from its last checkpoint (``distributed.max_restarts`` times).
 """
@@ -30,6 +34,7 @@ import torch.distributed as dist
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForImageTextToText
 
 from vlrl.config import DistributedConfig
@@ -50,6 +55,7 @@ class RankSpec:
     loss: LossConfig
     total_steps: int
     timeout_s: float  # a collective that waits longer than this fails
+    shard: bool  # distributed.strategy fsdp
 
 
 class TrainerRank:
@@ -67,14 +73,18 @@ class TrainerRank:
         trainer.scheduler.load_state_dict(state["scheduler"])
         if reference is not None:
             reference.load_state_dict(state["reference"])
+        if spec.shard:
+            trainer.shard()
         self.trainers = {trainer.name: trainer}
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, trainer: str, method: str, items: Sequence[Any], total: float) -> None:
-        """This rank's part of ``method`` (``step`` or ``imitate``) of trainer ``trainer``, on its share."""
-        getattr(self.trainers[trainer], method)(items, total=total)
+    def run(self, trainer: str, method: str, *args: Any) -> Any:
+        """This rank's part of ``method`` of trainer ``trainer`` (``step`` and ``imitate`` on its share, ``logprobs``
+        of its share, ``weights`` and ``optimizer_state`` gathered); returns what it returns."""
+        result = getattr(self.trainers[trainer], method)(*args)
+        return result if method == "logprobs" else None  # the gathered state is rank 0's to keep
 
     def open(self, name: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
         self.trainers[name] = self.trainers["policy"].sibling(optim, loss, total_steps, name)
@@ -83,8 +93,10 @@ class TrainerRank:
         self.trainers["policy"].reset_reference()
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The model's weights (LoRA merged), to check that the ranks agree."""
-        return {k: v.clone() for k, v in merged_state_dict(self.trainers["policy"].model).items()}
+        """The model's weights as this rank holds them (LoRA merged; sharded: its slices), to check that the ranks
+        agree."""
+        model = self.trainers["policy"].model
+        return {k: (v.to_local() if isinstance(v, DTensor) else v).clone() for k, v in merged_state_dict(model).items()}
 
 
 _Actor = ray.remote(TrainerRank)
@@ -108,7 +120,7 @@ class RemoteRanks:
         """
         remote = cfg.world_size - 1
         spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.loss_cfg, trainer.total_steps,
-                        cfg.collective_timeout_s)
+                        cfg.collective_timeout_s, cfg.strategy == "fsdp")
         group = placement_group([dict(cfg.rank_resources)] * remote)
         actors: list[Any] = []
         try:
@@ -122,6 +134,9 @@ class RemoteRanks:
                       .remote(k + 1, cfg.world_size, init_method, spec, state) for k in range(remote)]
             await compute.run(dist.init_process_group, "gloo", init_method=init_method, rank=0,
                               world_size=cfg.world_size, timeout=timedelta(seconds=spec.timeout_s))
+            trainer.group = dist.group.WORLD
+            if spec.shard:
+                await compute.run(trainer.shard)
             pids = list(await placed("trainer ranks", asyncio.gather(*(a.pid.remote() for a in actors)),
                                      cfg.rank_resources, remote, cfg.placement_timeout_s))
         except BaseException:
@@ -130,15 +145,16 @@ class RemoteRanks:
             remove_placement_group(group)
             if dist.is_initialized():
                 dist.destroy_process_group()
+            trainer.group = None
             raise
-        trainer.group, trainer.peers = dist.group.WORLD, cls(actors, pids, group)
+        trainer.peers = cls(actors, pids, group)
         return trainer.peers  # type: ignore[return-value]
 
-    def submit(self, trainer: str, method: str, shares: Sequence[Sequence[Any]], total: float) -> list[Any]:
-        return [actor.run.remote(trainer, method, list(share), total) for actor, share in zip(self.actors, shares)]
+    def submit(self, trainer: str, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [actor.run.remote(trainer, method, *a) for actor, a in zip(self.actors, args)]
 
-    def wait(self, pending: list[Any]) -> None:
-        self._get(pending)
+    def wait(self, pending: list[Any]) -> list[Any]:
+        return self._get(pending)
 
     def failed(self, pending: list[Any], error: BaseException) -> None:
         """Rank 0's part failed with ``error``: raise TrainerRankLost if a remote rank is gone (the likely cause)."""

@@ -18,6 +18,15 @@ share per rank by tokens, starts the other ranks on theirs and runs its own; eve
 normalizes by the whole batch, and with a process ``group`` the gradients and the summed
 figures are all-reduced before the (identical) optimizer step, so the ranks' weights stay
 equal and equal to a single process's, up to the order of the float sums.
+
+Fully sharded (``shard``, FSDP2): each rank keeps a slice of the language model's
+weights, gradients and AdamW moments; a layer's weights are gathered for its forward and
+backward and its gradient is reduce-scattered (summed, as the loss is already normalized
+by the whole batch). The vision tower stays whole on every rank, its gradient all-reduced:
+a rank whose micro-batch has no image never calls it, and a sharded module must be called
+by every rank alike. For the same reason every rank runs as many micro-batches as the
+busiest one (``FILLER``), and what reads the whole model (``weights``,
+``optimizer_state``, ``logprobs``) runs on every rank at once.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, TypeVar
 
 import torch
 from transformers import PreTrainedModel
@@ -33,11 +42,14 @@ from transformers import PreTrainedModel
 from vlrl.algos.grpo import Aggregation, KLEstimator, aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
 from vlrl.trainer.logprobs import sequence_logprobs
 from vlrl.trainer.lora import apply_lora, merged_state_dict
-from vlrl.types import Trajectory
+from vlrl.types import Segment, Trajectory
 from vlrl.vision import VisionInputs
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports this module's configs
     from vlrl.engines.base import Engine
+    from vlrl.worker_thread import WorkerThread
+
+T = TypeVar("T")
 
 SUMS = ("loss", "clipped", "ratio", "entropy", "kl", "parity", "weight", "tokens", "engine_tokens")  # all-reduced
 
@@ -47,11 +59,12 @@ class Peers(Protocol):
 
     world_size: int
 
-    def submit(self, trainer: str, method: str, shares: Sequence[Sequence[Any]], total: float) -> Any:
-        """Start ``method`` of trainer ``trainer`` on ranks 1.. with a share each; returns what ``wait`` takes."""
+    def submit(self, trainer: str, method: str, args: Sequence[tuple[Any, ...]]) -> Any:
+        """Start ``method`` of trainer ``trainer`` on ranks 1.. with ``args[k - 1]`` on rank k; returns what
+        ``wait`` takes."""
 
-    def wait(self, pending: Any) -> None:
-        """Wait for the ranks' part of the step; raises if one of them is lost."""
+    def wait(self, pending: Any) -> list[Any]:
+        """The ranks' results, in rank order; raises if one of them is lost."""
 
     def failed(self, pending: Any, error: BaseException) -> None:
         """This rank's part failed with ``error``: raise the loss of a rank if that is the cause."""
@@ -134,19 +147,56 @@ class PolicyTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim, total_steps))
         self.total_steps = total_steps
         self.version = 0
+        self.sharded = False
+
+    def shard(self) -> None:
+        """Shard the model, the reference model and the optimizer state over the process group (FSDP2).
+
+        Every rank holds the same whole model and optimizer when it calls this (no message is
+        sent); afterwards each keeps its slice. LoRA adapters are not sharded.
+        """
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if self.group is None:
+            raise ValueError("sharding needs a process group (distributed.world_size > 1)")
+        if self.optim_cfg.lora_rank > 0:
+            raise ValueError("LoRA adapters are not sharded: use distributed.strategy dp with optim.lora_rank > 0")
+        mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(self.group),))
+        full = self.optimizer.state_dict()
+        for model in (self.model, self.reference):
+            if model is None:
+                continue
+            for layer in language_layers(model):
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh, ignored_params=set(vision_tower(model).parameters()))
+            for unit in (*language_layers(model), model):
+                unit.set_gradient_divide_factor(1.0)  # a sum: every rank's loss is already divided by the whole batch
+                unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-scaled sum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.optim_cfg.lr)
+        schedule = self.scheduler.state_dict()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(self.optim_cfg, self.total_steps))
+        self.scheduler.load_state_dict(schedule)
+        for index, state in full["state"].items():
+            full["state"][index] = {k: _like(v, params[index]) for k, v in state.items()}
+        self.optimizer.load_state_dict(full)  # last: the schedule's construction set the LR of its step 0
+        self.sharded = True
 
     def sibling(self, optim: OptimConfig, loss: LossConfig, total_steps: int, name: str) -> PolicyTrainer:
         """A trainer of the same model with an optimizer of its own (the warm start's), on every rank."""
         if self.peers is not None:
             self.peers.open(name, optim, loss, total_steps)
-        return PolicyTrainer(self.model, self.vision, optim, loss, total_steps, group=self.group, peers=self.peers,
-                             name=name)
+        sibling = PolicyTrainer(self.model, self.vision, optim, loss, total_steps, group=self.group, peers=self.peers,
+                                name=name)
+        sibling.sharded = self.sharded
+        return sibling
 
     def reset_reference(self) -> None:
         """The reference model (KL) becomes a copy of the model as it is now, on every rank."""
         if self.reference is None:
             raise ValueError("this trainer has no reference model (loss.kl_coef is 0)")
-        self.reference.load_state_dict(merged_state_dict(self.model))
+        self.reference.load_state_dict(self.model.state_dict() if self.sharded else merged_state_dict(self.model))
         if self.peers is not None:
             self.peers.reset_reference()
 
@@ -183,7 +233,7 @@ class PolicyTrainer:
         self.model.train()
         total = normalizer(items, cfg.aggregation) if total is None else total
         sums: dict[str, float] = dict.fromkeys((*SUMS, "forward_s"), 0.0)
-        for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
+        for batch in self._micro_batches(items, TrainItem(FILLER, 0.0)):
             trajs = [it.trajectory for it in batch]
             t0 = time.perf_counter()
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in trajs])
@@ -224,16 +274,54 @@ class PolicyTrainer:
                 sums["weight"] += float((weights * mask).sum())
         return sums
 
-    @torch.no_grad()
     def logprobs(self, items: Sequence[TrainItem]) -> list[torch.Tensor]:
-        """The current policy's logprobs of each item's tokens: pi_old, when one rollout feeds several updates."""
+        """The current policy's logprobs of each item's tokens: pi_old, when one rollout feeds several updates.
+
+        With several ranks, each computes the logprobs of its share.
+        """
+        if self.peers is None:
+            return self._logprobs(items)
+        shares = split_by_tokens(range(len(items)), [len(it.trajectory.token_ids) for it in items],
+                                 self.peers.world_size)
+        results = self._everywhere("logprobs", self._logprobs, [([items[i] for i in share],) for share in shares])
+        out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+        for share, logprobs in zip(shares, results):
+            for i, lp in zip(share, logprobs):
+                out[i] = lp
+        return out
+
+    @torch.no_grad()
+    def _logprobs(self, items: Sequence[TrainItem]) -> list[torch.Tensor]:
         self.model.eval()
         out: list[torch.Tensor] = []
-        for batch in micro_batches(items, self.optim_cfg.micro_batch_tokens):
+        for batch in self._micro_batches(items, TrainItem(FILLER, 0.0)):
             out += [s.logprobs for s in sequence_logprobs(self.model, self.vision,
                                                           [(it.trajectory.token_ids, it.trajectory.images)
                                                            for it in batch])]
-        return out
+        return out[:len(items)]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights (LoRA merged): what the engines serve and a checkpoint keeps.
+
+        Sharded, every rank gathers them and this rank returns them (the others' copies are dropped).
+        """
+        if not self.sharded:
+            return merged_state_dict(self.model)
+        return self._everywhere("weights", self._gather_weights, [()] * self._world())[0]
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state as one process would hold it (``torch.optim.Optimizer.state_dict``)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        return self._everywhere("optimizer_state", self._gather_optimizer_state, [()] * self._world())[0]
+
+    def _gather_weights(self) -> dict[str, torch.Tensor]:
+        return {k: _whole(v) for k, v in self.model.state_dict().items()}
+
+    def _gather_optimizer_state(self) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        state["state"] = {i: {k: _whole(v) for k, v in s.items()} for i, s in sorted(state["state"].items())}
+        return state
 
     def imitate(self, trajectories: Sequence[Trajectory], total: float | None = None) -> dict[str, float]:
         """One supervised step: maximize the log-likelihood of the policy tokens (loss mask 1) of ``trajectories``.
@@ -256,7 +344,7 @@ class PolicyTrainer:
     def _imitation_backward(self, trajectories: Sequence[Trajectory], total: float) -> dict[str, float]:
         """Accumulate the gradient of the mean negative log-likelihood (over ``total`` tokens) of the policy tokens."""
         sums = {"loss": 0.0, "confident": 0.0}
-        for batch in micro_batches(trajectories, self.optim_cfg.micro_batch_tokens):
+        for batch in self._micro_batches(trajectories, FILLER):
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
             logp = pad([s.logprobs for s in scores])
             mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
@@ -274,17 +362,45 @@ class PolicyTrainer:
             sums = backward(items, total)
             self._reduce(sums)
             return sums, self._apply()
-        shares = split_by_tokens(items, self.peers.world_size)
-        pending = self.peers.submit(self.name, method, shares[1:], total)
-        try:
-            sums = backward(shares[0], total)
+        shares = split_by_tokens(items, [len(getattr(it, "trajectory", it).token_ids) for it in items],
+                                 self.peers.world_size)
+        sums: dict[str, float] = {}
+
+        def mine(share: Sequence[Any], total: float) -> float:
+            sums.update(backward(share, total))
             self._reduce(sums)  # where the other ranks meet this one
+            return self._apply()
+
+        grad_norm = self._everywhere(method, mine, [(share, total) for share in shares])[0]
+        return sums, grad_norm
+
+    def _everywhere(self, method: str, mine: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``method`` of this trainer on ranks 1.. with ``args[k]`` on rank k, and ``mine(*args[0])`` here, at
+        once; returns every rank's result in rank order."""
+        if self.peers is None:
+            return [mine(*args[0])]
+        pending = self.peers.submit(self.name, method, args[1:])
+        try:
+            result = mine(*args[0])
         except Exception as e:
             self.peers.failed(pending, e)
             raise
-        grad_norm = self._apply()
-        self.peers.wait(pending)
-        return sums, grad_norm
+        return [result, *self.peers.wait(pending)]
+
+    def _world(self) -> int:
+        return 1 if self.peers is None else self.peers.world_size
+
+    def _micro_batches(self, items: Sequence[Any], filler: Any) -> list[list[Any]]:
+        """``micro_batches`` of ``items``; sharded, padded with ``[filler]`` to the most any rank has, as every
+        rank must run each sharded forward and backward."""
+        batches = micro_batches(items, self.optim_cfg.micro_batch_tokens)
+        if not self.sharded:
+            return batches
+        import torch.distributed as dist
+
+        most = torch.tensor([len(batches)])
+        dist.all_reduce(most, op=dist.ReduceOp.MAX, group=self.group)
+        return batches + [[filler]] * (int(most) - len(batches))
 
     def _reduce(self, sums: dict[str, float]) -> None:
         """Sum the gradients and the additive figures over the process group (no-op without one)."""
@@ -292,16 +408,17 @@ class PolicyTrainer:
             return
         import torch.distributed as dist
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad and not _is_sharded(p)]  # FSDP reduced those
         for p in params:
             if p.grad is None:  # unused by this rank's share: it adds nothing, but the shapes must line up
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat, group=self.group)
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
-            offset += p.numel()
+        if params:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat, group=self.group)
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
+                offset += p.numel()
         keys = [k for k in sums if k != "forward_s"]
         figures = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(figures, group=self.group)
@@ -310,17 +427,36 @@ class PolicyTrainer:
     def _apply(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
         limit = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        grad_norm = self._clip(params, limit) if self.sharded else float(torch.nn.utils.clip_grad_norm_(params, limit))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    async def push(self, engine: Engine) -> float:
-        """Send the weights to ``engine`` as the next version; returns the seconds it took."""
+    def _clip(self, params: Sequence[torch.Tensor], limit: float) -> float:
+        """``clip_grad_norm_`` over whole and sharded gradients: the squares of the slices summed over the ranks."""
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        sliced = torch.stack([torch.linalg.vector_norm(g.to_local()) ** 2 for g in grads if _is_sharded(g)]).sum()
+        dist.all_reduce(sliced, group=self.group)
+        whole = sum((torch.linalg.vector_norm(g) ** 2 for g in grads if not _is_sharded(g)), torch.tensor(0.0))
+        norm = float((sliced + whole).sqrt())
+        scale = min(1.0, limit / (norm + 1e-6))
+        if scale < 1.0:
+            for g in grads:
+                g.mul_(scale)
+        return norm
+
+    async def push(self, engine: Engine, compute: WorkerThread | None = None) -> float:
+        """Send the weights to ``engine`` as the next version; returns the seconds it took.
+
+        ``compute``: the thread the training runs on, where the weights are gathered (sharded: from every rank).
+        """
         start = time.perf_counter()
         self.version += 1
         with torch.no_grad():
-            await engine.update_weights(merged_state_dict(self.model), self.version)
+            weights = self.weights() if compute is None else await compute.run(self.weights)
+            await engine.update_weights(weights, self.version)
         return time.perf_counter() - start
 
 
@@ -331,17 +467,18 @@ def normalizer(items: Sequence[TrainItem], aggregation: Aggregation) -> float:
     return float(len(items))
 
 
-def split_by_tokens(items: Sequence[Any], ranks: int) -> list[list[Any]]:
-    """``items`` dealt to ``ranks`` shares of near-equal tokens: longest first, each to the lightest share.
+def split_by_tokens(items: Sequence[T], lengths: Sequence[int], ranks: int) -> list[list[T]]:
+    """``items`` (of ``lengths`` tokens) dealt to ``ranks`` shares of near-equal tokens: longest first, each to the
+    lightest share.
 
     Each share keeps the batch's order, so micro-batching within a share is as in one process.
     """
     loads = [0] * ranks
     owner: dict[int, int] = {}
-    for i in sorted(range(len(items)), key=lambda i: -len(getattr(items[i], "trajectory", items[i]).token_ids)):
+    for i in sorted(range(len(items)), key=lambda i: -lengths[i]):
         rank = loads.index(min(loads))
         owner[i] = rank
-        loads[rank] += len(getattr(items[i], "trajectory", items[i]).token_ids)
+        loads[rank] += lengths[i]
     return [[items[i] for i in range(len(items)) if owner[i] == rank] for rank in range(ranks)]
 
 
@@ -381,12 +518,44 @@ def lr_factor(cfg: OptimConfig, total_steps: int) -> Any:
 
 def vision_tower(model: PreTrainedModel) -> torch.nn.Module:
     """The Qwen2-VL / Qwen2.5-VL vision encoder inside ``model`` (or inside its LoRA wrapper)."""
+    return _inner(model, "visual", "vision tower")
+
+
+def language_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The decoder layers of the language model inside ``model``: the units FSDP gathers one at a time."""
+    return _inner(model, "language_model", "language model").layers
+
+
+def _inner(model: PreTrainedModel, name: str, what: str) -> Any:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", base)
-    tower = getattr(inner, "visual", None)
-    if tower is None:
-        raise ValueError(f"{type(model).__name__} has no vision tower at .model.visual")
-    return tower
+    part = getattr(getattr(base, "model", base), name, None)
+    if part is None:
+        raise ValueError(f"{type(model).__name__} has no {what} at .model.{name}")
+    return part
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _whole(value: Any) -> Any:
+    """A sharded tensor gathered whole (every rank must call this alike); anything else as it is."""
+    return value.full_tensor() if _is_sharded(value) else value
+
+
+def _like(value: Any, param: torch.Tensor) -> Any:
+    """An optimizer state tensor of a whole parameter, cut like ``param``'s slice on this rank."""
+    from torch.distributed.tensor import distribute_tensor
+
+    if not _is_sharded(param) or not isinstance(value, torch.Tensor) or value.shape != param.shape:
+        return value
+    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+
+
+# a micro-batch of a rank that has run out of its share (sharded): two prompt tokens, nothing to learn
+FILLER = Trajectory("filler", "filler", [Segment("prompt", (0, 0))])
 
 
 def pad(rows: Sequence[torch.Tensor]) -> torch.Tensor:
