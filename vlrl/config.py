@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence, TypeVar
 
+import torch
 import yaml
 
 from vlrl.rewards.verifier import QUESTION
@@ -86,6 +87,18 @@ class ModelConfig:
 
     path: str = "runs/quickstart/tiny-vlm"  # a Qwen2-VL / Qwen2.5-VL folder, or `vlrl model tiny` output
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"  # (vlrl train) where the trainer holds the policy, its KL reference and the critic: cpu,
+    #                      cuda, cuda:N; trainer ranks on Ray each use the GPU Ray gives them (the engine: engine.device)
+
+    def __post_init__(self) -> None:
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError as e:
+            raise ValueError(f"device {self.device!r} is not a torch device: {e}") from None
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r}: the trainer runs on cpu or cuda")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: torch sees no CUDA device on this machine")
 
 
 @dataclass
@@ -353,6 +366,10 @@ class TrainConfig:
         if batch % self.algo.mini_batches:
             raise ValueError(f"rollout.prompts_per_step x rollout.group_size = {batch} trajectories is not divisible "
                              f"by algo.mini_batches = {self.algo.mini_batches}")
+        if self.model.device.startswith("cuda") and self.distributed.world_size > 1 \
+                and not self.distributed.rank_resources.get("GPU"):
+            raise ValueError(f"model.device {self.model.device!r} puts the trainer on GPUs: distributed.rank_resources "
+                             f"must give each rank one ({{GPU: 1}}), got {self.distributed.rank_resources}")
         if self.distributed.strategy == "fsdp" and self.optim.lora_rank > 0:
             raise ValueError(f"distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = "
                              f"{self.optim.lora_rank}); use strategy dp, whose ranks each hold the adapters")

@@ -144,11 +144,11 @@ async def train(cfg: TrainConfig) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vision = VisionInputs(model_dir)
     dtype = getattr(torch, cfg.model.dtype)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(cfg.model.device)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algo.loss.kl_coef > 0 else None
     trainer = PolicyTrainer(model, vision, cfg.optim, cfg.algo.loss, cfg.steps * cfg.algo.epochs * cfg.algo.mini_batches,
                             reference)
-    critic = Critic(cfg.algo.critic.model_path or model_dir, vision, cfg.algo.critic, dtype) \
+    critic = Critic(cfg.algo.critic.model_path or model_dir, vision, cfg.algo.critic, dtype).to(cfg.model.device) \
         if cfg.algo.name == "ppo" else None
     state = load_checkpoint(cfg.resume, trainer, critic) if cfg.resume else RunState()
     run = RunDir.create(cfg.log.dir, cfg.name, to_dict(cfg), cfg.log.wandb, cfg.log.wandb_project)

@@ -56,15 +56,16 @@ class RankSpec:
     total_steps: int
     timeout_s: float  # a collective that waits longer than this fails
     shard: bool  # distributed.strategy fsdp
+    device: str  # cuda (the GPU Ray gave the rank) or cpu
 
 
 class TrainerRank:
     """The actor class of ranks 1..W-1; ``ray.remote(TrainerRank)`` makes it one."""
 
     def __init__(self, rank: int, world_size: int, init_method: str, spec: RankSpec, state: dict[str, Any]):
-        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+        dist.init_process_group(_backend(spec.device), init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=spec.timeout_s))
-        model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype)
+        model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype).to(spec.device)
         reference = copy.deepcopy(model).eval().requires_grad_(False) if state["reference"] is not None else None
         trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.loss, spec.total_steps,
                                 reference, group=dist.group.WORLD)
@@ -120,19 +121,19 @@ class RemoteRanks:
         """
         remote = cfg.world_size - 1
         spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.loss_cfg, trainer.total_steps,
-                        cfg.collective_timeout_s, cfg.strategy == "fsdp")
+                        cfg.collective_timeout_s, cfg.strategy == "fsdp", trainer.device.type)
         group = placement_group([dict(cfg.rank_resources)] * remote)
         actors: list[Any] = []
         try:
             await placed("trainer ranks", group.ready(), cfg.rank_resources, remote, cfg.placement_timeout_s)
             init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
-            state = ray.put({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            state = ray.put({"model": _cpu_state(trainer.model), "optimizer": trainer.optimizer_state(),
                              "scheduler": trainer.scheduler.state_dict(),
-                             "reference": None if trainer.reference is None else trainer.reference.state_dict()})
+                             "reference": None if trainer.reference is None else _cpu_state(trainer.reference)})
             options = actor_options(cfg.rank_resources) | {"max_restarts": 0}
             actors = [_Actor.options(**options, scheduling_strategy=PlacementGroupSchedulingStrategy(group, k))
                       .remote(k + 1, cfg.world_size, init_method, spec, state) for k in range(remote)]
-            await compute.run(dist.init_process_group, "gloo", init_method=init_method, rank=0,
+            await compute.run(dist.init_process_group, _backend(spec.device), init_method=init_method, rank=0,
                               world_size=cfg.world_size, timeout=timedelta(seconds=spec.timeout_s))
             trainer.group = dist.group.WORLD
             if spec.shard:
@@ -193,6 +194,15 @@ class RemoteRanks:
             return None
         return TrainerRankLost(f"trainer rank {rank} (pid {self.pids[rank - 1]}) died during the step "
                                f"({type(error).__name__}: {error})")
+
+
+def _backend(device: str) -> str:
+    """The collectives' library: NCCL between GPUs, gloo between CPUs."""
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in model.state_dict().items()}
 
 
 def _alive(actor: Any) -> bool:

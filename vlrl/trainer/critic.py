@@ -60,7 +60,7 @@ class Critic(torch.nn.Module):
         self.eval()
         out: list[torch.Tensor] = []
         for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
-            out += self._values(batch)
+            out += [v.cpu() for v in self._values(batch)]
         return out
 
     def step(self, trajectories: Sequence[Trajectory], old_values: Sequence[torch.Tensor],
@@ -74,9 +74,11 @@ class Critic(torch.nn.Module):
         for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
             rows = [index[id(t)] for t in batch]
             values = pad(self._values(batch))
-            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
-            loss = clipped_value_loss(values, pad([old_values[r] for r in rows]), pad([returns[r] for r in rows]),
-                                      mask, self.cfg.value_clip) * (mask.sum() / max(total, 1.0))
+            device = values.device
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch]).to(device)
+            loss = clipped_value_loss(values, pad([old_values[r] for r in rows]).to(device),
+                                      pad([returns[r] for r in rows]).to(device), mask,
+                                      self.cfg.value_clip) * (mask.sum() / max(total, 1.0))
             loss.backward()
             loss_sum += float(loss.detach())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0))

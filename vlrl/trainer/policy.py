@@ -162,7 +162,7 @@ class PolicyTrainer:
             raise ValueError("sharding needs a process group (distributed.world_size > 1)")
         if self.optim_cfg.lora_rank > 0:
             raise ValueError("LoRA adapters are not sharded: use distributed.strategy dp with optim.lora_rank > 0")
-        mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(self.group),))
+        mesh = init_device_mesh(self.device.type, (torch.distributed.get_world_size(self.group),))
         full = self.optimizer.state_dict()
         for model in (self.model, self.reference):
             if model is None:
@@ -239,17 +239,18 @@ class PolicyTrainer:
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in trajs])
             sums["forward_s"] += time.perf_counter() - t0
             logp = pad([s.logprobs for s in scores])
-            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs])
-            behavior = pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs])
-            sampled = pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]) * mask
-            old = logp.detach() if batch[0].old_logprobs is None else pad([it.old_logprobs for it in batch])
+            device = logp.device
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs]).to(device)
+            behavior = pad([torch.tensor(t.behavior_logprobs[1:]) for t in trajs]).to(device)
+            sampled = pad([torch.tensor([float(v >= 0) for v in t.versions[1:]]) for t in trajs]).to(device) * mask
+            old = logp.detach() if batch[0].old_logprobs is None else pad([it.old_logprobs for it in batch]).to(device)
             weights = off_policy_weights(old, behavior, cfg.importance_cap) * sampled + (1 - sampled) \
                 if cfg.importance_cap else None
             if all(isinstance(it.advantage, float) for it in batch):
-                advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32)
+                advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32, device=device)
             else:
                 advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(len(it.trajectory.token_ids)
-                                                                                           - 1) for it in batch])
+                                                                                           - 1) for it in batch]).to(device)
             out = clipped_policy_loss(logp, old, advantages, mask, cfg.clip_low, cfg.clip_high, cfg.aggregation,
                                       weights, total)
             loss = out.loss
@@ -295,9 +296,9 @@ class PolicyTrainer:
         self.model.eval()
         out: list[torch.Tensor] = []
         for batch in self._micro_batches(items, TrainItem(FILLER, 0.0)):
-            out += [s.logprobs for s in sequence_logprobs(self.model, self.vision,
-                                                          [(it.trajectory.token_ids, it.trajectory.images)
-                                                           for it in batch])]
+            out += [s.logprobs.cpu() for s in sequence_logprobs(self.model, self.vision,
+                                                                [(it.trajectory.token_ids, it.trajectory.images)
+                                                                 for it in batch])]
         return out[:len(items)]
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -306,22 +307,27 @@ class PolicyTrainer:
         Sharded, every rank gathers them and this rank returns them (the others' copies are dropped).
         """
         if not self.sharded:
-            return merged_state_dict(self.model)
+            return {k: v.cpu() for k, v in merged_state_dict(self.model).items()}
         return self._everywhere("weights", self._gather_weights, [()] * self._world())[0]
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state as one process would hold it (``torch.optim.Optimizer.state_dict``)."""
         if not self.sharded:
-            return self.optimizer.state_dict()
+            return _on_cpu(self.optimizer.state_dict())
         return self._everywhere("optimizer_state", self._gather_optimizer_state, [()] * self._world())[0]
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        return {k: _whole(v) for k, v in self.model.state_dict().items()}
+        return {k: _whole(v).cpu() for k, v in self.model.state_dict().items()}
 
     def _gather_optimizer_state(self) -> dict[str, Any]:
         state = self.optimizer.state_dict()
         state["state"] = {i: {k: _whole(v) for k, v in s.items()} for i, s in sorted(state["state"].items())}
-        return state
+        return _on_cpu(state)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``model.device``; on every rank its own GPU, or the CPU)."""
+        return next(self.model.parameters()).device
 
     def imitate(self, trajectories: Sequence[Trajectory], total: float | None = None) -> dict[str, float]:
         """One supervised step: maximize the log-likelihood of the policy tokens (loss mask 1) of ``trajectories``.
@@ -347,7 +353,7 @@ class PolicyTrainer:
         for batch in self._micro_batches(trajectories, FILLER):
             scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
             logp = pad([s.logprobs for s in scores])
-            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch])
+            mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch]).to(logp.device)
             loss = aggregate(-logp, mask, "token-mean", total)
             loss.backward()
             sums["loss"] += float(loss.detach())
@@ -398,7 +404,7 @@ class PolicyTrainer:
             return batches
         import torch.distributed as dist
 
-        most = torch.tensor([len(batches)])
+        most = torch.tensor([len(batches)], device=self.device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX, group=self.group)
         return batches + [[filler]] * (int(most) - len(batches))
 
@@ -420,7 +426,7 @@ class PolicyTrainer:
                 p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
                 offset += p.numel()
         keys = [k for k in sums if k != "forward_s"]
-        figures = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        figures = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(figures, group=self.group)
         sums.update(zip(keys, figures.tolist()))
 
@@ -439,7 +445,7 @@ class PolicyTrainer:
         grads = [p.grad for p in params if p.grad is not None]
         sliced = torch.stack([torch.linalg.vector_norm(g.to_local()) ** 2 for g in grads if _is_sharded(g)]).sum()
         dist.all_reduce(sliced, group=self.group)
-        whole = sum((torch.linalg.vector_norm(g) ** 2 for g in grads if not _is_sharded(g)), torch.tensor(0.0))
+        whole = sum((torch.linalg.vector_norm(g) ** 2 for g in grads if not _is_sharded(g)), torch.tensor(0.0, device=self.device))
         norm = float((sliced + whole).sqrt())
         scale = min(1.0, limit / (norm + 1e-6))
         if scale < 1.0:
@@ -545,13 +551,19 @@ def _whole(value: Any) -> Any:
     return value.full_tensor() if _is_sharded(value) else value
 
 
+def _on_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with its tensors on the CPU: what a checkpoint keeps, wherever the trainer ran."""
+    return {**state, "state": {i: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                               for i, s in state["state"].items()}}
+
+
 def _like(value: Any, param: torch.Tensor) -> Any:
     """An optimizer state tensor of a whole parameter, cut like ``param``'s slice on this rank."""
     from torch.distributed.tensor import distribute_tensor
 
     if not _is_sharded(param) or not isinstance(value, torch.Tensor) or value.shape != param.shape:
         return value
-    return distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
 # a micro-batch of a rank that has run out of its share (sharded): two prompt tokens, nothing to learn
