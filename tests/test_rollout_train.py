@@ -46,6 +46,21 @@ def rollout(run, engine, tokenizer, vision, env_config, reward, samples, group_s
 NO_TOOLS = EnvConfig(tools=[], max_turns=1, sandbox=SandboxConfig(workers=1))
 
 
+def test_a_manager_without_a_timeline_keeps_no_spans(run, engine, tokenizer, vision):
+    samples = list(islice(synthetic_charts(seed=2), 2))
+
+    async def timeline_of(record: bool):
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=24), 2,
+                                     timeline=record)
+            await manager.rollout(samples, 0)
+            return manager.timeline
+
+    kept, dropped = run(timeline_of(True)), run(timeline_of(False))
+    assert len({span.track for span in kept.spans if span.phase == "decode"}) == 4  # every trajectory, recorded
+    assert dropped.spans == [] and dropped.marks == []
+
+
 def test_rollout_groups_record_rewards_masks_logprobs_and_times(run, engine, tokenizer, vision):
     samples = list(islice(synthetic_charts(seed=2), 3))
     result = rollout(run, engine, tokenizer, vision, EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)),

@@ -162,9 +162,9 @@ class _Evaluation:
         self.cfg, self.engine, self.tokenizer, self.vision, self.reward, self.out = (
             cfg, engine, tokenizer, vision, reward, out)
         self.sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-        self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples)
-        self.greedy = RolloutManager(engine, env, tokenizer, reward,
-                                     SamplingParams(cfg.max_new_tokens, temperature=0.0), 1) if cfg.greedy else None
+        self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples, timeline=False)
+        self.greedy = RolloutManager(engine, env, tokenizer, reward, SamplingParams(cfg.max_new_tokens, temperature=0.0),
+                                     1, timeline=False) if cfg.greedy else None
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
         self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no,

@@ -73,7 +73,7 @@ class RolloutManager:
 
     def __init__(self, engine: Engine, env: Env, tokenizer: Any, reward: Reward, sampling: SamplingParams,
                  group_size: int, schedule: Schedule = "sync", verifier: Verifier | None = None,
-                 verifier_weight: float = 0.0, chunk_tokens: int = 0):
+                 verifier_weight: float = 0.0, chunk_tokens: int = 0, timeline: bool = True):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if schedule not in ("sync", "async"):
@@ -92,7 +92,8 @@ class RolloutManager:
         self._paused: set[str] = set()  # requests aborted by ``pause``, to be resumed
         self._paused_at = 0.0  # when the last ``pause`` began
         self._live: dict[str, Trajectory] = {}  # trajectories not yet ended
-        self.timeline = Timeline()  # each trajectory's decode / tool / verifier / paused spans
+        # each trajectory's decode / tool / verifier / paused spans; ``timeline`` False keeps none (a long evaluation)
+        self.timeline = Timeline(record=timeline)
 
     async def pause(self) -> int:
         """Stop decoding everywhere: requests in flight are aborted and keep their tokens; returns how many.

@@ -43,11 +43,13 @@ class Timeline:
 
     spans: list[Span] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter s, label), e.g. step starts
+    record: bool = True  # False: keep nothing (an evaluation's thousands of trajectories, never drawn)
 
     def add(self, track: str, phase: str, start: float, end: float) -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; one of {sorted(PHASES)}")
-        self.spans.append(Span(track, phase, start, end))
+        if self.record:
+            self.spans.append(Span(track, phase, start, end))
 
     @contextmanager
     def span(self, track: str, phase: str) -> Iterator[None]:
@@ -59,7 +61,8 @@ class Timeline:
             self.add(track, phase, start, time.perf_counter())
 
     def mark(self, label: str, at: float | None = None) -> None:
-        self.marks.append((time.perf_counter() if at is None else at, label))
+        if self.record:
+            self.marks.append((time.perf_counter() if at is None else at, label))
 
     def prune(self, before: float) -> None:
         """Forget the spans and marks that ended before ``before`` (a run that records no timeline)."""
