@@ -230,6 +230,7 @@ def test_eval_on_the_vllm_engine(tmp_path, taught):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["questions"] == 3 and 0 <= figures["bestof@2_self"] <= figures["pass@2"] <= 1
     assert figures["verifier_accuracy_image"] is not None and figures["verifier_accuracy_noimage"] is not None
+    assert "Exception ignored" not in done.stderr  # the engine is shut down once, while the interpreter still runs
 
 
 @pytest.mark.slow

@@ -115,8 +115,10 @@ class VLLMEngine(Engine):
             enforce_eager=True,
             disable_log_stats=True,
         )
-        llm = AsyncLLM.from_engine_args(args)
-        return cls(model_dir, llm, VisionInputs(model_dir), max_len, text.vocab_size, model_eos_ids(model_dir))
+        # no local name for the AsyncLLM: something in vLLM's start-up keeps this frame alive (gc shows it as the
+        # engine's only referrer), so a name here kept the engine until the interpreter exit, where its __del__ fails
+        return cls(model_dir, AsyncLLM.from_engine_args(args), VisionInputs(model_dir), max_len, text.vocab_size,
+                   model_eos_ids(model_dir))
 
     async def generate(
         self,
