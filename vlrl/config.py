@@ -88,7 +88,7 @@ class ModelConfig:
     path: str = "runs/quickstart/tiny-vlm"  # a Qwen2-VL / Qwen2.5-VL folder, or `vlrl model tiny` output
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"  # (vlrl train) where the trainer holds the policy, its KL reference and the critic: cpu,
-    #                      cuda, cuda:N; trainer ranks on Ray each use the GPU Ray gives them (the engine: engine.device)
+    #                      cuda, cuda:N; Ray trainer ranks each use the GPU Ray gives them (the engine: engine.device)
 
     def __post_init__(self) -> None:
         try:

@@ -250,7 +250,8 @@ class PolicyTrainer:
                 advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32, device=device)
             else:
                 advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(len(it.trajectory.token_ids)
-                                                                                           - 1) for it in batch]).to(device)
+                                                                                           - 1) for it in batch])
+                advantages = advantages.to(device)
             out = clipped_policy_loss(logp, old, advantages, mask, cfg.clip_low, cfg.clip_high, cfg.aggregation,
                                       weights, total)
             loss = out.loss
@@ -445,7 +446,8 @@ class PolicyTrainer:
         grads = [p.grad for p in params if p.grad is not None]
         sliced = torch.stack([torch.linalg.vector_norm(g.to_local()) ** 2 for g in grads if _is_sharded(g)]).sum()
         dist.all_reduce(sliced, group=self.group)
-        whole = sum((torch.linalg.vector_norm(g) ** 2 for g in grads if not _is_sharded(g)), torch.tensor(0.0, device=self.device))
+        whole = sum((torch.linalg.vector_norm(g) ** 2 for g in grads if not _is_sharded(g)),
+                    torch.tensor(0.0, device=self.device))
         norm = float((sliced + whole).sqrt())
         scale = min(1.0, limit / (norm + 1e-6))
         if scale < 1.0:
