@@ -138,16 +138,20 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"wrote tiny {args.arch} model to {out}")
     elif args.command == "generate":
         from vlrl.config import GenerateConfig, load_config
+
+        cfg = load_config(GenerateConfig, args.config, args.overrides)  # before torch is imported: errors come fast
         from vlrl.generate import generate
 
-        asyncio.run(generate(load_config(GenerateConfig, args.config, args.overrides)))
+        asyncio.run(generate(cfg))
     elif args.command == "train":
         from vlrl.config import TrainConfig, load_config
         from vlrl.distributed import TrainerRankLost
+
+        cfg = load_config(TrainConfig, args.config, args.overrides)
         from vlrl.train import run_training
 
         try:
-            run_training(load_config(TrainConfig, args.config, args.overrides))
+            run_training(cfg)
         except TrainerRankLost as e:
             print(f"vlrl: error: {e}", file=sys.stderr)
             return 1
@@ -155,10 +159,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         import json
 
         from vlrl.config import EvalConfig, load_config
+
+        cfg = load_config(EvalConfig, args.config, args.overrides)
         from vlrl.eval.report import headline
         from vlrl.eval.run import evaluate
 
-        cfg = load_config(EvalConfig, args.config, args.overrides)
         report = asyncio.run(evaluate(cfg))
         figures = headline(report)
         for key in _eval_shown(report):

@@ -129,6 +129,8 @@ def run_training(cfg: TrainConfig) -> Path:
 async def train(cfg: TrainConfig) -> Path:
     """Run ``cfg``; returns the run directory."""
     model_dir = check_model_dir(cfg.model.path)
+    if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device {cfg.model.device!r}: torch sees no CUDA device on this machine")
     if cfg.verifier.model not in ("", "policy"):
         check_model_dir(cfg.verifier.model)
     first_epoch, reward_name = open_task(cfg.task, cfg.seed)  # the task, its reward, the agents: before any work

@@ -19,6 +19,8 @@ SegmentKind = Literal["prompt", "policy", "observation"]
 EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget", "context",
                     "invalid_action"]
 ActionKind = Literal["call", "code", "invalid"]
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]  # of the policy loss over tokens
+KLEstimator = Literal["k1", "k3"]
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,10 @@ Only tokens with m = 1 carry gradient; observations are the world's, not the pol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
-KLEstimator = Literal["k1", "k3"]
+from vlrl.types import Aggregation, KLEstimator
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:

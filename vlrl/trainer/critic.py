@@ -9,7 +9,6 @@ weights to the engine.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,22 +16,11 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from vlrl.algos.ppo import clipped_value_loss
+from vlrl.trainer.configs import CriticConfig
 from vlrl.trainer.logprobs import forward
 from vlrl.trainer.policy import micro_batches, pad
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
-
-
-@dataclass
-class CriticConfig:
-    """The value model: its own copy of a VLM (by default the policy's folder) plus a linear head."""
-
-    model_path: str = ""  # empty: the policy's model folder
-    lr: float = 1.0e-4
-    value_clip: float = 0.2
-    gamma: float = 1.0
-    lam: float = 0.95
-    micro_batch_tokens: int = 8192
 
 
 class Critic(torch.nn.Module):

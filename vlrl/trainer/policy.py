@@ -33,16 +33,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
-from vlrl.algos.grpo import Aggregation, KLEstimator, aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
+from vlrl.algos.grpo import aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
+from vlrl.trainer.configs import LossConfig, OptimConfig
 from vlrl.trainer.logprobs import sequence_logprobs
 from vlrl.trainer.lora import apply_lora, merged_state_dict
-from vlrl.types import Segment, Trajectory
+from vlrl.types import Aggregation, Segment, Trajectory
 from vlrl.vision import VisionInputs
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports this module's configs
@@ -74,45 +75,6 @@ class Peers(Protocol):
 
     def reset_reference(self) -> None:
         """Copy each rank's model into its reference model."""
-
-
-@dataclass
-class OptimConfig:
-    """AdamW, the learning-rate schedule, clipping and micro-batching."""
-
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    schedule: Literal["constant", "linear", "cosine"] = "constant"  # decay after warm-up, to 0 at the last step
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    micro_batch_tokens: int = 8192  # tokens per forward; the gradient accumulates over micro-batches
-    freeze_vision: bool = False  # keep the vision tower as loaded
-    lora_rank: int = 0  # > 0: train LoRA adapters on the language model's projections instead of every weight
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.micro_batch_tokens < 1:
-            raise ValueError(f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas}")
-
-
-@dataclass
-class LossConfig:
-    """The clipped surrogate and its regularizers."""
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2  # > clip_low: DAPO clip-higher
-    aggregation: Aggregation = "token-mean"
-    kl_coef: float = 0.0  # > 0: KL to the frozen reference model
-    kl_estimator: KLEstimator = "k3"
-    # > 0: truncated importance weights min(pi_old / mu, cap); 0: off; None: the run decides (vlrl train: 2.0
-    # under rollout.schedule overlap, whose deferred tokens come from older weights, else off)
-    importance_cap: float | None = None
 
 
 @dataclass(frozen=True)
