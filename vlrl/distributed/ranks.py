@@ -83,9 +83,8 @@ class TrainerRank:
 
     def run(self, trainer: str, method: str, *args: Any) -> Any:
         """This rank's part of ``method`` of trainer ``trainer`` (``step`` and ``imitate`` on its share, ``logprobs``
-        of its share, ``weights`` and ``optimizer_state`` gathered); returns what it returns."""
-        result = getattr(self.trainers[trainer], method)(*args)
-        return result if method == "logprobs" else None  # the gathered state is rank 0's to keep
+        of its share, ``weights`` and ``optimizer_state`` gathered for rank 0); returns what it returns."""
+        return getattr(self.trainers[trainer], method)(*args)
 
     def open(self, name: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
         self.trainers[name] = self.trainers["policy"].sibling(optim, loss, total_steps, name)

@@ -280,12 +280,15 @@ class PolicyTrainer:
         return self._everywhere("optimizer_state", self._gather_optimizer_state, [()] * self._world())[0]
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        return {k: _whole(v).cpu() for k, v in self.model.state_dict().items()}
+        """Every rank gathers each tensor; rank 0 keeps them, the others return {}."""
+        weights = {k: _whole(v).cpu() for k, v in self.model.state_dict().items()}
+        return weights if torch.distributed.get_rank(self.group) == 0 else {}
 
     def _gather_optimizer_state(self) -> dict[str, Any]:
+        """Every rank gathers each moment; rank 0 keeps them, the others return {}."""
         state = self.optimizer.state_dict()
         state["state"] = {i: {k: _whole(v) for k, v in s.items()} for i, s in sorted(state["state"].items())}
-        return _on_cpu(state)
+        return _on_cpu(state) if torch.distributed.get_rank(self.group) == 0 else {}
 
     @property
     def device(self) -> torch.device:
