@@ -10,6 +10,7 @@ import torch
 
 from vlrl.demo import bar_chart, question_prompt, tool_observation
 from vlrl.engines.parity import logprob_parity, two_turn_rollout
+from vlrl.engines.sampling import continued
 from vlrl.types import SamplingParams
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
@@ -117,6 +118,26 @@ def test_stop_token_ids_and_stop_strings(engine, run, chart_prompt, tokenizer):
     end = next(i for i in range(1, len(ref) + 1) if stop in tokenizer.decode(ref[:i]))
     out = run(engine.complete(prompt, [chart], dataclasses.replace(greedy(engine, 40), stop=(stop,)), "stop-str"))
     assert out.token_ids == ref[:end] and out.finish_reason == "stop"
+
+
+def test_a_stop_string_begun_before_a_cut_still_stops_the_continued_request(engine, run, chart_prompt, tokenizer):
+    """A request paused, or moved off a lost replica, goes on as a new request (``continued``): it
+    stops where the uncut request stops, even when the cut falls inside the stop string."""
+    prompt, chart = chart_prompt
+    ref = run(engine.complete(prompt, [chart], greedy(engine, 40), "cut-ref")).token_ids
+    text = tokenizer.decode(ref)
+    stop = next(t for t in (tokenizer.decode(ref[i : i + 3]) for i in range(5, 35)) if text.count(t) == 1)
+    end = next(i for i in range(1, len(ref) + 1) if stop in tokenizer.decode(ref[:i]))
+    sampling = dataclasses.replace(greedy(engine, 40), stop=(stop,))
+    cut = end - 2
+    assert stop not in tokenizer.decode(ref[:cut]) and stop not in tokenizer.decode(ref[cut:])  # it spans the cut
+    first = run(engine.complete(prompt, [chart], dataclasses.replace(sampling, max_tokens=cut), "cut-1"))
+    assert first.token_ids == ref[:cut] and first.finish_reason == "length"
+    rest = run(engine.complete(prompt + list(first.token_ids), [chart], continued(sampling, first.token_ids, 1),
+                               "cut-2"))
+    assert rest.token_ids == ref[cut:end] and rest.finish_reason == "stop"
+    blind = dataclasses.replace(continued(sampling, first.token_ids, 1), stop_context=())
+    assert len(run(engine.complete(prompt + list(first.token_ids), [chart], blind, "cut-3")).token_ids) > end - cut
 
 
 def test_suppressed_and_vision_tokens_are_never_sampled(engine, run, chart_prompt, vision):

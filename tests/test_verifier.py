@@ -95,7 +95,7 @@ def test_bad_verifier_input_is_named(hf_engine, run, tokenizer):
     with pytest.raises(KeyError, match="nothing was extended for trajectory 'never-fed'"):
         run(verifier.finish("never-fed"))
     with pytest.raises(ValueError, match="no Yes/No probability for trajectory 't'"):
-        verifier._normalize("t", [-math.inf, -math.inf])
+        verifier.reading.score("t", [-math.inf, -math.inf])
 
 
 def verified_rollout(run, engine, tokenizer, vision, schedule, chunk, weight=0.5):

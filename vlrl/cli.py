@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl"])
     tiny.add_argument("--max-pixels", type=int, default=448 * 448,
                       help="largest image the processor passes (28 x 28 pixels per image token)")
+    head = model_sub.add_parser("reward-head", help="a reward-model folder: a VLM with a classic scalar head "
+                                                    "(e.g. a *ForSequenceClassification's score.weight) written in")
+    head.add_argument("base", help="the VLM folder the head was trained on")
+    head.add_argument("--head", required=True, help="a .safetensors file holding the head's weight (and bias)")
+    head.add_argument("--key", default="score.weight", help="the weight's name in that file")
+    head.add_argument("--out", required=True, help="folder to write")
 
     gen = sub.add_parser("generate", help="answer one question about one image with an engine")
     gen.add_argument("config", help="YAML config (see configs/generate.yaml)")
@@ -131,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.command == "model":
+    if args.command == "model" and args.model_command == "reward-head":
+        from vlrl.rewards.head import write_reward_model
+
+        print(f"wrote reward model to {write_reward_model(args.base, args.head, args.out, args.key)}")
+    elif args.command == "model":
         from vlrl.model.tiny import build_tiny_model
 
         out = build_tiny_model(args.out, seed=args.seed, arch=args.arch, max_pixels=args.max_pixels)

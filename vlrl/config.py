@@ -216,8 +216,9 @@ class VerifierConfig:
     """A model that judges each trajectory's answer: its P(Yes) is logged and may weigh in the reward."""
 
     model: str = ""  # "": none; "policy": the policy's own engine (self-verification); else a model folder sharing
-    #                  the policy's tokenizer, run on its own engine of engine.kind
-    weight: float = 0.0  # reward = (1 - weight) x rule-based + weight x P(Yes); 0: scored and logged only
+    #                  the policy's tokenizer, run on its own engine of engine.kind; a reward-model folder
+    #                  (`vlrl model reward-head`) is read by its scalar head: sigmoid(w . h + b) instead of P(Yes)
+    weight: float = 0.0  # reward = (1 - weight) x rule-based + weight x score; 0: scored and logged only
     question: str = QUESTION
     yes: list[str] = field(default_factory=lambda: ["Yes"])  # one token each; their probabilities are summed
     no: list[str] = field(default_factory=lambda: ["No"])
@@ -382,7 +383,8 @@ class JudgeConfig:
     """Who scores each sampled answer in `vlrl eval` (P(Yes) to the question, as ``vlrl.rewards.verifier``)."""
 
     policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
-    external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none)
+    external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none); a reward-model folder is
+    #                     read by its scalar head
     question: str = QUESTION
     yes: list[str] = field(default_factory=lambda: ["Yes"])
     no: list[str] = field(default_factory=lambda: ["No"])

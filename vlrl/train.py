@@ -35,6 +35,7 @@ from vlrl.env import Env, make_env
 from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
 from vlrl.play import play_agent
 from vlrl.registry import resolve
+from vlrl.rewards.head import read_reward_head
 from vlrl.rewards.verifier import Verifier, check_same_tokenizer, resized_image_runs
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
@@ -243,12 +244,13 @@ async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any)
     v = cfg.verifier
     if not v.model:
         return None, None
-    engine, own, image_runs = policy_engine, None, None
+    engine, own, image_runs, head = policy_engine, None, None, None
     if v.model != "policy":
         check_same_tokenizer(v.model, tokenizer, "verifier.model")
+        head = read_reward_head(v.model)
         engine = own = await open_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine, cfg.distributed)
         image_runs = resized_image_runs(VisionInputs(cfg.model.path), VisionInputs(v.model))
-    return Verifier(engine, tokenizer, v.question, v.yes, v.no, image_runs), own
+    return Verifier(engine, tokenizer, v.question, v.yes, v.no, image_runs, head), own
 
 
 def _heldout_samples(cfg: TrainConfig) -> list[Sample]:

@@ -47,6 +47,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings; the tokens that complete one are kept
     stop_token_ids: tuple[int, ...] = ()  # in addition to the model's end-of-sequence ids
     suppress_token_ids: tuple[int, ...] = ()  # in addition to the vision tokens, never sampled
+    # what the request generated before it was cut off (a pause, a lost engine replica) and
+    # continued as this one: a stop string begun there and completed here still stops it
+    stop_context: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:

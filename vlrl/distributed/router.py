@@ -111,7 +111,7 @@ class ReplicaRouter(Engine):
                     params = sampling
                 else:
                     flight.slot, flight.rid, flight.base = slot, f"{request_id}/failover-{part}", len(flight.ids)
-                    params = continued(sampling, len(flight.ids), part)
+                    params = continued(sampling, flight.ids, part)
                 if params.max_tokens == 0:  # the lost replica had generated the whole budget
                     finished = Delta(request_id, (), (), self.version, "length")
                     yield finished

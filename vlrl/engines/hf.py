@@ -33,7 +33,7 @@ from vlrl.engines.base import (
     model_eos_ids,
     remember,
 )
-from vlrl.engines.sampling import sample_next
+from vlrl.engines.sampling import sample_next, stop_reached
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
@@ -359,11 +359,8 @@ class HFEngine(Engine):
         p = req.sampling
         if token in self.eos_ids or token in p.stop_token_ids:
             return "stop"
-        if p.stop:
-            window = max(len(s) for s in p.stop) * 4
-            tail = self.tokenizer.decode(req.out_ids[-window:], skip_special_tokens=False)
-            if any(s in tail for s in p.stop):
-                return "stop"
+        if stop_reached(self.tokenizer, p, req.out_ids, len(req.out_ids) - 1) is not None:
+            return "stop"
         if len(req.out_ids) >= p.max_tokens or len(req.prompt_ids) + len(req.out_ids) >= self.max_model_len:
             return "length"
         return None

@@ -1,9 +1,10 @@
-"""Next-token sampling shared by the HF engine (logits --> token, raw logprob per row), and continued requests."""
+"""Next-token sampling shared by the HF engine (logits --> token, raw logprob per row), stop strings, and
+continued requests."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -49,12 +50,35 @@ def sample_next(
     return tokens, logprobs
 
 
-def continued(sampling: SamplingParams, generated: int, part: int) -> SamplingParams:
+def continued(sampling: SamplingParams, generated: Sequence[int], part: int) -> SamplingParams:
     """``sampling`` for the ``part``-th continuation of a request cut off after ``generated`` tokens.
 
     A request paused by the scheduler, or moved off an engine replica that died, goes on as
     a new request whose prompt ends with what it generated: its token budget is what is
-    left, and a seeded request gets a seed of its own per part so it does not replay its start.
+    left, a seeded request gets a seed of its own per part so it does not replay its start,
+    and its stop strings are matched across the cut (``stop_context``).
     """
     seed = None if sampling.seed is None else (sampling.seed + 7_919 * part) % 2**31
-    return replace(sampling, max_tokens=sampling.max_tokens - generated, seed=seed)
+    context = (*sampling.stop_context, *generated)[-stop_window(sampling.stop):] if sampling.stop else ()
+    return replace(sampling, max_tokens=sampling.max_tokens - len(generated), seed=seed, stop_context=context)
+
+
+def stop_window(stops: Sequence[str]) -> int:
+    """How many trailing tokens can hold a stop string (a byte-level token may be a quarter of a character)."""
+    return max((len(s) for s in stops), default=0) * 4
+
+
+def stop_reached(tokenizer: Any, sampling: SamplingParams, ids: Sequence[int], checked: int) -> int | None:
+    """How many of ``ids`` it takes to complete a stop string of ``sampling``, or None.
+
+    The text searched ends at each of ``ids[checked:]`` in turn (those before were searched
+    already) and begins in ``sampling.stop_context`` when the request is a continuation.
+    """
+    if not sampling.stop:
+        return None
+    window = stop_window(sampling.stop)
+    for end in range(checked + 1, len(ids) + 1):
+        tail = [*sampling.stop_context, *ids[max(0, end - window) : end]][-window:]  # no copy of the whole output
+        if any(s in tokenizer.decode(tail, skip_special_tokens=False) for s in sampling.stop):
+            return end
+    return None

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from vlrl.engines.base import (
     Engine,
@@ -33,6 +33,7 @@ from vlrl.engines.base import (
     model_eos_ids,
     remember,
 )
+from vlrl.engines.sampling import stop_reached, stop_window
 from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -58,6 +59,7 @@ class VLLMEngine(Engine):
                  eos_ids: tuple[int, ...]):
         self.model_dir = model_dir
         self.llm = llm
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)  # stop strings across a cut (stop_context)
         self.vision = vision
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
@@ -138,6 +140,8 @@ class VLLMEngine(Engine):
                 if not stream.ids:  # the prompt is the same on every output: check it once
                     _check_expanded(request_id, ids, out)
                 delta = self._delta(request_id, out, stream)
+                if delta is not None and sampling.stop_context:
+                    delta = await self._stop_across_the_cut(request_id, sampling, stream, delta)
                 if delta is not None:
                     yield delta
                 if stream.finish is not None:
@@ -264,6 +268,23 @@ class VLLMEngine(Engine):
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA,
         )
+
+    async def _stop_across_the_cut(self, request_id: str, sampling: SamplingParams, stream: _Stream,
+                                   delta: Delta) -> Delta:
+        """End a continued request at a stop string begun before its cut: vLLM searches a request's own
+        output only. The delta keeps its tokens up to the one that completes the string."""
+        before = len(stream.ids) - len(delta.token_ids)
+        if before >= stop_window(sampling.stop):
+            return delta
+        end = stop_reached(self.tokenizer, sampling, stream.ids, before)
+        if end is None or (end == len(stream.ids) and stream.finish == "stop"):
+            return delta  # none, or one inside the new tokens, which vLLM found itself
+        if stream.finish is None:  # vLLM is still generating it
+            await self.llm.abort(request_id)  # type: ignore[attr-defined]
+        stream.finish = "stop"
+        del stream.ids[end:], stream.logprobs[end:], stream.versions[end:]
+        kept = end - before
+        return replace(delta, token_ids=delta.token_ids[:kept], logprobs=delta.logprobs[:kept], finish_reason="stop")
 
     def _delta(self, request_id: str, out: object, stream: _Stream) -> Delta | None:
         comp = out.outputs[0]  # type: ignore[attr-defined]

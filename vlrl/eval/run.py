@@ -42,6 +42,7 @@ from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.heldout import answer_accuracy, trajectory_accuracy
 from vlrl.registry import resolve
+from vlrl.rewards.head import read_reward_head
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer, resized_image_runs
 from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
@@ -168,8 +169,8 @@ class _Evaluation:
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
         self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no,
-                                       resized_image_runs(vision, VisionInputs(j.external))) \
-            if external is not None else None
+                                       resized_image_runs(vision, VisionInputs(j.external)),
+                                       read_reward_head(j.external)) if external is not None else None
         self.second_look = FollowUp(tokenizer, cfg.second_look_prompt) if cfg.second_look else None
         self.written = {kind: _count_dirs(out / "transcripts" / kind) for kind in ("right", "wrong")}
 

@@ -15,6 +15,10 @@ policy stops only the last piece and the question remain; ``finish(traj_id)`` ap
 question and scores. The score is a function of the ids and images alone: fed in chunks
 of any size or all at once, it is the same number (up to float summation order).
 
+A reward-model folder (``vlrl.rewards.head``) is read by its scalar head instead: no
+question, the score is ``sigmoid(w . h + b)`` at the trajectory's last token (its turn
+closed if it was cut off), streamed the same way.
+
 The verifier reads the policy's token ids as they are, so it must share the policy's
 tokenizer (the policy itself, or a bigger model of the same family); only the image runs
 are resized when its processor sizes images differently (``resized_image_runs``).
@@ -32,6 +36,7 @@ from PIL import Image
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports the verifier's defaults
     from vlrl.engines.base import Engine
+    from vlrl.rewards.head import RewardHead
     from vlrl.vision import VisionInputs
 
 QUESTION = "Is the final answer above correct? Answer Yes or No."
@@ -45,7 +50,7 @@ ImageRuns = Callable[[Sequence[int], Sequence[Image.Image]], list[int]]  # a pie
 class Verdict:
     """A verifier's score of one trajectory, and where its prefill work happened."""
 
-    score: float  # P(Yes) normalized over Yes / No
+    score: float  # P(Yes) normalized over Yes / No, or sigmoid of a reward model's scalar head
     early_tokens: int  # tokens prefilled by ``extend`` before ``finish`` (hidden under decoding)
     late_tokens: int  # tokens ``finish`` had to compute itself (the question included)
     finish_s: float  # seconds ``finish`` took: what the trajectory waited for after its last token
@@ -65,16 +70,13 @@ class Verifier:
 
     def __init__(self, engine: Engine, tokenizer: Any, question: str = QUESTION,
                  yes: Sequence[str] = ("Yes",), no: Sequence[str] = ("No",),
-                 image_runs: ImageRuns | None = None):
+                 image_runs: ImageRuns | None = None, head: RewardHead | None = None):
         """``image_runs`` rewrites each piece's image runs for the verifier's processor
-        (``resized_image_runs``); None when it sizes images as the policy's does."""
+        (``resized_image_runs``); None when it sizes images as the policy's does. ``head``:
+        the engine runs a reward-model folder, read by its scalar head (question, yes and no unused)."""
         self.engine = engine
         self.image_runs = image_runs
-        self.yes_ids = _single_tokens(tokenizer, yes, "yes")
-        self.no_ids = _single_tokens(tokenizer, no, "no")
-        if set(self.yes_ids) & set(self.no_ids):
-            raise ValueError(f"verifier: yes words {list(yes)} and no words {list(no)} share a token")
-        self.ask = FollowUp(tokenizer, question)
+        self.reading: YesNo | ScalarHead = ScalarHead(tokenizer, head) if head else YesNo(tokenizer, question, yes, no)
         self._feeds: dict[str, _Feed] = {}
 
     async def extend(self, traj_id: str, new_ids: Sequence[int], new_images: Sequence[Image.Image] = ()) -> None:
@@ -103,9 +105,9 @@ class Verifier:
         start = time.perf_counter()
         async with feed.lock:
             self._feeds.pop(traj_id, None)
-            ids = self.ask.after(feed.ids)
-            scores = await self.engine.score_next(_key(traj_id), ids, feed.images, self.yes_ids + self.no_ids)
-        score = self._normalize(traj_id, scores.logprobs)
+            ids = self.reading.ids(traj_id, feed.ids)
+            scores = await self.engine.score_next(_key(traj_id), ids, feed.images, self.reading.token_ids)
+        score = self.reading.score(traj_id, scores.logprobs)
         return Verdict(score, feed.early, len(ids) - scores.cached_tokens, time.perf_counter() - start)
 
     async def score(self, traj_id: str, ids: Sequence[int], images: Sequence[Image.Image]) -> Verdict:
@@ -118,13 +120,49 @@ class Verifier:
         """Forget a trajectory that will not be finished (it failed, or was dropped)."""
         self._feeds.pop(traj_id, None)
 
-    def _normalize(self, traj_id: str, logprobs: Sequence[float]) -> float:
-        k = len(self.yes_ids)
-        yes, no = _logsumexp(logprobs[:k]), _logsumexp(logprobs[k:])
+
+class YesNo:
+    """The verifier's question after the trajectory; the score is P(Yes) over Yes / No as its reply's first token."""
+
+    def __init__(self, tokenizer: Any, question: str, yes: Sequence[str], no: Sequence[str]):
+        yes_ids, no_ids = _single_tokens(tokenizer, yes, "yes"), _single_tokens(tokenizer, no, "no")
+        if set(yes_ids) & set(no_ids):
+            raise ValueError(f"verifier: yes words {list(yes)} and no words {list(no)} share a token")
+        self.token_ids, self.k = yes_ids + no_ids, len(yes_ids)
+        self.ask = FollowUp(tokenizer, question)
+
+    def ids(self, traj_id: str, ids: Sequence[int]) -> list[int]:
+        return self.ask.after(ids)
+
+    def score(self, traj_id: str, logprobs: Sequence[float]) -> float:
+        yes, no = _logsumexp(logprobs[: self.k]), _logsumexp(logprobs[self.k :])
         if not (math.isfinite(yes) and math.isfinite(no)):
             raise ValueError(f"verifier: no Yes/No probability for trajectory {traj_id!r} "
                              f"(log P(yes) = {yes}, log P(no) = {no})")
         return 1.0 / (1.0 + math.exp(no - yes))
+
+
+class ScalarHead:
+    """A reward model's head at the trajectory's last token: sigmoid(w . h + b), read as
+    log P(head token) - log P(zero token) (see ``vlrl.rewards.head``)."""
+
+    def __init__(self, tokenizer: Any, head: RewardHead):
+        self.token_ids = [tokenizer.convert_tokens_to_ids(head.token), tokenizer.convert_tokens_to_ids(head.zero_token)]
+        self.head = head
+        self.end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+
+    def ids(self, traj_id: str, ids: Sequence[int]) -> list[int]:
+        used = sorted(set(self.token_ids) & set(ids))
+        if used:
+            raise ValueError(f"verifier: trajectory {traj_id!r} contains the reward head's token id(s) {used}, "
+                             "whose input embeddings the head overwrote")
+        return [*ids] if ids and ids[-1] == self.end_of_turn else [*ids, self.end_of_turn]
+
+    def score(self, traj_id: str, logprobs: Sequence[float]) -> float:
+        value = logprobs[0] - logprobs[1] + self.head.bias
+        if not math.isfinite(value):
+            raise ValueError(f"verifier: the reward head gave {value} for trajectory {traj_id!r}")
+        return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else math.exp(value) / (1.0 + math.exp(value))
 
 
 class FollowUp:

@@ -192,7 +192,7 @@ class RolloutManager:
         part = 0
         while True:
             rid = request if part == 0 else f"{request}/resumed-{part}"
-            params = continued(sampling, len(ids), part)
+            params = continued(sampling, ids, part)
             self._running[traj.id] = rid
             t0 = time.perf_counter()
             try:
