@@ -17,6 +17,7 @@ import re
 from typing import Any, Literal, get_args
 
 from envs.visual_tool import ToolEpisode, label_names
+from tools.regions import TARGETS as FOCUS_TARGETS
 from vlrl.registry import register
 
 Confusion = Literal["value", "neighbor"]
@@ -65,10 +66,12 @@ class ScriptedAgent:
         key = next((k for k in TARGETS if episode.bound.get(k)), None)
         if key is None:
             return None
+        target = TARGETS[key]
         labels = label_names(episode.bound[key], key)
+        if FOCUS_TARGETS[target][2]:
+            labels = labels[1:]  # the header row: the focus tools keep it anyway, and it is no category
         named = [label for label in labels if re.search(rf"\b{re.escape(label)}\b", episode.sample.question, re.I)]
         op = "mask" if named else "draw"
-        target = TARGETS[key]
         name = f"focus_on_{target}_with_{op}"
         arguments = {f"{target}_to_focus_on": named or labels}
         thought = "" if self.brief else f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the image.\n"

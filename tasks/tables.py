@@ -44,7 +44,8 @@ HEADER_FILLS = ("#dbe8f6", "#e6e6e6", "#fbe5c8", "#d9f0d9")
 ZEBRA_FILLS = ("#f5f5f5", "#f2f7fc", "#ffffff")
 TEXT = (20, 20, 20)
 GRID = (150, 150, 150)
-DATA_BAR = "#9ec3e6"  # light enough that the digits on it stay dark on light
+DATA_BAR = "#1b5e9f"  # dark: light ones left a model trained from scratch at chance (README, starter tables)
+BAR_ROOM = 60  # px a data-bar column gets beyond its numbers, for the bar beside them
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,41 @@ class TableStyle:
                    rng.choice(HEADER_FILLS), rng.choice(ZEBRA_FILLS), rng.random() < 0.6, rng.choice((12, 20, 28)))
 
 
+@dataclass(frozen=True)
+class Frame:
+    """A fixed layout (the starter rung's): a square image of ``size`` px whose table has a
+    first column ``first`` px wide, the other columns sharing the rest evenly, and ``slots``
+    rows of one height, the header included. Every row and column lands on the same pixels
+    whatever the text, so a row's place in the image names it, as a bar's place names it in
+    a chart: a model trained from scratch learns that where it cannot learn to find rows
+    that move from table to table."""
+
+    size: int = 280
+    margin: int = 14
+    first: int = 100
+    slots: int = 5
+
+    def layout(self, widths: Sequence[int], rows: int, text_height: int) -> tuple[list[int], list[int],
+                                                                               tuple[int, int]]:
+        """Column and row edges, and the image size, for text needing ``widths`` px per column
+        and ``text_height`` px per row."""
+        if rows > self.slots:
+            raise ValueError(f"a frame of {self.slots} row slots cannot hold {rows} rows")
+        if len(widths) < 2:
+            raise ValueError(f"a frame holds a first column and at least one more, got {len(widths)} column(s)")
+        inner = self.size - 2 * self.margin
+        if text_height > inner // self.slots:
+            raise ValueError(f"text {text_height} px tall does not fit the frame's rows of {inner // self.slots} px")
+        rest = (inner - self.first) // (len(widths) - 1)
+        xs = [self.margin, self.margin + self.first]
+        xs += [xs[-1] + rest * k for k in range(1, len(widths))]
+        for c, needed in enumerate(widths):
+            if needed > xs[c + 1] - xs[c]:
+                raise ValueError(f"column {c} needs {needed} px, the frame gives it {xs[c + 1] - xs[c]}")
+        height = inner // self.slots
+        return xs, [self.margin + r * height for r in range(rows + 1)], (self.size, self.size)
+
+
 @lru_cache(maxsize=None)
 def _font(family: str, size: int, bold: bool) -> ImageFont.FreeTypeFont:
     props = font_manager.FontProperties(family=family, weight="bold" if bold else "normal")
@@ -72,25 +108,34 @@ def _font(family: str, size: int, bold: bool) -> ImageFont.FreeTypeFont:
 
 
 def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Sequence[bool],
-                 bars: dict[int, Sequence[float]] | None = None) -> tuple[Image.Image, dict[str, Any]]:
+                 bars: dict[int, Sequence[float]] | None = None,
+                 frame: Frame | None = None) -> tuple[Image.Image, dict[str, Any]]:
     """Draw ``cells`` (header row first) and return the image with its boxes.
 
     ``bars``: column -> one value per body row; each of those cells gets a data bar from its
-    left edge, as long as its value is a share of the column's largest (spreadsheet data
-    bars: the order of the values is visible without reading a digit).
+    left edge, as long as its value is a share of the column's largest, and stopping short
+    of the column's widest number (spreadsheet data bars: the order of the values is
+    visible without reading a digit, and every digit stays on white).
+    ``frame``: draw on that fixed grid instead of sizing cells to their text.
     """
     body, head = _font(style.font, style.size, False), _font(style.font, style.size, True)
     px, py = style.pad
     n_cols = len(cells[0])
-    widths = [max(int((head if r == 0 else body).getlength(row[c])) for r, row in enumerate(cells)) + 2 * px
+    text_widths = [max((int(body.getlength(row[c])) for row in cells[1:]), default=0) for c in range(n_cols)]
+    widths = [max(int(head.getlength(cells[0][c])), text_widths[c] + (BAR_ROOM if bars and c in bars else 0)) + 2 * px
               for c in range(n_cols)]
-    ascent, descent = head.getmetrics()
-    row_height = ascent + descent + 2 * py
-    xs = [style.margin]
-    for w in widths:
-        xs.append(xs[-1] + w)
-    ys = [style.margin + r * row_height for r in range(len(cells) + 1)]
-    image = Image.new("RGB", (xs[-1] + style.margin + 1, ys[-1] + style.margin + 1), "white")
+    if frame:
+        xs, ys, size = frame.layout(widths, len(cells), sum(head.getmetrics()))
+        py = (ys[1] - ys[0] - sum(head.getmetrics())) // 2  # text centred in the row
+    else:
+        ascent, descent = head.getmetrics()
+        row_height = ascent + descent + 2 * py
+        xs = [style.margin]
+        for w in widths:
+            xs.append(xs[-1] + w)
+        ys = [style.margin + r * row_height for r in range(len(cells) + 1)]
+        size = (xs[-1] + style.margin + 1, ys[-1] + style.margin + 1)
+    image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     for r in range(len(cells)):
         fill = style.header_fill if r == 0 else (style.zebra if r % 2 == 0 else "#ffffff")
@@ -103,7 +148,8 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
             x1, y1, x2, y2 = xs[c], ys[r], xs[c + 1], ys[r + 1]
             if bars and c in bars and r > 0:
                 share = bars[c][r - 1] / max(max(bars[c]), 1e-9)
-                draw.rectangle((x1 + 2, y1 + 3, x1 + 2 + max(1, round(share * (x2 - x1 - 4))), y2 - 3), fill=DATA_BAR)
+                room = x2 - x1 - text_widths[c] - 2 * px - 2
+                draw.rectangle((x1 + 2, y1 + 3, x1 + 2 + max(1, round(share * room)), y2 - 3), fill=DATA_BAR)
             width = font.getlength(text)
             x = x2 - px - width if numeric[c] and r > 0 else x1 + px  # numbers right-aligned, as people set them
             draw.text((x, y1 + py), text, fill=TEXT, font=font)
@@ -162,7 +208,8 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
     header = [rng.choice(FIRST_HEADERS), *(c[0] for c in columns)]
     cells = [header] + [[starters[r], *(c[1][r] for c in columns)] for r in range(n)]
     bars = {1 + k: [float(v) for v in values[c[0]]] for k, c in enumerate(columns) if c[2]} if level.data_bars else None
-    image, metadata = render_table(cells, TableStyle.draw(rng), [False, *(c[2] for c in columns)], bars)
+    frame = Frame(slots=level.categories[1] + 1) if level.square else None
+    image, metadata = render_table(cells, TableStyle.draw(rng), [False, *(c[2] for c in columns)], bars, frame)
     asked = rng.choice(numeric_names)
     about = f" for {asked}" if len(numeric_names) > 1 else ""
     family = rng.choice(tuple(families))

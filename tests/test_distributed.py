@@ -452,7 +452,7 @@ def same_numbers(a, b, path="") -> None:
 
 def test_eval_over_replicas_gives_the_single_engines_results(tmp_path, tiny_dir):
     common = ["configs/eval_quick.yaml", f"model.path={tiny_dir}", "questions=4", "samples=3", "judge.external=",
-              "batch_questions=4", "transcripts=0", "task.args.workers=1"]
+              "batch_questions=4", "transcripts=0", "task.args.charts.workers=1"]
     vlrl("eval", *common, f"out={tmp_path / 'one'}")
     vlrl("eval", *common, f"out={tmp_path / 'two'}", *TRAIN_ON_RAY[:3])
     one, two = ([json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]

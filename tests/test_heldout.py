@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from envs.agents import TeacherAgent
 from envs.visual_tool import VisualToolEnv
 from tasks.charts import synthetic_charts
+from tasks.mix import synthetic_charts_and_tables
 from tasks.rewards import chartqa_relaxed
 from tasks.tables import synthetic_tables
 from vlrl.config import EnvConfig
@@ -35,6 +37,29 @@ def test_the_teacher_uses_tools_and_is_right_as_often_as_documented(run, tokeniz
     assert again.correct == judged.correct and again.tool_called == judged.tool_called
     with pytest.raises(ValueError, match="p_tool, p_correct and p_verbose"):
         TeacherAgent(p_correct=1.5)
+
+
+def test_the_teachers_calls_on_the_quickstarts_charts_and_tables_never_fail(run, tokenizer, vision):
+    """Each of its calls names the labels the tool knows: every bar of a chart, every row of a table
+    under its header. A model imitating it learns calls that run."""
+    samples = list(islice(synthetic_charts_and_tables(charts={"kinds": ["v_bar"], "families": ["largest"],
+                                                              "difficulty": "starter", "labels": "letters"},
+                                                      tables={"families": ["largest"], "difficulty": "starter",
+                                                              "labels": "letters"}), 16))
+    tools = ["tools.focus:focus_on_x_values_with_draw", "tools.focus:focus_on_rows_with_draw"]
+
+    async def go():
+        async with VisualToolEnv(EnvConfig(tools=tools, max_turns=2, sandbox=SandboxConfig(workers=2)), tokenizer,
+                                 vision) as env:
+            return await play_agent(env, tokenizer, TeacherAgent(seed=0, p_tool=1.0, brief=True), samples, "calls")
+
+    for traj, sample in zip(run(go()), samples):
+        assert [(a.name, a.ok, a.error) for a in traj.actions] == [
+            ("focus_on_rows_with_draw" if sample.task == "synthetic_tables" else "focus_on_x_values_with_draw", True,
+             None)], sample.id
+        if sample.task == "synthetic_tables":
+            body = [row[0] for row in sample.metadata["cells"][1:]]
+            assert f'"rows_to_focus_on": {json.dumps(body)}' in tokenizer.decode(traj.token_ids), sample.id
 
 
 def test_a_verbose_teacher_gives_a_long_tail_of_answers_and_the_same_answers(run, tokenizer, vision):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from solver import solve
-from tasks.tables import synthetic_tables
+from tasks.tables import DATA_BAR, Frame, TableStyle, render_table, synthetic_tables
 from vlrl.task import TaskConfig, open_task
 
 
@@ -83,8 +83,10 @@ def test_the_task_names_its_reward_and_a_config_can_override_it():
 
 
 def test_starter_tables_show_each_number_as_a_data_bar_in_order():
-    """The starter rung has only the names and the asked column, with a bar under every number
-    as long as its share of the largest: the tallest is visible without reading a digit."""
+    """The starter rung has only the names and the asked column, with a dark bar beside every
+    number as long as its share of the largest: the tallest is visible without reading a
+    digit, and no bar covers a digit."""
+    bar = tuple(int(DATA_BAR[k : k + 2], 16) for k in (1, 3, 5))
     for s in islice(synthetic_tables(seed=2, difficulty="starter", families=["largest"]), 20):
         m = s.metadata
         header, *rows = m["cells"]
@@ -94,12 +96,42 @@ def test_starter_tables_show_each_number_as_a_data_bar_in_order():
         lengths = []
         for r in range(1, len(m["cells"])):
             x1, y1, x2, y2 = m["cells_bbox"][r][c]
-            middle = pixels[(y1 + y2) // 2, x1:x2]
-            lengths.append(int((np.abs(middle - (0x9E, 0xC3, 0xE6)).sum(axis=1) < 30).sum()))
+            cell = pixels[y1 + 1 : y2, x1 + 1 : x2]
+            on_bar = (np.abs(cell - bar).sum(axis=2) < 30).any(axis=0)
+            text = (cell.sum(axis=2) < 3 * 80).any(axis=0)  # the digits' dark columns
+            assert text.any() and not (on_bar & text).any(), (s.id, r)
+            lengths.append(int(on_bar.sum()))
         values = [float(row[c]) for row in rows]
         assert lengths.index(max(lengths)) == values.index(max(values)) == [row[0] for row in rows].index(s.answers[0])
         assert sorted(range(len(values)), key=values.__getitem__) == sorted(range(len(lengths)),
                                                                               key=lengths.__getitem__)
+
+
+def test_starter_tables_put_every_row_on_the_same_pixels():
+    """Whatever the font, names and numbers, a starter table is the same square with row k and
+    column c at the same place (a model trained from scratch reads a row by where it is);
+    other rungs size their cells to the text."""
+    starter = list(islice(synthetic_tables(seed=3, difficulty="starter", families=["largest"]), 30))
+    assert {s.images[0].size for s in starter} == {(280, 280)}
+    rows = {len(s.metadata["cells"]) for s in starter}
+    assert rows == {4, 5}  # 3 and 4 names under the header
+    reference = max(starter, key=lambda s: len(s.metadata["cells"])).metadata
+    for s in starter:
+        m = s.metadata
+        assert m["cells_bbox"] == reference["cells_bbox"][: len(m["cells"])], s.id
+        assert len({m["cells_bbox"][r][0][3] - m["cells_bbox"][r][0][1] for r in range(len(m["cells"]))}) == 1
+    assert len({s.images[0].size for s in islice(synthetic_tables(seed=3, difficulty="easy"), 10)}) > 1
+
+
+def test_a_frame_refuses_rows_and_text_it_cannot_hold():
+    cells = [["Name", "Sales"], ["A", "12"], ["B", "30"]]
+    style = TableStyle("DejaVu Sans", 14, (8, 5), "#e6e6e6", "#ffffff", True, 12)
+    with pytest.raises(ValueError, match="2 row slots cannot hold 3 rows"):
+        render_table(cells, style, [False, True], frame=Frame(slots=2))
+    with pytest.raises(ValueError, match="column 0 needs"):
+        render_table([["A much longer first header", "Sales"], *cells[1:]], style, [False, True], frame=Frame())
+    with pytest.raises(ValueError, match="does not fit the frame's rows of 16 px"):
+        render_table(cells, style, [False, True], frame=Frame(size=108, slots=5))
 
 
 def test_charts_and_tables_alternate_in_one_stream():

@@ -1,4 +1,7 @@
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 from typing import Annotated, Literal
 
 import pytest
@@ -148,3 +151,23 @@ def test_builtins_load_through_entry_points_and_modules():
     assert load_tools(["zoom_in"]) == {"zoom_in": by_ep["zoom_in"]}
     with pytest.raises(LookupError, match="unknown tool 'no_such_tool'"):
         load_tools(["no_such_tool"])
+
+
+def test_a_user_tool_may_take_the_name_of_a_builtin_the_run_does_not_load(tmp_path):
+    """The scripted teacher reads the focus tools' targets; that must not register the built-in tools,
+    or a user's own ``focus_on_rows_with_draw`` is refused as a duplicate."""
+    f = tmp_path / "my_focus.py"
+    f.write_text(textwrap.dedent('''
+        from PIL import Image
+        from vlrl.tool import tool
+
+        @tool
+        def focus_on_rows_with_draw(image: Image.Image, rows_to_focus_on: list[str]) -> Image.Image:
+            """My own row focus."""
+            return image
+    '''))
+    script = f"import envs.agents; from vlrl.tool import load_tools; print(sorted(load_tools([{str(f)!r}])))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['focus_on_rows_with_draw']"

@@ -150,7 +150,8 @@ def test_the_readme_training_config_is_valid(tmp_path):
 
 @pytest.mark.slow
 def test_the_shipped_quickstart_runs_end_to_end_when_shrunk(tmp_path, tiny_dir):
-    """`make quickstart`'s config as shipped (compact prompts, brief teacher, 2 render workers), fewer of everything."""
+    """`make quickstart`'s config as shipped (charts and tables, compact prompts, brief teacher, 2 render workers),
+    fewer of everything."""
     vlrl("train", "configs/quickstart.yaml", f"model.path={tiny_dir}", f"log.dir={tmp_path / 'runs'}",
          "log.progress=false", "warmstart.samples=16", "warmstart.steps=2", "warmstart.batch_size=8",
          "heldout.samples=8", "steps=2", "rollout.prompts_per_step=2")
@@ -158,6 +159,8 @@ def test_the_shipped_quickstart_runs_end_to_end_when_shrunk(tmp_path, tiny_dir):
     summary = json.loads((run / "summary.json").read_text())
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 2 and summary["heldout_questions"] == 8
+    assert {task: split["questions"] for task, split in summary["heldout_by_task"].items()} == {
+        "synthetic_charts": 4, "synthetic_tables": 4}  # charts and tables in turn
     # the warm start's push, then one per step that had a group to train (uniform groups are dropped, counted)
     updated = [r for r in steps if "update_s" in r]
     assert summary["weights_version"] == 1 + len(updated)

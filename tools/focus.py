@@ -16,20 +16,13 @@ from typing import Annotated, Any, Sequence
 
 from PIL import Image
 
-from tools.regions import fill, labeled_rects, outline, pixels, tint
+from tools.regions import TARGETS, fill, labeled_rects, outline, pixels, tint
 from vlrl.tool import Metadata, ToolError, ToolSpec, tool
 
 INSET = 2
 DRAW_WIDTH = 3
 HIGHLIGHT_ALPHA = 0.3
 
-# target -> (metadata key, what the labels are, whether the first region is a header to keep)
-TARGETS = {
-    "columns": ("columns_bbox", "table columns (named by their header)", False),
-    "rows": ("rows_bbox", "table rows (named by the text of their first cell)", True),
-    "x_values": ("x_values_bbox", "chart categories (named by their x-axis label)", False),
-    "y_values": ("y_values_bbox", "chart categories (named by their y-axis label)", False),
-}
 PURPOSE = {
     "mask": "Hide everything but the given {what}: every other one is painted white{header}.",
     "draw": "Draw a red box around each of the given {what}.",

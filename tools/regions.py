@@ -5,6 +5,8 @@ Metadata boxes come as ``{label: {x1, y1, x2, y2}}`` (VTool-R1 parquet), as a li
 real WikiTableQuestions tables repeat a row starter), or as ``[x1, y1, x2, y2]``. Values
 all within [0, 1] are read as fractions of the image size (ReFOCUS' table boxes).
 Rectangles are clamped to the image (real ChartQA boxes overrun it) and inclusive.
+``TARGETS`` names the focus tools' regions; it lives here, not in ``tools.focus``, so the
+scripted agents can read it without registering the focus tools.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ from PIL import Image
 from vlrl.tool import ToolError
 
 Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive pixel bounds
+
+# target -> (metadata key, what the labels are, whether the first region is a header to keep)
+TARGETS = {
+    "columns": ("columns_bbox", "table columns (named by their header)", False),
+    "rows": ("rows_bbox", "table rows (named by the text of their first cell)", True),
+    "x_values": ("x_values_bbox", "chart categories (named by their x-axis label)", False),
+    "y_values": ("y_values_bbox", "chart categories (named by their y-axis label)", False),
+}
 
 
 def labeled_rects(value: Any, size: tuple[int, int], inset: int = 0) -> list[tuple[str, Rect | None]]:
