@@ -168,7 +168,9 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
             "reward_overlap"} <= set(figures)
     assert all(figures[k] > 0 for k in figures if k.startswith("speedup"))
     assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap"))
+    # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
+    assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
     for schedule in ("sync", "intra", "inter", "intra-inter"):  # each schedule ran its 1 + 1 steps and drew them
         [run] = (tmp_path / "runs").glob(f"{schedule}-2*")
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and (run / "timeline.png").exists()
-    assert "intra+inter |" in out and "efficiency" in out
+    assert "intra+inter |" in out and "rollout s | update s" in out and "efficiency" in out

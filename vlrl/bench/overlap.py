@@ -19,7 +19,11 @@ The schedules, all from the same weights and seed:
                  rest is paused and carried over (at most 1 step); the verifier reads each
                  trajectory when it ends;
   intra+inter -- both.
-Step time is the mean over the steps after the first (a warm-up). The ideal step time
+Step time is the mean over the steps after the first (a warm-up), split into the rollout
+(generation and reward, what the schedules change) and the update (logprob forward,
+backward, AdamW and weight sync, the same work under every schedule, during which nothing
+decodes). The bound is sync's step over its update alone: the speedup a schedule would
+reach if it hid the whole rollout. The ideal step time
 puts every trained policy token through the engine at its peak throughput (measured here:
 32 requests x 128 tokens, end-of-sequence suppressed); efficiency is ideal / measured.
 """
@@ -104,6 +108,8 @@ def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, fl
     tokens = [r["response_length"] * r["trajectories"] for r in records]
     return {
         "step_s": statistics.mean(r["step_s"] for r in records),
+        "rollout_s": statistics.mean(r["rollout_s"] + r.get("reward_s", 0.0) for r in records),
+        "update_s": statistics.mean(r.get("update_s", 0.0) + r.get("sync_s", 0.0) for r in records),
         "busy": statistics.mean(r["engine_busy_fraction"] for r in records),
         "bubble": statistics.mean(r["bubble_ratio"] for r in records),
         "tokens_per_s": sum(tokens) / sum(r["step_s"] for r in records),
@@ -134,13 +140,17 @@ def run(model_dir: Path, steps: int, as_json: bool, keep: Path | None = None) ->
         if keep is not None:
             shutil.copytree(root, keep, dirs_exist_ok=True)
     _print_table(results, peak, steps)
-    base = results["sync"]["step_s"]
+    base, update = results["sync"]["step_s"], results["sync"]["update_s"]
+    if update <= 0:
+        raise RuntimeError(f"sync trained no group in its {steps} measured step(s): no update time to bound by")
+    print(f"bound: sync's update alone takes {update:.2f} s of its {base:.2f} s step, so a schedule that hid the "
+          f"whole rollout would reach {base / update:.2f}x")
     figures = {"speedup_intra_inter": base / results["intra+inter"]["step_s"],
                "speedup_inter": base / results["inter"]["step_s"],
                "speedup_intra": base / results["intra"]["step_s"],
                "bubble_sync": results["sync"]["bubble"], "bubble_overlap": results["intra+inter"]["bubble"],
                "reward_sync": results["sync"]["reward"], "reward_overlap": results["intra+inter"]["reward"],
-               "peak_tokens_per_s": peak}
+               "speedup_bound": base / update, "peak_tokens_per_s": peak}
     figures = {k: round(v, 3) for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
@@ -151,13 +161,14 @@ def _print_table(results: dict[str, dict[str, float]], peak: float, steps: int) 
     base = results["sync"]["step_s"]
     print(f"workload longtail-charts: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up; "
           f"engine peak {peak:.0f} tokens/s")
-    header = ("schedule    | step s | speedup | busy | bubble | tok/s | deferred | staleness | reward | "
-              "trained / finished len | at cap | stale-dropped | verifier hidden | ideal s | efficiency")
+    header = ("schedule    | step s | rollout s | update s | speedup | busy | bubble | tok/s | deferred | staleness | "
+              "reward | trained / finished len | at cap | stale-dropped | verifier hidden | ideal s | efficiency")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         ideal = r["tokens_per_step"] / peak
-        print(f"{name:11} | {r['step_s']:6.2f} | {base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | "
+        print(f"{name:11} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
+              f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | "
               f"{r['tokens_per_s']:5.0f} | {r['deferred']:8.2f} | {r['staleness']:9.2f} | {r['reward']:6.3f} | "
               f"{r['response_length']:10.1f} / {r['finished_length']:8.1f} | {r['length_cap_rate']:6.2f} | "
               f"{r['dropped']:13.2f} | {r['hidden']:15.2f} | {ideal:7.2f} | "
