@@ -22,7 +22,8 @@ from vlrl.registry import register
 
 Confusion = Literal["value", "neighbor"]
 CONFUSIONS = get_args(Confusion)
-TARGETS = {"x_values_bbox": "x_values", "y_values_bbox": "y_values", "columns_bbox": "columns", "rows_bbox": "rows"}
+# metadata key -> (the focus tools' target, whether its first region is a header those tools keep)
+TARGETS = {key: (target, keep_header) for target, (key, _, keep_header) in FOCUS_TARGETS.items()}
 
 
 def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
@@ -66,9 +67,9 @@ class ScriptedAgent:
         key = next((k for k in TARGETS if episode.bound.get(k)), None)
         if key is None:
             return None
-        target = TARGETS[key]
+        target, keep_header = TARGETS[key]
         labels = label_names(episode.bound[key], key)
-        if FOCUS_TARGETS[target][2]:
+        if keep_header:
             labels = labels[1:]  # the header row: the focus tools keep it anyway, and it is no category
         named = [label for label in labels if re.search(rf"\b{re.escape(label)}\b", episode.sample.question, re.I)]
         op = "mask" if named else "draw"

@@ -124,12 +124,12 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
     text_widths = [max((int(body.getlength(row[c])) for row in cells[1:]), default=0) for c in range(n_cols)]
     widths = [max(int(head.getlength(cells[0][c])), text_widths[c] + (BAR_ROOM if bars and c in bars else 0)) + 2 * px
               for c in range(n_cols)]
+    text_height = sum(head.getmetrics())  # ascent + descent
     if frame:
-        xs, ys, size = frame.layout(widths, len(cells), sum(head.getmetrics()))
-        py = (ys[1] - ys[0] - sum(head.getmetrics())) // 2  # text centred in the row
+        xs, ys, size = frame.layout(widths, len(cells), text_height)
+        py = (ys[1] - ys[0] - text_height) // 2  # text centred in the row
     else:
-        ascent, descent = head.getmetrics()
-        row_height = ascent + descent + 2 * py
+        row_height = text_height + 2 * py
         xs = [style.margin]
         for w in widths:
             xs.append(xs[-1] + w)
