@@ -23,6 +23,7 @@ quickstart: setup
 
 lint: setup
 	$(VENV)/bin/ruff check vlrl tools envs tasks tests scripts
+	$(VENV)/bin/lint-imports --no-cache  # the layering in pyproject.toml [tool.importlinter]
 
 test: lint
 	$(PY) -m pytest -q

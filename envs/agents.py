@@ -16,8 +16,8 @@ import random
 import re
 from typing import Any, Literal, get_args
 
-from envs.visual_tool import ToolEpisode, label_names
-from tools.regions import TARGETS as FOCUS_TARGETS
+from vlrl.builtin.envs.visual_tool import ToolEpisode, label_names
+from vlrl.builtin.tools.regions import TARGETS as FOCUS_TARGETS
 from vlrl.registry import register
 
 Confusion = Literal["value", "neighbor"]

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import jinja2
 from PIL import Image
 
-from envs.actions import Action, ToolCall, parse_turn
+from vlrl.builtin.envs.actions import Action, ToolCall, parse_turn
 from vlrl.config import EnvConfig
 from vlrl.env import Observation, Step, TranscriptEntry
 from vlrl.registry import register

@@ -34,8 +34,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tasks.questions import BUILDERS, FAMILIES, ask, fmt
-from tasks.stream import indexed_stream
+from vlrl.builtin.tasks.questions import BUILDERS, FAMILIES, ask, check_families, fmt
+from vlrl.builtin.tasks.stream import indexed_stream
 from vlrl.task import task
 from vlrl.types import Sample
 
@@ -282,6 +282,7 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     a label follows from a bar's position and a tiny model need not read text.
     """
     check_labels(labels)
+    check_families(families)
     name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")

@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tools.regions import box_coords, is_relative, to_rect
-from vlrl.data import Loaded, load_image, open_rows
+from vlrl.builtin.tools.regions import box_coords, is_relative, to_rect
+from vlrl.data.rows import Loaded, load_image, open_rows
 from vlrl.task import DataError, OnError, task
 from vlrl.tool import ToolError
 from vlrl.types import Sample
@@ -192,16 +192,3 @@ def _pixel_box(label: str, coords: list[float], size: tuple[int, int], key: str,
     if rect != tuple(int(round(c * k)) for c, k in zip(coords, scale)):
         loaded.notes["boxes clamped to the image"] += 1
     return {"label": label, "x1": rect[0], "y1": rect[1], "x2": rect[2], "y2": rect[3]}
-
-
-def detect_format(columns: Sequence[str]) -> str:
-    """Which of the loaders above reads rows with these columns."""
-    keys = set(columns)
-    if keys & {"figure_id", "x_values", "y_values", "x_values_bbox", "y_values_bbox"}:
-        return "refocus"
-    if keys & {"qa_id", "gt", "figure_path"}:
-        return "tablevqa"
-    if "query" in keys and "label" in keys:
-        return "chartqa"
-    raise ValueError(f"cannot tell the format of a dataset with columns {sorted(keys)}; "
-                     "pass --format chartqa, refocus or tablevqa")

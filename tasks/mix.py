@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from tasks.charts import synthetic_charts
-from tasks.tables import synthetic_tables
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tasks.tables import synthetic_tables
 from vlrl.task import task
 from vlrl.types import Sample
 

@@ -31,6 +31,13 @@ def fmt(value: Decimal) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def check_families(families: Sequence[str]) -> None:
+    """ValueError unless ``families`` names at least one family, each one known."""
+    unknown = sorted(set(families) - set(BUILDERS))
+    if unknown or not families:
+        raise ValueError(f"unknown question families {unknown}; families: {list(BUILDERS)}")
+
+
 def ask(family: str, categories: Sequence[str], values: Sequence[Decimal], rng: random.Random,
         about: str = "") -> Question:
     """One question of ``family`` about ``values`` (``about`` names the series, e.g. " for 2019")."""

@@ -25,9 +25,18 @@ from typing import Any, Iterator, Sequence
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.charts import CATEGORIES, CURRICULUM, LETTERS, LEVELS, SCALES, Labels, _distinct_values, check_labels
-from tasks.questions import FAMILIES, ask, fmt
-from tasks.stream import indexed_stream
+from vlrl.builtin.tasks.charts import (
+    CATEGORIES,
+    CURRICULUM,
+    LETTERS,
+    LEVELS,
+    SCALES,
+    Labels,
+    _distinct_values,
+    check_labels,
+)
+from vlrl.builtin.tasks.questions import FAMILIES, ask, check_families, fmt
+from vlrl.builtin.tasks.stream import indexed_stream
 from vlrl.task import task
 from vlrl.types import Sample
 
@@ -189,8 +198,7 @@ def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = F
     name = difficulty or rng.choice(CURRICULUM)
     if name not in LEVELS:
         raise ValueError(f"unknown difficulty {name!r}; choose from {list(LEVELS)}")
-    if not families:
-        raise ValueError("families is empty; choose from " + ", ".join(FAMILIES))
+    check_families(families)
     level = LEVELS[name]
     n = rng.randint(*level.categories)
     starters = list(LETTERS[:n]) if labels == "letters" else rng.sample(CATEGORIES, n)

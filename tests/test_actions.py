@@ -1,6 +1,6 @@
 import pytest
 
-from envs.actions import CodeAction, ToolCall, parse_turn
+from vlrl.builtin.envs.actions import CodeAction, ToolCall, parse_turn
 
 
 def test_json_tool_calls_several_per_turn_in_order():

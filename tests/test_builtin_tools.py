@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools import draw, focus
+from vlrl.builtin.tools import draw, focus
 from vlrl.tool import ToolError
 
 INSET, WIDTH, ALPHA = 2, 3, 0.3

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from solver import solve
-from tasks.loaders import refocus
 from test_cli import vlrl
+from vlrl.builtin.tasks.loaders import refocus
 
 
 def _files(folder) -> dict[str, bytes]:

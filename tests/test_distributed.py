@@ -38,7 +38,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def router(ray_cluster, tiny_dir, loop):
-    from vlrl.engines import open_engine
+    from vlrl.distributed import open_engine
 
     engine = loop.run_until_complete(open_engine(
         ModelConfig(str(tiny_dir)), EngineConfig(replicas=2, replica_resources=HALF_CPU), RAY))
@@ -168,7 +168,7 @@ def test_a_replica_killed_mid_rollout_loses_no_token_and_is_replaced(run, router
 
 
 def test_replicas_the_cluster_cannot_place_fail_with_what_is_free(run, ray_cluster, tiny_dir):
-    from vlrl.engines import open_engine
+    from vlrl.distributed import open_engine
 
     cfg = EngineConfig(replicas=1, replica_resources={"CPU": 64})
     with pytest.raises(TimeoutError, match=r"could not place 1 engine replicas with \{'CPU': 64\} .* free"):
@@ -221,7 +221,7 @@ def test_a_replica_killed_during_training_is_failed_over_and_every_trajectory_tr
 @pytest.mark.vllm
 def test_vllm_replicas_sample_spread_and_take_new_weights(run, ray_cluster, tiny_dir, tokenizer, vision,
                                                           trainer_model):
-    from vlrl.engines import open_engine
+    from vlrl.distributed import open_engine
 
     cfg = EngineConfig(kind="vllm", replicas=2, replica_resources=HALF_CPU, kv_cache_gib=1)
     router = run(open_engine(ModelConfig(str(tiny_dir)), cfg, RAY))
@@ -316,7 +316,7 @@ def test_data_parallel_steps_equal_one_process_and_keep_the_ranks_equal(two_rank
 
 def test_sharded_ranks_train_as_one_process_and_gather_the_whole_state(sharded_ranks, tiny_dir, vision, tokenizer,
                                                                        tmp_path):
-    from vlrl.checkpoint import RunState, load_checkpoint, save_checkpoint
+    from vlrl.recipes.checkpoint import RunState, load_checkpoint, save_checkpoint
 
     trainer, ranks = sharded_ranks
     single = new_trainer(tiny_dir, vision, micro_batch_tokens=1)

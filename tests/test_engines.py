@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
+from vlrl.bench.parity import logprob_parity, two_turn_rollout
 from vlrl.demo import bar_chart, question_prompt, tool_observation
-from vlrl.engines.parity import logprob_parity, two_turn_rollout
 from vlrl.engines.sampling import continued
 from vlrl.types import SamplingParams
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from envs.agents import ScriptedAgent
-from envs.visual_tool import VisualToolEnv
-from tasks.charts import synthetic_charts
-from vlrl.config import EnvConfig
-from vlrl.engines.parity import logprob_parity
-from vlrl.play import text_turn
-from vlrl.sandbox.pool import SandboxConfig
+from vlrl.bench.parity import logprob_parity
+from vlrl.builtin.envs.agents import ScriptedAgent
+from vlrl.builtin.envs.visual_tool import VisualToolEnv
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.config import EnvConfig, SandboxConfig
+from vlrl.rollout.play import text_turn
 from vlrl.types import SamplingParams
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]

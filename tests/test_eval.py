@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from tasks.rewards import chartqa_lenient
 from test_cli import ROOT, vlrl
+from vlrl.builtin.tasks.rewards import chartqa_lenient
 from vlrl.config import EvalConfig, load_config
 from vlrl.eval.report import build_report, write_report
 from vlrl.eval.run import outcome, revision

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tasks.rewards import exact_correctness, lenient_correctness
+from vlrl.builtin.tasks.rewards import exact_correctness, lenient_correctness
 from vlrl.eval.metrics import (
     accuracy_at,
     auroc,

@@ -7,16 +7,15 @@ from itertools import islice
 
 import pytest
 
-from envs.agents import TeacherAgent
-from envs.visual_tool import VisualToolEnv
-from tasks.charts import synthetic_charts
-from tasks.mix import synthetic_charts_and_tables
-from tasks.rewards import chartqa_relaxed
-from tasks.tables import synthetic_tables
-from vlrl.config import EnvConfig
-from vlrl.heldout import accuracy_by_task, evaluate_agent, majority_baseline, paired_bootstrap
-from vlrl.play import play_agent
-from vlrl.sandbox.pool import SandboxConfig
+from vlrl.builtin.envs.agents import TeacherAgent
+from vlrl.builtin.envs.visual_tool import VisualToolEnv
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tasks.mix import synthetic_charts_and_tables
+from vlrl.builtin.tasks.rewards import chartqa_relaxed
+from vlrl.builtin.tasks.tables import synthetic_tables
+from vlrl.config import EnvConfig, SandboxConfig
+from vlrl.eval.heldout import accuracy_by_task, evaluate_agent, majority_baseline, paired_bootstrap
+from vlrl.rollout.play import play_agent
 from vlrl.types import Sample
 
 
@@ -46,7 +45,7 @@ def test_the_teachers_calls_on_the_quickstarts_charts_and_tables_never_fail(run,
                                                               "difficulty": "starter", "labels": "letters"},
                                                       tables={"families": ["largest"], "difficulty": "starter",
                                                               "labels": "letters"}), 16))
-    tools = ["tools.focus:focus_on_x_values_with_draw", "tools.focus:focus_on_rows_with_draw"]
+    tools = ["vlrl.builtin.tools.focus:focus_on_x_values_with_draw", "vlrl.builtin.tools.focus:focus_on_rows_with_draw"]
 
     async def go():
         async with VisualToolEnv(EnvConfig(tools=tools, max_turns=2, sandbox=SandboxConfig(workers=2)), tokenizer,

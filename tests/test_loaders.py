@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.loaders import chartqa, refocus, tablevqa
-from tools.focus import focus
-from vlrl.task import DataError, TaskConfig, open_task
+from vlrl.builtin.tasks.loaders import chartqa, refocus, tablevqa
+from vlrl.builtin.tools.focus import focus
+from vlrl.config import TaskConfig
+from vlrl.task import DataError, open_task
 
 
 def png(colour: str = "white", size: tuple[int, int] = (120, 80)) -> bytes:

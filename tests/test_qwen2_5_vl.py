@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from vlrl.bench.parity import logprob_parity, two_turn_rollout
 from vlrl.demo import bar_chart
-from vlrl.engines.parity import logprob_parity, two_turn_rollout
 from vlrl.model.tiny import build_tiny_model
 from vlrl.trainer.logprobs import sequence_logprobs
 from vlrl.types import SamplingParams

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from test_cli import vlrl
 from test_verifier import streamed
-from vlrl.engines.parity import two_turn_rollout
+from vlrl.bench.parity import two_turn_rollout
 from vlrl.rewards.head import HEAD_FILE, read_reward_head, write_reward_model
 from vlrl.rewards.verifier import Verifier
 from vlrl.trainer.logprobs import forward
@@ -119,7 +119,7 @@ def test_vlrl_train_reads_a_reward_model_folder_by_its_head(train_config, reward
                                                             trajectory):
     """``verifier.model`` names the folder; nothing else in the config changes."""
     from vlrl.config import TrainConfig, load_config
-    from vlrl.train import open_verifier
+    from vlrl.recipes.train import open_verifier
 
     cfg = load_config(TrainConfig, train_config, [f"verifier.model={reward_model[0]}", "verifier.weight=0.5"])
     verifier, own = run(open_verifier(cfg, hf_engine, tokenizer))

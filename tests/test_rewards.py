@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.rewards import (
+from vlrl.answer import extract_answer, has_final_answer
+from vlrl.builtin.tasks.rewards import (
     chartqa_lenient,
     chartqa_relaxed,
     exact_match,
@@ -14,7 +15,6 @@ from tasks.rewards import (
     normalize,
     relaxed_correctness,
 )
-from vlrl.answer import extract_answer, has_final_answer
 from vlrl.registry import resolve
 
 # (prediction, target, official, lenient): written from the definition, not from the code

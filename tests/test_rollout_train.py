@@ -9,15 +9,15 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from envs.visual_tool import VisualToolEnv
-from tasks.charts import synthetic_charts
-from tasks.rewards import chartqa_relaxed
 from vlrl.algos.grpo import group_advantages
-from vlrl.config import EnvConfig
+from vlrl.builtin.envs.visual_tool import VisualToolEnv
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tasks.rewards import chartqa_relaxed
+from vlrl.config import EnvConfig, LossConfig, OptimConfig, SandboxConfig
 from vlrl.engines.hf import HFEngine
+from vlrl.recipes.train import sync_weights
 from vlrl.rollout.manager import RolloutManager
-from vlrl.sandbox.pool import SandboxConfig
-from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer, TrainItem, micro_batches
+from vlrl.trainer.policy import PolicyTrainer, TrainItem, micro_batches
 from vlrl.types import SamplingParams, Score
 
 
@@ -108,7 +108,7 @@ def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, eng
     assert metrics["ratio"] == pytest.approx(1.0, abs=1e-6) and metrics["clip_fraction"] == 0
     assert abs(metrics["importance_weight"] - 1) < 1e-3 and metrics["grad_norm"] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    run(trainer.push(engine))
+    run(sync_weights(trainer, engine))
     assert engine.version == 1
     after = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples[:1], group_size=2, seed=7)
     assert all(v == 1 for t in after.trajectories for v, m in zip(t.versions, t.loss_mask) if m)
@@ -158,6 +158,6 @@ def test_grpo_steps_raise_the_reward_on_a_task_the_model_gets_partly_right(run, 
         advantages = group_advantages(rewards)
         trainer.step([TrainItem(t, float(a)) for g, row in zip(result.groups, advantages)
                       for t, a in zip(g.trajectories, row)])
-        run(trainer.push(engine))
+        run(sync_weights(trainer, engine))
     assert 0.1 < means[0] < 0.9, means  # partly right at the start
     assert means[-1] > means[0] + 0.2, means

@@ -14,8 +14,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from tools import focus
-from vlrl.sandbox.pool import SandboxConfig, SandboxPool
+from vlrl.builtin.tools import focus
+from vlrl.config import SandboxConfig
+from vlrl.sandbox.pool import SandboxPool
 
 TIMEOUT, CPU = 3.0, 1.5
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,15 +7,14 @@ from itertools import islice
 
 import pytest
 
-from envs.visual_tool import VisualToolEnv
 from scripted_engine import ScriptedEngine
-from tasks.charts import synthetic_charts
-from tasks.rewards import chartqa_relaxed
-from vlrl.config import EnvConfig
-from vlrl.engines.parity import logprob_parity
+from vlrl.bench.parity import logprob_parity
+from vlrl.builtin.envs.visual_tool import VisualToolEnv
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tasks.rewards import chartqa_relaxed
+from vlrl.config import EnvConfig, SandboxConfig
 from vlrl.rollout.manager import RolloutManager
 from vlrl.rollout.scheduler import OverlapScheduler
-from vlrl.sandbox.pool import SandboxConfig
 from vlrl.types import SamplingParams
 
 NO_TOOLS = EnvConfig(tools=[], max_turns=1, sandbox=SandboxConfig(workers=1))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from solver import solve
-from tasks.charts import synthetic_charts
-from tasks.questions import FAMILIES, ask
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tasks.questions import FAMILIES, ask
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from solver import solve
-from tasks.tables import DATA_BAR, Frame, TableStyle, render_table, synthetic_tables
-from vlrl.task import TaskConfig, open_task
+from vlrl.builtin.tasks.tables import DATA_BAR, Frame, TableStyle, render_table, synthetic_tables
+from vlrl.config import TaskConfig
+from vlrl.task import open_task
 
 
 @pytest.fixture(scope="module")

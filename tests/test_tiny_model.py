@@ -81,7 +81,7 @@ def test_forward_with_processor_inputs(tiny_dir):
 
 def test_a_focus_tool_call_is_a_handful_of_tokens(tokenizer):
     """Whitespace-only pre-splitting: names and JSON keys merge, so a call costs ~10 tokens, not ~40."""
-    from tools.focus import __all__ as focus_tools
+    from vlrl.builtin.tools.focus import __all__ as focus_tools
 
     for name in focus_tools:
         target = name[len("focus_on_"): name.index("_with_")]

@@ -146,7 +146,7 @@ def test_a_ten_line_user_tool_file_works_like_a_builtin(tmp_path):
 
 def test_builtins_load_through_entry_points_and_modules():
     by_ep = load_tools(["chart_table_focus", "drawing"])
-    by_module = load_tools(["tools.focus", "tools.draw"])
+    by_module = load_tools(["vlrl.builtin.tools.focus", "vlrl.builtin.tools.draw"])
     assert by_ep == by_module and len(by_ep) == 17
     assert load_tools(["zoom_in"]) == {"zoom_in": by_ep["zoom_in"]}
     with pytest.raises(LookupError, match="unknown tool 'no_such_tool'"):
@@ -166,7 +166,7 @@ def test_a_user_tool_may_take_the_name_of_a_builtin_the_run_does_not_load(tmp_pa
             """My own row focus."""
             return image
     '''))
-    script = f"import envs.agents; from vlrl.tool import load_tools; print(sorted(load_tools([{str(f)!r}])))"
+    script = f"import vlrl.builtin.envs.agents; from vlrl.tool import load_tools; print(sorted(load_tools([{str(f)!r}])))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr

@@ -8,8 +8,9 @@ from itertools import islice
 import pytest
 import torch
 
-from vlrl.engines.parity import two_turn_rollout
-from vlrl.rewards.verifier import QUESTION, Verifier
+from vlrl.bench.parity import two_turn_rollout
+from vlrl.config import QUESTION
+from vlrl.rewards.verifier import Verifier
 from vlrl.trainer.logprobs import forward
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
@@ -99,12 +100,11 @@ def test_bad_verifier_input_is_named(hf_engine, run, tokenizer):
 
 
 def verified_rollout(run, engine, tokenizer, vision, schedule, chunk, weight=0.5):
-    from envs.visual_tool import VisualToolEnv
-    from tasks.charts import synthetic_charts
-    from tasks.rewards import chartqa_relaxed
-    from vlrl.config import EnvConfig
+    from vlrl.builtin.envs.visual_tool import VisualToolEnv
+    from vlrl.builtin.tasks.charts import synthetic_charts
+    from vlrl.builtin.tasks.rewards import chartqa_relaxed
+    from vlrl.config import EnvConfig, SandboxConfig
     from vlrl.rollout.manager import RolloutManager
-    from vlrl.sandbox.pool import SandboxConfig
     from vlrl.types import SamplingParams
 
     samples = list(islice(synthetic_charts(seed=5, kinds=("v_bar",)), 3))

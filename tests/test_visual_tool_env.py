@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.agents import ScriptedAgent
-from envs.visual_tool import VisualToolEnv
-from tasks.charts import synthetic_charts
-from tools import focus
-from vlrl.config import EnvConfig, PlayConfig, load_config
-from vlrl.play import text_turn
-from vlrl.sandbox.pool import SandboxConfig
+from vlrl.builtin.envs.agents import ScriptedAgent
+from vlrl.builtin.envs.visual_tool import VisualToolEnv
+from vlrl.builtin.tasks.charts import synthetic_charts
+from vlrl.builtin.tools import focus
+from vlrl.config import EnvConfig, PlayConfig, SandboxConfig, load_config
+from vlrl.rollout.play import text_turn
 from vlrl.types import Sample
 from vlrl.vision import chat_prompt_ids
 

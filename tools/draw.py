@@ -10,7 +10,7 @@ from typing import Literal
 
 from PIL import Image
 
-from tools.regions import box_arg, fill, outline, pixels, tint
+from vlrl.builtin.tools.regions import box_arg, fill, outline, pixels, tint
 from vlrl.tool import Box, ToolError, tool
 
 MAX_ZOOMED_PIXELS = 1600 * 1600

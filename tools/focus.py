@@ -16,7 +16,7 @@ from typing import Annotated, Any, Sequence
 
 from PIL import Image
 
-from tools.regions import TARGETS, fill, labeled_rects, outline, pixels, tint
+from vlrl.builtin.tools.regions import TARGETS, fill, labeled_rects, outline, pixels, tint
 from vlrl.tool import Metadata, ToolError, ToolSpec, tool
 
 INSET = 2

@@ -15,12 +15,8 @@ from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 
-from vlrl.rewards.verifier import QUESTION
-from vlrl.sandbox.pool import SandboxConfig
-from vlrl.task import TaskConfig
-from vlrl.trainer.configs import CriticConfig, LossConfig, OptimConfig
 from vlrl.typecheck import TypeCheckError, conform
-from vlrl.types import SamplingParams
+from vlrl.types import Aggregation, KLEstimator, SamplingParams
 
 T = TypeVar("T")
 
@@ -78,6 +74,89 @@ def to_dict(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- sections
+
+QUESTION = "Is the final answer above correct? Answer Yes or No."  # what a verifier is asked
+
+
+@dataclass
+class TaskConfig:
+    """Which samples a run sees, and how their answers are scored."""
+
+    name: str = "synthetic_charts"  # registry name (kind task), entry point, or module:attr
+    args: dict[str, Any] = field(default_factory=dict)  # passed to the task, e.g. {path: ..., split: test}
+    reward: str = ""  # empty: the reward the task names
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of every action; one worker process per slot."""
+
+    workers: int = 2
+    timeout_s: float = 10.0  # wall clock per action
+    cpu_seconds: float = 10.0  # CPU time per action
+    memory_mb: int = 2048  # address space of a worker
+    max_file_mb: int = 16  # largest file an action may write in its /tmp
+    max_output_chars: int = 20_000  # printed text kept per action
+    start_timeout_s: float = 60.0
+    allow_unsandboxed: bool = False  # without bubblewrap: run anyway, with a loud warning
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers must be in [1, 64], got {self.workers}")
+        if self.timeout_s <= 0 or self.cpu_seconds <= 0:
+            raise ValueError(f"timeouts must be positive, got {self.timeout_s}, {self.cpu_seconds}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, the learning-rate schedule, clipping and micro-batching."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # decay after warm-up, to 0 at the last step
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    micro_batch_tokens: int = 8192  # tokens per forward; the gradient accumulates over micro-batches
+    freeze_vision: bool = False  # keep the vision tower as loaded
+    lora_rank: int = 0  # > 0: train LoRA adapters on the language model's projections instead of every weight
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be >= 1, got {self.micro_batch_tokens}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas}")
+
+
+@dataclass
+class LossConfig:
+    """The clipped surrogate and its regularizers."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # > clip_low: DAPO clip-higher
+    aggregation: Aggregation = "token-mean"
+    kl_coef: float = 0.0  # > 0: KL to the frozen reference model
+    kl_estimator: KLEstimator = "k3"
+    # > 0: truncated importance weights min(pi_old / mu, cap); 0: off; None: the run decides (vlrl train: 2.0
+    # under rollout.schedule overlap, whose deferred tokens come from older weights, else off)
+    importance_cap: float | None = None
+
+
+@dataclass
+class CriticConfig:
+    """The value model: its own copy of a VLM (by default the policy's folder) plus a linear head."""
+
+    model_path: str = ""  # empty: the policy's model folder
+    lr: float = 1.0e-4
+    value_clip: float = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    micro_batch_tokens: int = 8192
+
 
 
 @dataclass
@@ -183,15 +262,34 @@ class PlayConfig:
 
 
 @dataclass
-class RolloutConfig:
-    """How each step's trajectories are sampled."""
+class SamplingConfig:
+    """How each policy turn is sampled: the fields `vlrl train`'s ``rollout`` section and `vlrl eval` share.
 
-    prompts_per_step: int = 8  # samples drawn from the task per step
-    group_size: int = 4  # trajectories per sample (G)
+    The sections that sample inherit these fields, so a YAML keeps them flat (``rollout.temperature``).
+    """
+
     max_new_tokens: int = 64  # per policy turn
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.sampling()  # checks the values
+
+    def sampling(self, **fields: Any) -> SamplingParams:
+        """The engine's sampling parameters for these settings, with ``fields`` (e.g. a seed) set as well."""
+        return SamplingParams(**{"max_tokens": self.max_new_tokens, "temperature": self.temperature,
+                                 "top_p": self.top_p, "top_k": self.top_k, **fields})
+
+
+@dataclass
+class RolloutConfig(SamplingConfig):
+    """How each step's trajectories are sampled."""
+
+    prompts_per_step: int = 8  # samples drawn from the task per step
+    group_size: int = 4  # trajectories per sample (G)
     schedule: Literal["sync", "async", "overlap"] = "sync"  # sync: reward after all trajectories end; async: as
     #   each ends; overlap: async, and a step closes when prompts_per_step groups are whole, the rest carried over
     extra_groups: int | Literal["auto"] = 0  # (overlap) groups in flight beyond prompts_per_step (Δ); auto: start
@@ -199,12 +297,11 @@ class RolloutConfig:
     max_staleness: int = 1  # (overlap) steps a group may be carried over before it is dropped (counted)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.extra_groups != "auto" and self.extra_groups < 0:
             raise ValueError(f"extra_groups must be >= 0 or auto, got {self.extra_groups}")
         if self.max_staleness < 0:
@@ -212,16 +309,23 @@ class RolloutConfig:
 
 
 @dataclass
-class VerifierConfig:
+class QuestionConfig:
+    """What a verifier is asked, and the answer tokens read from it: the fields `vlrl train`'s ``verifier`` and
+    `vlrl eval`'s ``judge`` share (inherited, so a YAML keeps them flat)."""
+
+    question: str = QUESTION
+    yes: list[str] = field(default_factory=lambda: ["Yes"])  # one token each; their probabilities are summed
+    no: list[str] = field(default_factory=lambda: ["No"])
+
+
+@dataclass
+class VerifierConfig(QuestionConfig):
     """A model that judges each trajectory's answer: its P(Yes) is logged and may weigh in the reward."""
 
     model: str = ""  # "": none; "policy": the policy's own engine (self-verification); else a model folder sharing
     #                  the policy's tokenizer, run on its own engine of engine.kind; a reward-model folder
     #                  (`vlrl model reward-head`) is read by its scalar head: sigmoid(w . h + b) instead of P(Yes)
     weight: float = 0.0  # reward = (1 - weight) x rule-based + weight x score; 0: scored and logged only
-    question: str = QUESTION
-    yes: list[str] = field(default_factory=lambda: ["Yes"])  # one token each; their probabilities are summed
-    no: list[str] = field(default_factory=lambda: ["No"])
     chunk_tokens: int | Literal["auto"] = 64  # rollout.schedule async: policy tokens per piece streamed while
     #                                           decoding (0: the whole trajectory at its end); auto: tuned online
 
@@ -379,19 +483,16 @@ SECOND_LOOK = ("Look at the image again and check your answer. If it is wrong, c
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(QuestionConfig):
     """Who scores each sampled answer in `vlrl eval` (P(Yes) to the question, as ``vlrl.rewards.verifier``)."""
 
     policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
     external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none); a reward-model folder is
     #                     read by its scalar head
-    question: str = QUESTION
-    yes: list[str] = field(default_factory=lambda: ["Yes"])
-    no: list[str] = field(default_factory=lambda: ["No"])
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplingConfig):
     """`vlrl eval`: N sampled trajectories per question, voted, verified and reported with 95% intervals."""
 
     name: str = "eval"
@@ -404,10 +505,6 @@ class EvalConfig:
     samples: int = 8  # N trajectories per question
     ks: list[int] = field(default_factory=list)  # the k of every "@k" figure; empty: 1, 2, 4, ... up to N
     greedy: bool = True  # also one greedy trajectory per question
-    max_new_tokens: int = 64  # per policy turn
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     second_look: bool = False  # after each sampled answer, ask the policy to re-check it (self-correction)
     second_look_prompt: str = SECOND_LOOK
@@ -419,6 +516,7 @@ class EvalConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # engine.replicas on Ray
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_backend(self.engine, self.distributed)
         for name in ("questions", "samples", "subsets", "bootstrap", "batch_questions"):
             if getattr(self, name) < 1:
@@ -431,4 +529,3 @@ class EvalConfig:
             if k > self.samples:
                 raise ValueError(f"ks: k = {k} needs at least k samples per question, got samples (N) = "
                                  f"{self.samples}")
-        SamplingParams(self.max_new_tokens, self.temperature, self.top_p, self.top_k)  # checks the values

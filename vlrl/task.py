@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, TypeVar
+from typing import Callable, Iterable, Literal, TypeVar
 
+from vlrl.config import TaskConfig
 from vlrl.registry import register, resolve
 from vlrl.types import Sample
 
@@ -31,15 +32,6 @@ def task(name: str, reward: str) -> Callable[[F], F]:
         return register("task", name)(fn)
 
     return deco
-
-
-@dataclass
-class TaskConfig:
-    """Which samples a run sees, and how their answers are scored."""
-
-    name: str = "synthetic_charts"  # registry name (kind task), entry point, or module:attr
-    args: dict[str, Any] = field(default_factory=dict)  # passed to the task, e.g. {path: ..., split: test}
-    reward: str = ""  # empty: the reward the task names
 
 
 def open_task(cfg: TaskConfig, seed: int = 0) -> tuple[Iterable[Sample], str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from qwen_vl_utils import smart_resize
 from transformers import AutoConfig, AutoImageProcessor
 
@@ -181,3 +181,12 @@ def followup_ids(tokenizer: Any, vision: VisionInputs, messages: list[dict[str, 
     if after[:cut] != before[:cut]:
         raise ValueError("the chat template renders earlier turns differently once more messages follow")
     return after[cut:]
+
+
+def read_image(path: str) -> Image.Image:
+    """An RGB image from ``path``, or ValueError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path!r}: {e}") from e

@@ -10,33 +10,35 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from typing import Callable
+from itertools import islice
 
-from tasks.charts import chart_at
-from tasks.loaders import refocus
-from tasks.tables import table_at
-from vlrl.synth import SynthSpec, synthesize
+from vlrl.config import TaskConfig
+from vlrl.data.synth import SYNTHETIC, synthesize
+from vlrl.task import open_task
 
 
-def _rate(make: Callable[[int], object], n: int) -> float:
-    make(10_000)  # warm caches (fonts, matplotlib) outside the timing
+def _rate(task: str, n: int) -> float:
+    """Samples of ``task`` made per second, after one made outside the timing (fonts, matplotlib caches)."""
+    stream = iter(open_task(TaskConfig(task))[0])
+    next(stream)
     start = time.perf_counter()
-    for k in range(n):
-        make(k)
-    return n / (time.perf_counter() - start)
+    made = sum(1 for _ in islice(stream, n))
+    return made / (time.perf_counter() - start)
+
+
+def _rows_per_s(path: str) -> float:
+    start = time.perf_counter()
+    rows = sum(1 for _ in open_task(TaskConfig("refocus", {"path": path}))[0])
+    return rows / (time.perf_counter() - start)
 
 
 def measure(charts: int = 40, tables: int = 200, rows: int = 1000) -> dict[str, float]:
-    figures = {"charts_per_s": _rate(lambda k: chart_at(0, k), charts),
-               "tables_per_s": _rate(lambda k: table_at(0, k), tables)}
+    figures = {"charts_per_s": _rate(SYNTHETIC["chart"], charts), "tables_per_s": _rate(SYNTHETIC["table"], tables)}
     with tempfile.TemporaryDirectory() as tmp:
-        synthesize(SynthSpec("table", seed=0), rows, tmp)
-        start = time.perf_counter()
-        first = sum(1 for _ in refocus(path=tmp))  # includes datasets' conversion of the parquet to its cache
-        figures["loader_first_pass_rows_per_s"] = first / (time.perf_counter() - start)
-        start = time.perf_counter()
-        again = sum(1 for _ in refocus(path=tmp))
-        figures["loader_rows_per_s"] = again / (time.perf_counter() - start)
+        synthesize(TaskConfig(SYNTHETIC["table"]), 0, rows, tmp)
+        # the first pass includes datasets' conversion of the parquet to its cache
+        figures["loader_first_pass_rows_per_s"] = _rows_per_s(tmp)
+        figures["loader_rows_per_s"] = _rows_per_s(tmp)
     return figures
 
 

@@ -18,10 +18,10 @@ import psutil
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
+from vlrl.bench.parity import logprob_parity, two_turn_rollout
 from vlrl.config import EngineConfig, ModelConfig
 from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
-from vlrl.engines.parity import logprob_parity, two_turn_rollout
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 

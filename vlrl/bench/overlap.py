@@ -43,14 +43,14 @@ from transformers import AutoTokenizer
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
-from vlrl.train import train
+from vlrl.recipes.train import train
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
 GROUPS, GROUP_SIZE, EXTRA, CHUNK = 8, 4, 4, 32
 TEMPLATES = Path(__file__).resolve().parents[2] / "configs" / "templates" / "compact"  # the quickstart's prompts
 WORKLOAD = [
-    "env.tools=[tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
+    "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
     f"env.templates={TEMPLATES}", "env.sandbox.workers=2",
     "task.name=synthetic_charts",
     "task.args={kinds: [v_bar], families: [largest], difficulty: starter, labels: letters, workers: 2}",

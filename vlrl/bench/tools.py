@@ -12,8 +12,9 @@ import json
 import statistics
 import time
 
+from vlrl.config import SandboxConfig
 from vlrl.demo import bar_chart
-from vlrl.sandbox.pool import SandboxConfig, SandboxPool
+from vlrl.sandbox.pool import SandboxPool
 from vlrl.tool import load_tools
 
 SIZE, BARS = (800, 600), 8

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlrl.config import TrainConfig, load_config
-from vlrl.train import train
+from vlrl.recipes.train import train
 
 WORKLOAD = [
     "env.tools=[chart_table_focus]", "env.action_formats=[code]", "env.max_turns=2", "env.sandbox.workers=2",

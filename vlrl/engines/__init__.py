@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from vlrl.config import DistributedConfig, EngineConfig, ModelConfig
+from vlrl.config import EngineConfig, ModelConfig
 from vlrl.engines.base import Engine
-
-
-async def open_engine(model: ModelConfig, engine: EngineConfig, distributed: DistributedConfig) -> Engine:
-    """The engine a run samples from: one in this process, or (backend ray) ``engine.replicas`` Ray actors behind
-    a router, on the cluster the caller has connected to (``vlrl.distributed.cluster.connect``)."""
-    if distributed.backend == "none":
-        return await make_engine(model, engine)
-    from vlrl.distributed.router import ReplicaRouter
-
-    return await ReplicaRouter.create(model, engine, distributed.placement_timeout_s)
 
 
 async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:

@@ -33,21 +33,21 @@ import yaml
 from transformers import AutoTokenizer
 
 from vlrl.answer import extract_answer, has_final_answer
-from vlrl.config import EvalConfig, ModelConfig, to_dict
+from vlrl.config import EvalConfig, to_dict
 from vlrl.distributed import cluster as ray_cluster
-from vlrl.engines import open_engine
+from vlrl.distributed import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import make_env
+from vlrl.eval.heldout import answer_accuracy, trajectory_accuracy
+from vlrl.eval.judges import open_model_verifier
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
-from vlrl.heldout import answer_accuracy, trajectory_accuracy
 from vlrl.registry import resolve
-from vlrl.rewards.head import read_reward_head
-from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer, resized_image_runs
+from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
 from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
-from vlrl.types import Sample, SamplingParams, Trajectory
+from vlrl.types import Sample, Trajectory
 from vlrl.vision import VisionInputs
 
 RESULTS = "results.jsonl"
@@ -87,11 +87,12 @@ async def _run(cfg: EvalConfig, todo: list[int], questions: list[Sample], tokeni
                reward: Any, out: Path, done: int, start: float) -> None:
     """Answer the questions ``todo`` in batches, appending each batch's records to the results."""
     engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
-    external = None
+    external = external_engine = None
     try:
-        if cfg.judge.external:
-            external = await open_engine(ModelConfig(cfg.judge.external, cfg.model.dtype), cfg.engine,
-                                         cfg.distributed)
+        j = cfg.judge
+        if j.external:
+            external, external_engine = await open_model_verifier(j.external, "judge.external", j, cfg.model,
+                                                                  tokenizer, cfg.engine, cfg.distributed)
         async with make_env(cfg.env, tokenizer, vision) as env:
             run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
             for at in range(0, len(todo), cfg.batch_questions):
@@ -107,8 +108,8 @@ async def _run(cfg: EvalConfig, todo: list[int], questions: list[Sample], tokeni
                       f"{time.perf_counter() - start:.0f} s", flush=True)
     finally:
         await engine.close()
-        if external is not None:
-            await external.close()
+        if external_engine is not None:
+            await external_engine.close()
 
 
 def _questions(source: Any, cfg: EvalConfig) -> list[Sample]:
@@ -158,19 +159,17 @@ def _read_results(out: Path) -> list[dict[str, Any]]:
 class _Evaluation:
     """What every question needs: the engines, the env's rollout managers, the verifiers, the reward."""
 
-    def __init__(self, cfg: EvalConfig, engine: Engine, external: Engine | None, env: Any, tokenizer: Any,
+    def __init__(self, cfg: EvalConfig, engine: Engine, external: Verifier | None, env: Any, tokenizer: Any,
                  vision: VisionInputs, reward: Reward, out: Path):
         self.cfg, self.engine, self.tokenizer, self.vision, self.reward, self.out = (
             cfg, engine, tokenizer, vision, reward, out)
-        self.sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        self.sampling = cfg.sampling()
         self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples, timeline=False)
-        self.greedy = RolloutManager(engine, env, tokenizer, reward, SamplingParams(cfg.max_new_tokens, temperature=0.0),
+        self.greedy = RolloutManager(engine, env, tokenizer, reward, cfg.sampling(temperature=0.0, top_p=1.0, top_k=0),
                                      1, timeline=False) if cfg.greedy else None
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
-        self.external_judge = Verifier(external, tokenizer, j.question, j.yes, j.no,
-                                       resized_image_runs(vision, VisionInputs(j.external)),
-                                       read_reward_head(j.external)) if external is not None else None
+        self.external_judge = external
         self.second_look = FollowUp(tokenizer, cfg.second_look_prompt) if cfg.second_look else None
         self.written = {kind: _count_dirs(out / "transcripts" / kind) for kind in ("right", "wrong")}
 

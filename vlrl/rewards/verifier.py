@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from PIL import Image
 
+from vlrl.config import QUESTION
+
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports the verifier's defaults
     from vlrl.engines.base import Engine
     from vlrl.rewards.head import RewardHead
     from vlrl.vision import VisionInputs
 
-QUESTION = "Is the final answer above correct? Answer Yes or No."
 # the turn that asks: Qwen's chat format, closing the policy's turn first if it was cut off
 TURN = "\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"

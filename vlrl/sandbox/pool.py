@@ -23,31 +23,14 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
+from vlrl.config import SandboxConfig
 from vlrl.sandbox.wire import WireError, encode, read_frame
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds vlrl/: the workers import it from there
 
 
 class SandboxUnavailable(RuntimeError):
     """The isolation the pool needs is missing on this machine."""
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    """Limits of every action; one worker process per slot."""
-
-    workers: int = 2
-    timeout_s: float = 10.0  # wall clock per action
-    cpu_seconds: float = 10.0  # CPU time per action
-    memory_mb: int = 2048  # address space of a worker
-    max_file_mb: int = 16  # largest file an action may write in its /tmp
-    max_output_chars: int = 20_000  # printed text kept per action
-    start_timeout_s: float = 60.0
-    allow_unsandboxed: bool = False  # without bubblewrap: run anyway, with a loud warning
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.workers <= 64:
-            raise ValueError(f"workers must be in [1, 64], got {self.workers}")
-        if self.timeout_s <= 0 or self.cpu_seconds <= 0:
-            raise ValueError(f"timeouts must be positive, got {self.timeout_s}, {self.cpu_seconds}")
 
 
 @dataclass(frozen=True)
@@ -265,10 +248,7 @@ class SandboxPool:
         return args
 
     def _needed_paths(self) -> set[Path]:
-        import vlrl
-
-        paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(),
-                 Path(vlrl.__file__).resolve().parents[1]}
+        paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), PACKAGE_ROOT}
         paths |= {Path(p).resolve() for p in sys.path if p and Path(p).is_dir()}
         for ref in self.tools:  # a user's own tool file
             module = ref.rpartition(":")[0] if ":" in ref else ref
@@ -279,10 +259,7 @@ class SandboxPool:
 
     def _env(self) -> dict[str, str]:
         """The whole environment of a worker: nothing of the trainer's (no tokens, no keys)."""
-        import vlrl
-
-        root = str(Path(vlrl.__file__).resolve().parents[1])
-        path = os.pathsep.join([root, *(p for p in sys.path[1:] if p)])
+        path = os.pathsep.join([str(PACKAGE_ROOT), *(p for p in sys.path[1:] if p)])
         return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1",
                 "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

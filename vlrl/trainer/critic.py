@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from vlrl.algos.ppo import clipped_value_loss
-from vlrl.trainer.configs import CriticConfig
+from vlrl.config import CriticConfig
 from vlrl.trainer.logprobs import forward
 from vlrl.trainer.policy import micro_batches, pad
 from vlrl.types import Trajectory

@@ -1,4 +1,4 @@
-"""The policy update: trajectories with advantages --> one optimizer step, then the weights go to the engine.
+"""The policy update: trajectories with advantages --> one optimizer step.
 
 A step runs the multimodal forward over micro-batches cut by a token budget, accumulates
 the gradient of the clipped surrogate (``vlrl.algos.grpo``) with each micro-batch
@@ -34,21 +34,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
 from vlrl.algos.grpo import aggregate, clipped_policy_loss, kl_penalty, off_policy_weights
-from vlrl.trainer.configs import LossConfig, OptimConfig
+from vlrl.config import LossConfig, OptimConfig
 from vlrl.trainer.logprobs import sequence_logprobs
 from vlrl.trainer.lora import apply_lora, merged_state_dict
 from vlrl.types import Aggregation, Segment, Trajectory
 from vlrl.vision import VisionInputs
-
-if TYPE_CHECKING:  # vlrl.engines imports the config, which imports this module's configs
-    from vlrl.engines.base import Engine
-    from vlrl.worker_thread import WorkerThread
 
 T = TypeVar("T")
 
@@ -108,7 +104,7 @@ class PolicyTrainer:
                                            weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim, total_steps))
         self.total_steps = total_steps
-        self.version = 0
+        self.version = 0  # of the weights: 0 as loaded, + 1 at each push to the engines (vlrl.recipes.train)
         self.sharded = False
 
     def shard(self) -> None:
@@ -419,18 +415,6 @@ class PolicyTrainer:
             for g in grads:
                 g.mul_(scale)
         return norm
-
-    async def push(self, engine: Engine, compute: WorkerThread | None = None) -> float:
-        """Send the weights to ``engine`` as the next version; returns the seconds it took.
-
-        ``compute``: the thread the training runs on, where the weights are gathered (sharded: from every rank).
-        """
-        start = time.perf_counter()
-        self.version += 1
-        with torch.no_grad():
-            weights = self.weights() if compute is None else await compute.run(self.weights)
-            await engine.update_weights(weights, self.version)
-        return time.perf_counter() - start
 
 
 def normalizer(items: Sequence[TrainItem], aggregation: Aggregation) -> float:

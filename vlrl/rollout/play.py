@@ -1,8 +1,9 @@
-"""`vlrl env play`: (task, environment, model-free agent) --> transcripts and images on disk.
+"""Episodes played by a model-free agent: (environment, agent, sample) --> Episode, and its files on disk.
 
-Lets a user see what an environment does with well-formed and broken turns before any
-model is involved. An agent is any object with ``act(episode) -> str`` (registry kind
-``agent``); its text is tokenized as the policy turn, closed by ``<|im_end|>``.
+`vlrl env play` lets a user see what an environment does with well-formed and broken turns
+before any model is involved; the warm start and the held-out figures play a teacher. An
+agent is any object with ``act(episode) -> str`` (registry kind ``agent``); its text is
+tokenized as the policy turn, closed by ``<|im_end|>``.
 """
 
 from __future__ import annotations
@@ -10,20 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections import Counter
-from itertools import islice
 from pathlib import Path
 from typing import Any, Sequence
 
-from transformers import AutoTokenizer
-
-from vlrl.config import PlayConfig
-from vlrl.engines.base import check_model_dir
-from vlrl.env import Env, Episode, make_env
-from vlrl.registry import resolve
-from vlrl.task import open_task
+from vlrl.env import Env, Episode
 from vlrl.types import Completion, Sample, Trajectory
-from vlrl.vision import VisionInputs
 
 
 def text_turn(tokenizer: Any, text: str, request_id: str = "agent") -> Completion:
@@ -49,33 +41,6 @@ async def play_agent(env: Env, tokenizer: Any, agent: Any, samples: Sequence[Sam
     episodes = await asyncio.gather(*(play_episode(env, tokenizer, agent, s, f"{tag}-{k}")
                                       for k, s in enumerate(samples)))
     return [e.trajectory for e in episodes]
-
-
-async def play(cfg: PlayConfig) -> list[Trajectory]:
-    """Run ``cfg.n`` episodes and write ``cfg.out/episode-K/`` (transcript.md, images, trajectory.json)."""
-    model_dir = check_model_dir(cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    vision = VisionInputs(model_dir)
-    agent = resolve("agent", cfg.agent)(seed=cfg.seed)
-    source, _ = open_task(cfg.task, cfg.seed)
-    samples = list(islice(source, cfg.n))
-    if not samples:
-        raise ValueError(f"task {cfg.task.name!r} gave no samples")
-    out = Path(cfg.out)
-    trajectories = []
-    async with make_env(cfg.env, tokenizer, vision) as env:
-        for k, sample in enumerate(samples):
-            episode = await play_episode(env, tokenizer, agent, sample, f"{sample.id}-play{k}")
-            write_episode(episode, out / f"episode-{k}")
-            traj = episode.trajectory
-            trajectories.append(traj)
-            print(f"episode {k} ({sample.id}): {traj.turns} turn(s), finish={traj.finish_reason}, "
-                  f"answer={traj.answer!r} (expected {sample.answers[0]!r}), tools {traj.tool_stats()}")
-    summary = {"episodes": len(trajectories), "finish": dict(Counter(t.finish_reason for t in trajectories)),
-               **{k: sum(t.tool_stats()[k] for t in trajectories) for k in trajectories[0].tool_stats()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {len(trajectories)} episode(s) to {out}: {summary}")
-    return trajectories
 
 
 def write_episode(episode: Episode, folder: Path) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 
 from vlrl.engines.base import Engine
 from vlrl.env import Env
-from vlrl.play import play_agent
 from vlrl.rollout.manager import Reward, RolloutManager, score_trajectory
+from vlrl.rollout.play import play_agent
 from vlrl.types import Sample, SamplingParams, Trajectory
 
 

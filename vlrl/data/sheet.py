@@ -17,6 +17,9 @@ from typing import Any, Iterable
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
+from vlrl.config import TaskConfig
+from vlrl.data.rows import detect_format, open_rows
+from vlrl.task import open_task
 from vlrl.types import Sample
 
 TILE = (420, 300)  # image area of one tile
@@ -80,9 +83,6 @@ def _caption(sample: Sample) -> str:
 
 def show(path: str, n: int, out: str | Path, fmt: str = "auto", split: str = "", seed: int = 0) -> Path:
     """Contact sheet of a dataset (file, folder or hub name; format detected) or of a task by name."""
-    from tasks.loaders import detect_format
-    from vlrl.data import open_rows
-    from vlrl.task import TaskConfig, open_task
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

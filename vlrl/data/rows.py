@@ -21,7 +21,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import datasets
 from datasets.distributed import split_dataset_by_node
@@ -188,3 +188,16 @@ class Loaded:
                 continue
             yielded += 1
             yield sample
+
+
+def detect_format(columns: Sequence[str]) -> str:
+    """Which built-in loader task (``chartqa``, ``refocus``, ``tablevqa``) reads rows with these columns."""
+    keys = set(columns)
+    if keys & {"figure_id", "x_values", "y_values", "x_values_bbox", "y_values_bbox"}:
+        return "refocus"
+    if keys & {"qa_id", "gt", "figure_path"}:
+        return "tablevqa"
+    if "query" in keys and "label" in keys:
+        return "chartqa"
+    raise ValueError(f"cannot tell the format of a dataset with columns {sorted(keys)}; "
+                     "pass --format chartqa, refocus or tablevqa")

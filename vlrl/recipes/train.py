@@ -26,27 +26,26 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from vlrl.checkpoint import RunState, latest_checkpoint, load_checkpoint, save_checkpoint
-from vlrl.config import ModelConfig, TrainConfig, to_dict
-from vlrl.distributed import TrainerRankLost, cluster
-from vlrl.engines import open_engine
+from vlrl.config import TaskConfig, TrainConfig, to_dict
+from vlrl.distributed import TrainerRankLost, cluster, open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import Env, make_env
-from vlrl.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
-from vlrl.play import play_agent
+from vlrl.eval.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
+from vlrl.eval.judges import open_model_verifier
+from vlrl.recipes.checkpoint import RunState, latest_checkpoint, load_checkpoint, save_checkpoint
 from vlrl.registry import resolve
-from vlrl.rewards.head import read_reward_head
-from vlrl.rewards.verifier import Verifier, check_same_tokenizer, resized_image_runs
+from vlrl.rewards.verifier import Verifier
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.manager import RolloutManager, RolloutResult
+from vlrl.rollout.play import play_agent
 from vlrl.rollout.scheduler import ExtraTuner, OverlapScheduler
 from vlrl.rollout.timeline import TRAINER
 from vlrl.runlog import RunDir
-from vlrl.task import TaskConfig, open_task
+from vlrl.task import open_task
 from vlrl.trainer.critic import Critic
 from vlrl.trainer.items import grpo_items, ppo_items
 from vlrl.trainer.policy import PolicyTrainer, TrainItem
-from vlrl.types import Sample, SamplingParams
+from vlrl.types import Sample
 from vlrl.vision import VisionInputs
 from vlrl.worker_thread import WorkerThread
 
@@ -157,8 +156,7 @@ async def train(cfg: TrainConfig) -> Path:
     run = RunDir.create(cfg.log.dir, cfg.name, to_dict(cfg), cfg.log.wandb, cfg.log.wandb_project)
     for record in state.history:
         run.log(record["step"], {k: v for k, v in record.items() if k != "step"})
-    sampling = SamplingParams(max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                              top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+    sampling = cfg.rollout.sampling()
     with cluster(cfg.distributed.backend, cfg.distributed.address):  # Ray only for backend ray
         engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
         compute = WorkerThread("vlrl-trainer")  # every training call on one thread (see vlrl.worker_thread)
@@ -168,8 +166,8 @@ async def train(cfg: TrainConfig) -> Path:
             ranks = await _ranks(cfg, trainer, model_dir, compute)
             verifier, verifier_engine = await open_verifier(cfg, engine, tokenizer)
             tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
-            if trainer.version:
-                await engine.update_weights(await compute.run(trainer.weights), trainer.version)
+            if trainer.version:  # a resumed run: the engine serves the checkpoint's weights
+                await sync_weights(trainer, engine, compute, bump=False)
             stream = islice(task_stream(cfg, first_epoch), state.cursor, None)
             async with make_env(cfg.env, tokenizer, vision) as env:
                 if teacher is not None and not cfg.resume:
@@ -244,13 +242,25 @@ async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any)
     v = cfg.verifier
     if not v.model:
         return None, None
-    engine, own, image_runs, head = policy_engine, None, None, None
-    if v.model != "policy":
-        check_same_tokenizer(v.model, tokenizer, "verifier.model")
-        head = read_reward_head(v.model)
-        engine = own = await open_engine(ModelConfig(v.model, cfg.model.dtype), cfg.engine, cfg.distributed)
-        image_runs = resized_image_runs(VisionInputs(cfg.model.path), VisionInputs(v.model))
-    return Verifier(engine, tokenizer, v.question, v.yes, v.no, image_runs, head), own
+    if v.model == "policy":
+        return Verifier(policy_engine, tokenizer, v.question, v.yes, v.no), None
+    return await open_model_verifier(v.model, "verifier.model", v, cfg.model, tokenizer, cfg.engine, cfg.distributed)
+
+
+async def sync_weights(trainer: PolicyTrainer, engine: Engine, compute: WorkerThread | None = None,
+                       bump: bool = True) -> float:
+    """The trainer's weights --> ``engine``, as the next version (or, ``bump`` false, as the version they are: a
+    resumed run); returns the seconds it took. Every weight push of a run goes through here.
+
+    ``compute``: the thread the training runs on, where the weights are gathered (sharded: from every rank).
+    """
+    start = time.perf_counter()
+    if bump:
+        trainer.version += 1
+    with torch.no_grad():
+        weights = trainer.weights() if compute is None else await compute.run(trainer.weights)
+        await engine.update_weights(weights, trainer.version)
+    return time.perf_counter() - start
 
 
 def _heldout_samples(cfg: TrainConfig) -> list[Sample]:
@@ -284,8 +294,7 @@ async def _warm_start(cfg: TrainConfig, env: Env, tokenizer: Any, vision: Vision
             progress.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
     if progress is not None:
         progress.close()
-    await sft.push(engine, compute)
-    trainer.version = sft.version
+    await sync_weights(trainer, engine, compute)  # the sibling trained the trainer's own model
 
 
 async def _heldout_before(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any, reward: Any,
@@ -390,7 +399,7 @@ async def _step(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler:
             if critic is not None:
                 metrics |= await compute.run(critic.step, [it.trajectory for it in items], values, returns)
         with timeline.span(TRAINER, "sync"):
-            metrics["sync_s"] = await trainer.push(engine, compute)
+            metrics["sync_s"] = await sync_weights(trainer, engine, compute)
     metrics["version"] = trainer.version
     metrics |= engine.take_stats()
     if manager.verifier is not None and manager.verifier.engine is not engine:

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
-from transformers import AutoTokenizer
+from vlrl.commands import config_command
+from vlrl.config import GenerateConfig, load_config
 
-from vlrl.config import GenerateConfig
-from vlrl.demo import bar_chart, question_prompt
-from vlrl.engines import make_engine
-from vlrl.types import Completion
-from vlrl.vision import VisionInputs
+if TYPE_CHECKING:
+    from vlrl.types import Completion, SamplingParams
 
 
-def load_image(path: str) -> Image.Image:
-    """An RGB image from ``path``, or ValueError naming the file."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path!r}: {e}") from e
+def add_to(sub: argparse._SubParsersAction) -> None:
+    config_command(sub, "generate", "answer one question about one image with an engine", "configs/generate.yaml",
+                   "engine.kind=vllm sampling.temperature=0", run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(GenerateConfig, args.config, args.overrides)  # before torch is imported: errors come fast
+    asyncio.run(generate(cfg))
+    return 0
 
 
 async def generate(cfg: GenerateConfig) -> list[Completion]:
     """Sample ``cfg.n`` answers and print them; returns the completions."""
+    from transformers import AutoTokenizer
+
+    from vlrl.demo import bar_chart, question_prompt
+    from vlrl.engines import make_engine
+    from vlrl.vision import VisionInputs, read_image
+
     engine = await make_engine(cfg.model, cfg.engine)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         vision = VisionInputs(cfg.model.path)
-        image = load_image(cfg.image) if cfg.image else bar_chart([3.0, 7.0, 5.0, 2.0])
+        image = read_image(cfg.image) if cfg.image else bar_chart([3.0, 7.0, 5.0, 2.0])
         prompt = question_prompt(tokenizer, vision, cfg.question, image)
         start = time.perf_counter()
         completions = await asyncio.gather(*[
@@ -52,6 +59,6 @@ async def generate(cfg: GenerateConfig) -> list[Completion]:
     return list(completions)
 
 
-def _nth(cfg: GenerateConfig, i: int):
+def _nth(cfg: GenerateConfig, i: int) -> SamplingParams:
     seed = None if cfg.sampling.seed is None else cfg.sampling.seed + i
     return dataclasses.replace(cfg.sampling, seed=seed)

@@ -1,0 +1,1 @@
+"""The built-in plug-ins (tools, envs, tasks), kept at the top of the repository and installed here."""

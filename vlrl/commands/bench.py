@@ -1,0 +1,100 @@
+"""`vlrl bench engine | tools | train | overlap | scale | data`: benchmarks that print figures (and one JSON line)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+ENGINES = ("hf", "vllm")
+
+
+def add_to(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    eng = _bench(bench_sub, "engine", "engine throughput, start time, memory, logprob parity", run_engine, model=True)
+    eng.add_argument("--engines", default="hf,vllm", help="comma-separated: hf,vllm")
+    eng.add_argument("--quick", action="store_true", help="one repetition, one parity trajectory")
+    tools = _bench(bench_sub, "tools", "sandboxed tool-call latency and throughput", run_tools)
+    tools.add_argument("--calls", type=int, default=200)
+    tools.add_argument("--workers", type=int, default=2)
+    train = _bench(bench_sub, "train", "one GRPO step on the tiny model, phase by phase", run_train, model=True)
+    train.add_argument("--engine", default="hf", choices=ENGINES)
+    overlap = _bench(bench_sub, "overlap", "sync vs intra-step, inter-step and both overlaps on a long-tail workload",
+                     run_overlap, model=True)
+    overlap.add_argument("--quick", action="store_true", help="5 measured steps per schedule instead of 10")
+    overlap.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
+    overlap.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
+    scale = _bench(bench_sub, "scale", "rollout tokens/s over 1 and 2 Ray engine replicas, and the Ray layer's cost",
+                   run_scale, model=True)
+    scale.add_argument("--engine", default="hf", choices=ENGINES)
+    scale.add_argument("--steps", type=int, default=4, help="steps per setup; the first warms up")
+    scale.add_argument("--quick", action="store_true", help="2 prompts x 4 trajectories per step instead of 8 x 8")
+    _bench(bench_sub, "data", "synthetic samples per second, loader rows per second", run_data)
+
+
+def _bench(sub: argparse._SubParsersAction, name: str, what: str, run: Callable[[argparse.Namespace], int],
+           model: bool = False) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=what)
+    if model:
+        parser.add_argument("--model", help="model folder (default: a tiny model built in a temp folder)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise ValueError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
+    from vlrl.bench.engine import run
+
+    return _with_model(args, lambda model: run(model, engines, args.quick, args.json))
+
+
+def run_tools(args: argparse.Namespace) -> int:
+    from vlrl.bench.tools import run
+
+    run(args.calls, args.workers, args.json)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vlrl.bench.train import run
+
+    return _with_model(args, lambda model: run(model, args.engine, args.json))
+
+
+def run_overlap(args: argparse.Namespace) -> int:
+    from vlrl.bench.overlap import run
+
+    steps = args.steps or (5 if args.quick else 10)
+    keep = Path(args.keep) if args.keep else None
+    return _with_model(args, lambda model: run(model, steps, args.json, keep), max_pixels=12544)
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from vlrl.bench.scale import run
+
+    return _with_model(args, lambda model: run(model, args.engine, args.steps, args.quick, args.json))
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from vlrl.bench.data import run
+
+    run(args.json)
+    return 0
+
+
+def _with_model(args: argparse.Namespace, bench: Callable[[Path], Any], **tiny: int) -> int:
+    """``bench(--model)``, or ``bench`` on a tiny model built in a temporary folder for the run."""
+    if args.model:
+        bench(Path(args.model))
+        return 0
+    from vlrl.model.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench(build_tiny_model(Path(tmp) / "tiny-vlm", **tiny))
+    return 0

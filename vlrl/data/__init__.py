@@ -1,0 +1,1 @@
+"""Datasets: reading rows through HF ``datasets``, writing synthetic sets, contact sheets, scoring predictions."""
