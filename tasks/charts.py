@@ -137,14 +137,7 @@ def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values:
         texts = _draw_pie(ax, categories, values[0], style, value_labels)
     else:
         marks = _draw_axes_chart(ax, kind, categories, series, values, style, value_labels)
-        for name, value in references:
-            draw_line = ax.axvline if kind == "h_bar" else ax.axhline
-            draw_line(float(value), color="#888888", linestyle="--", linewidth=1, zorder=0.5)
-            where = dict(x=float(value), y=1.0, ha="left", va="top") if kind == "h_bar" else dict(
-                x=1.0, y=float(value), ha="right", va="bottom")
-            transform = ax.get_xaxis_transform() if kind == "h_bar" else ax.get_yaxis_transform()
-            ax.text(s=f" {name}: {fmt(value)}", transform=transform, color="#666666", zorder=0.5,
-                    fontsize=font["size"] - 1, fontfamily=font["family"], **where)
+        _draw_references(ax, kind, references, font)
         if style.grid:
             ax.grid(axis="x" if kind == "h_bar" else "y", color="#dddddd", linewidth=0.8)
             ax.set_axisbelow(True)
@@ -167,24 +160,41 @@ def render(kind: Kind, categories: Sequence[str], series: Sequence[str], values:
         metadata["labels_bbox"] = [dict(label=c, **_pixel_box(t.get_window_extent(renderer), height))
                                    for c, t in zip(categories, labels)]
         return Chart(image, metadata)
-    if kind == "line":
-        radius = MARKER_POINTS * fig.dpi / 72 / 2
-        boxes = []
-        for category, name, (x, y, colour) in marks:
-            px, py = ax.transData.transform((x, y))
-            boxes.append(dict(label=category, series=name, color=colour, x1=int(px - radius),
-                              y1=int(height - py - radius), x2=int(px + radius + 0.999),
-                              y2=int(height - py + radius + 0.999)))
-        metadata["points_bbox"] = boxes
-    else:
-        boxes = [dict(label=c, series=s, color=to_hex(bar.get_facecolor()),
-                      **_pixel_box(bar.get_window_extent(renderer), height)) for c, s, bar in marks]
-        metadata["bars_bbox"] = boxes
+    boxes = _mark_boxes(kind, marks, ax, fig.dpi, renderer, height)
+    metadata["points_bbox" if kind == "line" else "bars_bbox"] = boxes
     ticks = ax.get_yticklabels() if kind == "h_bar" else ax.get_xticklabels()
     label_boxes = [_pixel_box(t.get_window_extent(renderer), height) for t in ticks]
     key = "y_values_bbox" if kind == "h_bar" else "x_values_bbox"
     metadata[key] = _strips(kind, categories, boxes, label_boxes, plot)
     return Chart(image, metadata)
+
+
+def _draw_references(ax: Any, kind: Kind, references: Sequence[tuple[str, Decimal]], font: dict[str, Any]) -> None:
+    """Dashed (name, value) lines behind the marks, each labelled at the plot's edge."""
+    for name, value in references:
+        draw_line = ax.axvline if kind == "h_bar" else ax.axhline
+        draw_line(float(value), color="#888888", linestyle="--", linewidth=1, zorder=0.5)
+        where = dict(x=float(value), y=1.0, ha="left", va="top") if kind == "h_bar" else dict(
+            x=1.0, y=float(value), ha="right", va="bottom")
+        transform = ax.get_xaxis_transform() if kind == "h_bar" else ax.get_yaxis_transform()
+        ax.text(s=f" {name}: {fmt(value)}", transform=transform, color="#666666", zorder=0.5,
+                fontsize=font["size"] - 1, fontfamily=font["family"], **where)
+
+
+def _mark_boxes(kind: Kind, marks: list[tuple[str, str, Any]], ax: Any, dpi: float, renderer: Any,
+                height: int) -> list[dict[str, Any]]:
+    """The pixel box of every bar (its artist's extent) or line point (a marker's square around its data point)."""
+    if kind != "line":
+        return [dict(label=c, series=s, color=to_hex(bar.get_facecolor()),
+                     **_pixel_box(bar.get_window_extent(renderer), height)) for c, s, bar in marks]
+    radius = MARKER_POINTS * dpi / 72 / 2
+    boxes = []
+    for category, name, (x, y, colour) in marks:
+        px, py = ax.transData.transform((x, y))
+        boxes.append(dict(label=category, series=name, color=colour, x1=int(px - radius),
+                          y1=int(height - py - radius), x2=int(px + radius + 0.999),
+                          y2=int(height - py + radius + 0.999)))
+    return boxes
 
 
 def _draw_axes_chart(ax: Any, kind: Kind, categories: Sequence[str], series: Sequence[str],

@@ -128,31 +128,19 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
     ``frame``: draw on that fixed grid instead of sizing cells to their text.
     """
     body, head = _font(style.font, style.size, False), _font(style.font, style.size, True)
-    px, py = style.pad
+    px = style.pad[0]
     n_cols = len(cells[0])
     text_widths = [max((int(body.getlength(row[c])) for row in cells[1:]), default=0) for c in range(n_cols)]
     widths = [max(int(head.getlength(cells[0][c])), text_widths[c] + (BAR_ROOM if bars and c in bars else 0)) + 2 * px
               for c in range(n_cols)]
-    text_height = sum(head.getmetrics())  # ascent + descent
-    if frame:
-        xs, ys, size = frame.layout(widths, len(cells), text_height)
-        py = (ys[1] - ys[0] - text_height) // 2  # text centred in the row
-    else:
-        row_height = text_height + 2 * py
-        xs = [style.margin]
-        for w in widths:
-            xs.append(xs[-1] + w)
-        ys = [style.margin + r * row_height for r in range(len(cells) + 1)]
-        size = (xs[-1] + style.margin + 1, ys[-1] + style.margin + 1)
+    xs, ys, size, py = _grid(widths, len(cells), sum(head.getmetrics()), style, frame)  # text: ascent + descent
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     for r in range(len(cells)):
         fill = style.header_fill if r == 0 else (style.zebra if r % 2 == 0 else "#ffffff")
         draw.rectangle((xs[0], ys[r], xs[-1], ys[r + 1]), fill=fill)
-    cell_boxes = []
     for r, row in enumerate(cells):
         font = head if r == 0 else body
-        boxes = []
         for c, text in enumerate(row):
             x1, y1, x2, y2 = xs[c], ys[r], xs[c + 1], ys[r + 1]
             if bars and c in bars and r > 0:
@@ -162,8 +150,6 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
             width = font.getlength(text)
             x = x2 - px - width if numeric[c] and r > 0 else x1 + px  # numbers right-aligned, as people set them
             draw.text((x, y1 + py), text, fill=TEXT, font=font)
-            boxes.append([x1, y1, x2, y2])
-        cell_boxes.append(boxes)
     if style.grid:
         for x in xs:
             draw.line((x, ys[0], x, ys[-1]), fill=GRID)
@@ -172,20 +158,40 @@ def render_table(cells: Sequence[Sequence[str]], style: TableStyle, numeric: Seq
     else:
         draw.rectangle((xs[0], ys[0], xs[-1], ys[-1]), outline=GRID)
         draw.line((xs[0], ys[1], xs[-1], ys[1]), fill=GRID)
+    return image, _table_metadata(cells, xs, ys)
+
+
+def _grid(widths: Sequence[int], rows: int, text_height: int, style: TableStyle,
+          frame: Frame | None) -> tuple[list[int], list[int], tuple[int, int], int]:
+    """Column edges, row edges, the image size and the text's top padding: on ``frame``'s fixed grid (the text
+    centred in its row), or sized to the text."""
+    if frame:
+        xs, ys, size = frame.layout(widths, rows, text_height)
+        return xs, ys, size, (ys[1] - ys[0] - text_height) // 2
+    py = style.pad[1]
+    row_height = text_height + 2 * py
+    xs = [style.margin]
+    for w in widths:
+        xs.append(xs[-1] + w)
+    ys = [style.margin + r * row_height for r in range(rows + 1)]
+    return xs, ys, (xs[-1] + style.margin + 1, ys[-1] + style.margin + 1), py
+
+
+def _table_metadata(cells: Sequence[Sequence[str]], xs: Sequence[int], ys: Sequence[int]) -> dict[str, Any]:
+    """The boxes of the columns, the rows, every cell and the table, with the header and the cells' text."""
     top, bottom, left, right = ys[0], ys[-1], xs[0], xs[-1]
-    metadata = {
+    return {
         "type": "table",
         "column_headers": list(cells[0]),
         "columns_bbox": [{"label": cells[0][c], "x1": xs[c], "y1": top, "x2": xs[c + 1], "y2": bottom}
-                         for c in range(n_cols)],
+                         for c in range(len(cells[0]))],
         "row_starters": [row[0] for row in cells],
         "rows_bbox": [{"label": row[0], "x1": left, "y1": ys[r], "x2": right, "y2": ys[r + 1]}
                       for r, row in enumerate(cells)],
-        "cells_bbox": cell_boxes,
+        "cells_bbox": [[[xs[c], ys[r], xs[c + 1], ys[r + 1]] for c in range(len(row))] for r, row in enumerate(cells)],
         "table_bbox": {"x1": left, "y1": top, "x2": right, "y2": bottom},
         "cells": [list(row) for row in cells],
     }
-    return image, metadata
 
 
 def table_sample(rng: random.Random, sample_id: str, families: Sequence[str] = FAMILIES,

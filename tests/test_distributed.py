@@ -246,7 +246,7 @@ def handmade_items(tokenizer, n: int = 6, vision=None) -> list:
     """Trajectories of different lengths (a prompt and a policy turn) with advantages of both signs; with
     ``vision``, every third prompt shows a chart."""
     from vlrl.demo import bar_chart, question_prompt
-    from vlrl.trainer.policy import TrainItem
+    from vlrl.trainer.batches import TrainItem
     from vlrl.types import Segment, Trajectory
 
     items = []
@@ -264,10 +264,12 @@ def handmade_items(tokenizer, n: int = 6, vision=None) -> list:
 def new_trainer(tiny_dir, vision, **optim):
     from transformers import AutoModelForImageTextToText
 
-    from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer
+    from vlrl.algos.losses import ClippedSurrogate
+    from vlrl.config import LossConfig, OptimConfig
+    from vlrl.trainer.policy import PolicyTrainer
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=torch.float32)
-    return PolicyTrainer(model, vision, OptimConfig(lr=1e-3, **optim), LossConfig(), total_steps=10)
+    return PolicyTrainer(model, vision, OptimConfig(lr=1e-3, **optim), ClippedSurrogate(LossConfig()), total_steps=10)
 
 
 def start_ranks(run, tiny_dir, vision, strategy: str = "dp", **optim):

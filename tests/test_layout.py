@@ -102,3 +102,19 @@ def test_a_user_project_with_its_own_tools_envs_and_tasks_packages_works_beside_
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr
     assert "blank(" in listed.stdout and "focus_on_x_values_with_draw(" in listed.stdout
+
+
+def test_no_function_of_the_framework_or_its_plugins_is_over_60_lines():
+    import ast
+
+    longest = []
+    for folder in ("vlrl", "tools", "envs", "tasks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "builtin" in path.parts:  # links to tools/, envs/, tasks/: read there
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 60:
+                        longest.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not longest, longest

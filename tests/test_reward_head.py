@@ -119,7 +119,7 @@ def test_vlrl_train_reads_a_reward_model_folder_by_its_head(train_config, reward
                                                             trajectory):
     """``verifier.model`` names the folder; nothing else in the config changes."""
     from vlrl.config import TrainConfig, load_config
-    from vlrl.recipes.train import open_verifier
+    from vlrl.recipes.parts import open_verifier
 
     cfg = load_config(TrainConfig, train_config, [f"verifier.model={reward_model[0]}", "verifier.weight=0.5"])
     verifier, own = run(open_verifier(cfg, hf_engine, tokenizer))

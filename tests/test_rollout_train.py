@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from vlrl.algos.grpo import group_advantages
+from vlrl.algos.losses import ClippedSurrogate
 from vlrl.builtin.envs.visual_tool import VisualToolEnv
 from vlrl.builtin.tasks.charts import synthetic_charts
 from vlrl.builtin.tasks.rewards import chartqa_relaxed
@@ -17,7 +18,8 @@ from vlrl.config import EnvConfig, LossConfig, OptimConfig, SandboxConfig
 from vlrl.engines.hf import HFEngine
 from vlrl.recipes.train import sync_weights
 from vlrl.rollout.manager import RolloutManager
-from vlrl.trainer.policy import PolicyTrainer, TrainItem, micro_batches
+from vlrl.trainer.batches import TrainItem, micro_batches
+from vlrl.trainer.policy import PolicyTrainer
 from vlrl.types import SamplingParams, Score
 
 
@@ -101,7 +103,8 @@ def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, eng
     result = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples, group_size=2)
     model = fresh_model(tiny_dir)
     before = copy.deepcopy(model.state_dict())
-    trainer = PolicyTrainer(model, vision, OptimConfig(lr=1e-3), LossConfig(importance_cap=2.0), total_steps=2)
+    trainer = PolicyTrainer(model, vision, OptimConfig(lr=1e-3), ClippedSurrogate(LossConfig(importance_cap=2.0)),
+                            total_steps=2)
     items = [TrainItem(t, a) for t, a in zip(result.trajectories, [1.0, -1.0, 0.5, -0.5])]
     metrics = trainer.step(items)
     assert metrics["parity"] < 1e-3  # the trainer agrees with the engine that sampled
@@ -113,7 +116,7 @@ def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, eng
     after = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples[:1], group_size=2, seed=7)
     assert all(v == 1 for t in after.trajectories for v, m in zip(t.versions, t.loss_mask) if m)
     # the engine now samples with the trainer's new weights: parity holds again
-    check = PolicyTrainer(model, vision, OptimConfig(lr=1e-9), LossConfig(), total_steps=1)
+    check = PolicyTrainer(model, vision, OptimConfig(lr=1e-9), ClippedSurrogate(LossConfig()), total_steps=1)
     assert check.step([TrainItem(t, 0.0) for t in after.trajectories])["parity"] < 1e-3
 
 
@@ -127,7 +130,7 @@ def test_micro_batches_give_the_same_gradient_as_one_batch(run, engine, tokenize
                                 (1, "seq-mean-token-sum")):
         model = fresh_model(tiny_dir)
         trainer = PolicyTrainer(model, vision, OptimConfig(lr=1e-3, micro_batch_tokens=budget),
-                                LossConfig(aggregation=aggregation), total_steps=1)
+                                ClippedSurrogate(LossConfig(aggregation=aggregation)), total_steps=1)
         losses.append(trainer.backward(items)["loss"])
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     for a, b in ((0, 1), (2, 3)):
@@ -148,7 +151,7 @@ def test_grpo_steps_raise_the_reward_on_a_task_the_model_gets_partly_right(run, 
     def reward(text, answers):
         return Score(float(text != greedy), {"accuracy": float(text != greedy)})
 
-    trainer = PolicyTrainer(model, vision, OptimConfig(lr=3e-3), LossConfig(), total_steps=6)
+    trainer = PolicyTrainer(model, vision, OptimConfig(lr=3e-3), ClippedSurrogate(LossConfig()), total_steps=6)
     means = []
     for step in range(6):
         result = rollout(run, engine, tokenizer, vision, NO_TOOLS, reward, samples, group_size=8, seed=step,

@@ -7,7 +7,9 @@ starts as a copy of rank 0: the same model folder, then rank 0's weights, optimi
 LR-schedule state and reference model, so a resumed run, or LoRA's random init, starts
 equal everywhere. Each step, rank 0 deals the batch out by tokens (``PolicyTrainer``);
 the gradients are all-reduced, so every rank takes the same optimizer step. Rank 0 pushes
-the weights to the engines, saves the checkpoints and runs the critic (PPO).
+the weights to the engines, saves the checkpoints and runs an algorithm's own models (PPO's
+critic). Rank 0 calls a remote rank's trainer with a typed ``RankCall``
+(``vlrl.trainer.parallel``), never by a method's name.
 
 With ``distributed.strategy: fsdp`` every rank then shards its copy (``PolicyTrainer.shard``)
 and keeps a slice of the language model and of its optimizer state; the weights rank 0
@@ -37,11 +39,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForImageTextToText
 
-from vlrl.config import DistributedConfig
+from vlrl.config import DistributedConfig, OptimConfig
 from vlrl.distributed import TrainerRankLost
 from vlrl.distributed.cluster import actor_options, placed
 from vlrl.trainer.lora import merged_state_dict
-from vlrl.trainer.policy import LossConfig, OptimConfig, PolicyTrainer
+from vlrl.trainer.objective import Objective
+from vlrl.trainer.parallel import Collective, Local, RankCall
+from vlrl.trainer.policy import PolicyTrainer
 from vlrl.vision import VisionInputs
 
 
@@ -52,7 +56,7 @@ class RankSpec:
     model_dir: str
     dtype: torch.dtype
     optim: OptimConfig
-    loss: LossConfig
+    objective: Objective
     total_steps: int
     timeout_s: float  # a collective that waits longer than this fails
     shard: bool  # distributed.strategy fsdp
@@ -67,8 +71,8 @@ class TrainerRank:
                                 timeout=timedelta(seconds=spec.timeout_s))
         model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype).to(spec.device)
         reference = copy.deepcopy(model).eval().requires_grad_(False) if state["reference"] is not None else None
-        trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.loss, spec.total_steps,
-                                reference, group=dist.group.WORLD)
+        trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.objective, spec.total_steps,
+                                reference, Collective(dist.group.WORLD))
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -81,13 +85,13 @@ class TrainerRank:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, trainer: str, method: str, *args: Any) -> Any:
-        """This rank's part of ``method`` of trainer ``trainer`` (``step`` and ``imitate`` on its share, ``logprobs``
-        of its share, ``weights`` and ``optimizer_state`` gathered for rank 0); returns what it returns."""
-        return getattr(self.trainers[trainer], method)(*args)
+    def run(self, call: RankCall) -> Any:
+        """This rank's part of ``call`` (a step or a supervised step on its share, the logprobs of its share, its
+        part of gathering the weights or the optimizer state); returns what the trainer's method returns."""
+        return call.apply(self.trainers[call.trainer])
 
-    def open(self, name: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
-        self.trainers[name] = self.trainers["policy"].sibling(optim, loss, total_steps, name)
+    def open(self, name: str, optim: OptimConfig, total_steps: int) -> None:
+        self.trainers[name] = self.trainers["policy"].sibling(optim, total_steps, name)
 
     def reset_reference(self) -> None:
         self.trainers["policy"].reset_reference()
@@ -103,7 +107,7 @@ _Actor = ray.remote(TrainerRank)
 
 
 class RemoteRanks:
-    """Ranks 1..W-1 as rank 0 drives them (the ``Peers`` of ``vlrl.trainer.policy``)."""
+    """Ranks 1..W-1 as rank 0 drives them (the ``Peers`` of ``vlrl.trainer.parallel``)."""
 
     def __init__(self, actors: list[Any], pids: list[int], group: Any):
         self.actors, self.pids, self._placement = actors, pids, group
@@ -119,7 +123,7 @@ class RemoteRanks:
         loop is never blocked by the rendezvous.
         """
         remote = cfg.world_size - 1
-        spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.loss_cfg, trainer.total_steps,
+        spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.objective, trainer.total_steps,
                         cfg.collective_timeout_s, cfg.strategy == "fsdp", trainer.device.type)
         group = placement_group([dict(cfg.rank_resources)] * remote)
         actors: list[Any] = []
@@ -134,7 +138,7 @@ class RemoteRanks:
                       .remote(k + 1, cfg.world_size, init_method, spec, state) for k in range(remote)]
             await compute.run(dist.init_process_group, _backend(spec.device), init_method=init_method, rank=0,
                               world_size=cfg.world_size, timeout=timedelta(seconds=spec.timeout_s))
-            trainer.group = dist.group.WORLD
+            parallel = trainer.parallel = Collective(dist.group.WORLD)
             if spec.shard:
                 await compute.run(trainer.shard)
             pids = list(await placed("trainer ranks", asyncio.gather(*(a.pid.remote() for a in actors)),
@@ -145,13 +149,14 @@ class RemoteRanks:
             remove_placement_group(group)
             if dist.is_initialized():
                 dist.destroy_process_group()
-            trainer.group = None
+            trainer.parallel = Local()
             raise
-        trainer.peers = cls(actors, pids, group)
-        return trainer.peers  # type: ignore[return-value]
+        ranks = cls(actors, pids, group)
+        parallel.peers = ranks
+        return ranks
 
-    def submit(self, trainer: str, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return [actor.run.remote(trainer, method, *a) for actor, a in zip(self.actors, args)]
+    def submit(self, calls: Sequence[RankCall]) -> list[Any]:
+        return [actor.run.remote(call) for actor, call in zip(self.actors, calls)]
 
     def wait(self, pending: list[Any]) -> list[Any]:
         return self._get(pending)
@@ -163,8 +168,8 @@ class RemoteRanks:
         if lost is not None:
             raise lost from error
 
-    def open(self, trainer: str, optim: OptimConfig, loss: LossConfig, total_steps: int) -> None:
-        self._get([actor.open.remote(trainer, optim, loss, total_steps) for actor in self.actors])
+    def open(self, trainer: str, optim: OptimConfig, total_steps: int) -> None:
+        self._get([actor.open.remote(trainer, optim, total_steps) for actor in self.actors])
 
     def reset_reference(self) -> None:
         self._get([actor.reset_reference.remote() for actor in self.actors])

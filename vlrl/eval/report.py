@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -72,48 +73,12 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
     records = sorted(records, key=lambda r: r["index"])
     ks = cfg.ks or default_ks(cfg.samples)
     ratios: dict[str, _Ratio] = {}
-
-    def add(q: int, name: str, num: float, den: float = 1.0) -> None:
-        ratio = ratios.setdefault(name, _Ratio([0.0] * len(records), [0.0] * len(records)))
-        ratio.num[q] += num
-        ratio.den[q] += den
-
     judges = [j for j in JUDGES if any(j in s.get("scores", {}) for r in records for s in r["samples"])]
     pools: dict[str, list[list[tuple[float, float]]]] = {j: [[] for _ in records] for j in judges}
     for q, record in enumerate(records):
-        samples = record["samples"]
-        correct = [float(s["correct"]) for s in samples]
-        clusters = [s["cluster"] for s in samples]
-        if "greedy" in record:
-            add(q, "greedy_accuracy", float(record["greedy"]["correct"]))
-        add(q, "mean_accuracy", sum(correct), len(correct))
-        for k in ks:
-            add(q, f"pass@{k}", pass_at_k(len(correct), int(sum(c >= 1.0 for c in correct)), k))
-            add(q, f"maj@{k}", maj_at_k(correct, clusters, k, cfg.subsets, record["index"]))
-            for judge in judges:
-                scores = [s.get("scores", {}).get(judge, 0.0) for s in samples]
-                add(q, f"bestof@{k}_{judge}", best_of_k(correct, scores, k, cfg.subsets, record["index"]))
-                add(q, f"wmaj@{k}_{judge}", weighted_maj_at_k(correct, clusters, scores, k, cfg.subsets,
-                                                              record["index"]))
-        for s in samples:
-            for judge in judges:
-                if judge in s.get("scores", {}):
-                    pools[judge][q].append((s["scores"][judge], float(s["correct"])))
-            if "dropped" in s:
-                continue
-            right = float(s["correct"])
-            add(q, "tool_call_rate", float(s["tool_calls"] > 0))
-            add(q, "tool_error_rate", s["tool_errors"], s["tool_calls"])
-            add(q, "accuracy_with_tool" if s["tool_calls"] else "accuracy_without_tool", right)
-            for name, revision in (("tool_revision", s.get("tool_revision")), ("second_look", s.get("second_look"))):
-                if revision is None or "error" in revision:
-                    continue
-                changed = revision["changed"]
-                add(q, f"{name}_rate" if name == "tool_revision" else f"{name}_changed", float(changed))
-                add(q, f"{name}_fixed", float(changed and revision["before"] < 1 <= revision["after"]))
-                add(q, f"{name}_broken", float(changed and revision["after"] < 1 <= revision["before"]))
-                if name == "second_look":
-                    add(q, "second_look_accuracy", revision["after"])
+        add = partial(_add, ratios, len(records), q)
+        _tally_selection(add, record, ks, judges, cfg.subsets)
+        _tally_samples(add, record["samples"], judges, [pools[j][q] for j in judges])
     timed = [r["wall_share_s"] for r in records if "wall_share_s" in r]
     rng = np.random.default_rng(0)
     resamples = rng.integers(0, len(records), (cfg.bootstrap, len(records)))
@@ -138,6 +103,57 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
                    "tool_revisions_possible": int(sum(ratios["tool_revision_rate"].den))
                    if "tool_revision_rate" in ratios else 0},
     }
+
+
+Add = Callable[..., None]  # (figure name, numerator, denominator = 1) of one question
+
+
+def _add(ratios: dict[str, _Ratio], questions: int, q: int, name: str, num: float, den: float = 1.0) -> None:
+    ratio = ratios.setdefault(name, _Ratio([0.0] * questions, [0.0] * questions))
+    ratio.num[q] += num
+    ratio.den[q] += den
+
+
+def _tally_selection(add: Add, record: dict[str, Any], ks: Sequence[int], judges: Sequence[str],
+                     subsets: int) -> None:
+    """One question's greedy and mean accuracy, and what choosing one of k samples gets (pass, vote, judges)."""
+    samples = record["samples"]
+    correct = [float(s["correct"]) for s in samples]
+    clusters = [s["cluster"] for s in samples]
+    if "greedy" in record:
+        add("greedy_accuracy", float(record["greedy"]["correct"]))
+    add("mean_accuracy", sum(correct), len(correct))
+    for k in ks:
+        add(f"pass@{k}", pass_at_k(len(correct), int(sum(c >= 1.0 for c in correct)), k))
+        add(f"maj@{k}", maj_at_k(correct, clusters, k, subsets, record["index"]))
+        for judge in judges:
+            scores = [s.get("scores", {}).get(judge, 0.0) for s in samples]
+            add(f"bestof@{k}_{judge}", best_of_k(correct, scores, k, subsets, record["index"]))
+            add(f"wmaj@{k}_{judge}", weighted_maj_at_k(correct, clusters, scores, k, subsets, record["index"]))
+
+
+def _tally_samples(add: Add, samples: Sequence[dict[str, Any]], judges: Sequence[str],
+                   pools: Sequence[list[tuple[float, float]]]) -> None:
+    """One question's verdicts into each judge's pool; its samples' tool use and answer revisions."""
+    for s in samples:
+        for judge, pool in zip(judges, pools):
+            if judge in s.get("scores", {}):
+                pool.append((s["scores"][judge], float(s["correct"])))
+        if "dropped" in s:
+            continue
+        right = float(s["correct"])
+        add("tool_call_rate", float(s["tool_calls"] > 0))
+        add("tool_error_rate", s["tool_errors"], s["tool_calls"])
+        add("accuracy_with_tool" if s["tool_calls"] else "accuracy_without_tool", right)
+        for name, revision in (("tool_revision", s.get("tool_revision")), ("second_look", s.get("second_look"))):
+            if revision is None or "error" in revision:
+                continue
+            changed = revision["changed"]
+            add(f"{name}_rate" if name == "tool_revision" else f"{name}_changed", float(changed))
+            add(f"{name}_fixed", float(changed and revision["before"] < 1 <= revision["after"]))
+            add(f"{name}_broken", float(changed and revision["after"] < 1 <= revision["before"]))
+            if name == "second_look":
+                add("second_look_accuracy", revision["after"])
 
 
 def _ratio_figure(ratio: _Ratio, resamples: np.ndarray) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from vlrl.algos.units import Algorithm
 from vlrl.trainer.policy import PolicyTrainer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -36,7 +37,7 @@ class RunState:
 
 
 def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model_dir: Path,
-                    critic: torch.nn.Module | None = None) -> Path:
+                    algo: Algorithm | None = None) -> Path:
     """Write ``folder`` (replacing it) and return it."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,15 +58,14 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
         "step": state.step, "cursor": state.cursor, "history": state.history, "pending": state.pending,
         "summary": state.summary,
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-        "critic": None if critic is None else {"weights": critic.state_dict(),
-                                               "optimizer": critic.optimizer.state_dict()},
+        "algo": None if algo is None else algo.state(),  # the algorithm's own models (PPO's critic)
     }, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
 
 
-def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, critic: torch.nn.Module | None = None) -> RunState:
+def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, algo: Algorithm | None = None) -> RunState:
     """Restore ``trainer`` from ``folder``; returns where the run was."""
     folder = Path(folder)
     if not (folder / "state.pt").is_file() or not (folder / "model").is_dir():
@@ -81,11 +81,8 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, critic: torch.nn
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     trainer.version = saved["version"]
-    if critic is not None:
-        if saved.get("critic") is None:
-            raise ValueError(f"{folder}: the run uses a critic (PPO) but the checkpoint has none")
-        critic.load_state_dict(saved["critic"]["weights"])
-        critic.optimizer.load_state_dict(saved["critic"]["optimizer"])
+    if algo is not None:
+        algo.load_state(saved.get("algo"), str(folder))
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
     return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"], saved["summary"])

@@ -17,8 +17,8 @@ from transformers import AutoModelForImageTextToText
 
 from vlrl.algos.ppo import clipped_value_loss
 from vlrl.config import CriticConfig
+from vlrl.trainer.batches import micro_batches, pad
 from vlrl.trainer.logprobs import forward
-from vlrl.trainer.policy import micro_batches, pad
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
 
