@@ -179,8 +179,8 @@ TRAIN_ON_RAY = ["distributed.backend=ray", "engine.replicas=2", "engine.replica_
                 "checkpoint_every=0"]
 
 
-def records_of(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def records_of(run_dir, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
 def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_config, tmp_path):
@@ -189,8 +189,9 @@ def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_co
          "verifier.model=policy", "verifier.weight=0.25", "verifier.chunk_tokens=4")
     records = records_of((tmp_path / "runs" / "latest").resolve())
     for r in records:
-        assert r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 and r["replicas_alive"] == 2
-        assert r["trajectories"] == 6 and r["verifier_early_tokens"] > 0 and r["version"] == r["step"] + 1
+        assert r["engine/replica_0_requests"] > 0 and r["engine/replica_1_requests"] > 0
+        assert r["engine/replicas_alive"] == 2 and r["rollout/trajectories"] == 6
+        assert r["verifier/early_tokens"] > 0 and r["perf/version"] == r["step"] + 1
     entered, accounted = groups_accounted(records, 3)
     assert entered == accounted
 
@@ -213,9 +214,10 @@ def test_a_replica_killed_during_training_is_failed_over_and_every_trajectory_tr
     assert "engine replica" in out and "is lost" in out
     records = records_of((tmp_path / "runs" / "latest").resolve())
     assert [r["step"] for r in records] == [0, 1, 2, 3]
-    assert all(r["trajectories"] == 12 and not r["dropped"] for r in records)  # every trajectory trained
-    assert sum(r["replica_losses"] for r in records) == 1 and sum(r["replica_failovers"] for r in records) >= 1
-    assert sum(r["replica_restarts"] for r in records) <= 1
+    assert all(r["rollout/trajectories"] == 12 and not r["rollout/dropped"] for r in records)  # every one trained
+    assert sum(r["engine/replica_losses"] for r in records) == 1
+    assert sum(r["engine/replica_failovers"] for r in records) >= 1
+    assert sum(r["engine/replica_restarts"] for r in records) <= 1
 
 
 @pytest.mark.vllm
@@ -401,16 +403,15 @@ def test_two_replicas_and_two_ranks_train_as_one_process(warm_config, tmp_path):
         runs[name] = (tmp_path / "runs" / "latest").resolve()
     one = records_of(runs["single"])
     final = load_file(runs["single"] / "checkpoints" / "step-3" / "model" / "model.safetensors")
-    warm = [json.loads(line)["sft_loss"] for line in (runs["single"] / "warmstart.jsonl").read_text().splitlines()]
+    warm = [r["warmstart/loss"] for r in records_of(runs["single"], "warmstart.jsonl")]
     for name in ("dp", "fsdp"):
         two = records_of(runs[name])
-        assert [r["reward"] for r in two] == [r["reward"] for r in one]  # the replicas sampled what one engine did
-        assert all(r["replica_0_requests"] > 0 and r["replica_1_requests"] > 0 for r in two)
+        assert [r["reward/mean"] for r in two] == [r["reward/mean"] for r in one]  # sampled as one engine did
+        assert all(r["engine/replica_0_requests"] > 0 and r["engine/replica_1_requests"] > 0 for r in two)
         for a, b in zip(one, two):
-            for key in ("loss", "kl", "grad_norm", "entropy", "policy_tokens"):
+            for key in ("loss/policy", "loss/kl", "loss/grad_norm", "loss/entropy", "loss/policy_tokens"):
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (name, key)
-        assert [json.loads(line)["sft_loss"] for line in (runs[name] / "warmstart.jsonl").read_text().splitlines()] \
-            == pytest.approx(warm, rel=1e-5), name
+        assert [r["warmstart/loss"] for r in records_of(runs[name], "warmstart.jsonl")] == pytest.approx(warm, rel=1e-5)
         theirs = load_file(runs[name] / "checkpoints" / "step-3" / "model" / "model.safetensors")
         assert all(torch.allclose(theirs[k], final[k], atol=1e-4) for k in final), name  # see the test above
 

@@ -76,7 +76,7 @@ def test_rollout_groups_record_rewards_masks_logprobs_and_times(run, engine, tok
             policy = [i for i, m in enumerate(t.loss_mask) if m]
             assert policy and all(t.versions[i] == 0 for i in policy)
             assert all(t.behavior_logprobs[i] <= 0 for i in policy)
-            assert {"decode_s", "env_s", "reward_s", "wall_s"} <= set(t.timings)
+            assert t.timings.decode_s > 0 and t.timings.wall_s >= t.timings.decode_s + t.timings.env_s
     assert set(result.seconds) == {"wall", "generate", "reward"}
     # the same seed samples the same tokens
     again = rollout(run, engine, tokenizer, vision, EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)),

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from test_cli import ROOT, vlrl
 from vlrl.config import ConfigError, TrainConfig, load_config
+from vlrl.metrics import documented
 
 
 def weights(run, step):
@@ -27,10 +28,12 @@ def test_train_logs_learns_checkpoints_and_serves_new_weights(train_config, tmp_
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     for r in records:
-        assert {"reward", "accuracy", "tool_call_rate", "entropy", "grad_norm", "clip_fraction", "parity",
-                "rollout_s", "update_s", "sync_s", "tokens_per_s", "response_length", "turns"} <= set(r)
-        assert r["behavior_version"] == r["step"]  # each step samples with the weights of the step before
-        assert r["version"] == r["step"] + 1 and r["parity"] < 1e-3
+        assert {"reward/mean", "reward/accuracy", "rollout/tool_call_rate", "loss/entropy", "loss/grad_norm",
+                "loss/clip_fraction", "loss/parity", "perf/rollout_s", "perf/update_s", "perf/sync_s",
+                "perf/tokens_per_s", "rollout/response_length", "rollout/turns"} <= set(r)
+        assert all(documented(name) for name in r if name != "step")  # every logged figure is in docs/metrics.md
+        assert r["rollout/behavior_version"] == r["step"]  # each step samples with the weights of the step before
+        assert r["perf/version"] == r["step"] + 1 and r["loss/parity"] < 1e-3
     assert all((run / f).is_file() for f in ("reward.png", "accuracy.png", "config.yaml", "summary.json"))
     assert (run / "transcripts" / "step-2").is_dir() and not (run / "transcripts" / "step-1").exists()
     assert list((run / "wandb").glob("offline-run-*"))  # tracked offline, ready for `wandb sync`
@@ -49,18 +52,19 @@ def test_a_verifier_model_judges_every_trajectory_while_it_streams(train_config,
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in records:
-        assert 0.0 < r["verifier"] < 1.0
-        assert math.isclose(r["reward"], 0.75 * r["accuracy"] + 0.25 * r["verifier"], abs_tol=1e-9)
-        assert r["verifier_early_tokens"] > 0 and 0.0 < r["verifier_hidden_fraction"] < 1.0
-    assert [r["chunk_tokens"] for r in records] == [16, 16, 32]  # auto: each size for 2 steps, smallest first
+        assert 0.0 < r["reward/verifier"] < 1.0
+        assert math.isclose(r["reward/mean"], 0.75 * r["reward/accuracy"] + 0.25 * r["reward/verifier"],
+                            abs_tol=1e-9)
+        assert r["verifier/early_tokens"] > 0 and 0.0 < r["verifier/hidden_fraction"] < 1.0
+    assert [r["verifier/chunk_tokens"] for r in records] == [16, 16, 32]  # auto: each size for 2 steps, smallest first
 
 
 def groups_accounted(records, group_size):
     """(groups that entered, groups trained + dropped + carried at the end) over a run's records."""
-    entered = sum(r["groups_started"] for r in records)
-    trained = sum(r["trajectories"] for r in records) // group_size
-    dropped = sum(r["dropped"].get("staleness", 0) for r in records) // group_size
-    return entered, trained + dropped + records[-1]["groups_carried"]
+    entered = sum(r["sched/groups_started"] for r in records)
+    trained = sum(r["rollout/trajectories"] for r in records) // group_size
+    dropped = sum(r["rollout/dropped"].get("staleness", 0) for r in records) // group_size
+    return entered, trained + dropped + records[-1]["sched/groups_carried"]
 
 
 @pytest.mark.slow
@@ -69,10 +73,12 @@ def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(train_c
     vlrl("train", str(train_config), *overlap, "log.timeline=2")
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    assert records[0]["groups_started"] == 4 and all(r["trajectories"] == 6 for r in records)  # B = 2 groups of 3
-    assert all(r["extra_groups"] == 2 and 0.0 <= r["deferred_fraction"] <= 1.0 for r in records)
-    assert all(0.0 <= r["engine_busy_fraction"] < 1.0 and 0.0 <= r["bubble_ratio"] <= 1.0 for r in records)
-    assert records[0]["engine_busy_fraction"] > 0.0  # (a later step may close on groups that ended before it)
+    assert records[0]["sched/groups_started"] == 4  # B = 2 groups of 3, and Δ = 2
+    assert all(r["rollout/trajectories"] == 6 for r in records)
+    assert all(r["sched/extra_groups"] == 2 and 0.0 <= r["sched/deferred_fraction"] <= 1.0 for r in records)
+    assert all(0.0 <= r["perf/engine_busy_fraction"] < 1.0 and 0.0 <= r["perf/bubble_ratio"] <= 1.0
+               for r in records)
+    assert records[0]["perf/engine_busy_fraction"] > 0.0  # (a later step may close on groups that ended before it)
     trace = json.loads((whole / "timeline.json").read_text())["traceEvents"]  # the first 2 steps, drawn
     assert [e["name"] for e in trace if e["ph"] == "i"] == ["step 0", "step 1"]
     rows = {e["args"]["name"] for e in trace if e["ph"] == "M"}
@@ -97,8 +103,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     assert resumed != whole
     a, b = weights(whole, 3), weights(resumed, 3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    history = [json.loads(line)["reward"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
-    assert history == [json.loads(line)["reward"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line)["reward/mean"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert history == [json.loads(line)["reward/mean"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -162,9 +168,9 @@ def test_the_shipped_quickstart_runs_end_to_end_when_shrunk(tmp_path, tiny_dir):
     assert {task: split["questions"] for task, split in summary["heldout_by_task"].items()} == {
         "synthetic_charts": 4, "synthetic_tables": 4}  # charts and tables in turn
     # the warm start's push, then one per step that had a group to train (uniform groups are dropped, counted)
-    updated = [r for r in steps if "update_s" in r]
+    updated = [r for r in steps if "loss/policy" in r]
     assert summary["weights_version"] == 1 + len(updated)
-    assert all(r["uniform_groups_dropped"] == 2 for r in steps if r not in updated)
+    assert all(r["algo/uniform_groups_dropped"] == 2 for r in steps if r not in updated)
     assert 0 < summary["teacher_tool_call_rate"] <= 1 and summary["majority_baseline"] > 0
     assert "rl_vs_teacher_ci95" in summary
 
@@ -199,10 +205,11 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
         "questions": 6, "teacher": summary["teacher_accuracy"], "warmstart": summary["heldout_accuracy_warmstart"],
         "rl": summary["heldout_accuracy_rl"]}}
     warm = [json.loads(line) for line in (run / "warmstart.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["sft_loss"] < warm[0]["sft_loss"]
+    assert [r["step"] for r in warm] == [0, 1, 2] and warm[-1]["warmstart/loss"] < warm[0]["warmstart/loss"]
+    assert all(documented(name) for r in warm for name in r if name != "step")
     assert "heldout_accuracy_rl" in out
     rl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rl[0]["kl"] < 1e-6  # the KL reference is the warm-started policy, not the initial one
+    assert rl[0]["loss/kl"] < 1e-6  # the KL reference is the warm-started policy, not the initial one
 
 
 @pytest.mark.slow
@@ -211,8 +218,8 @@ def test_ppo_with_a_critic_trains_and_resumes(train_config, tmp_path):
     vlrl("train", str(train_config), *overrides)
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["value_loss"] > 0 and r["grad_norm"] > 0 for r in records)
-    assert records[-1]["value_loss"] < records[0]["value_loss"]  # the critic learns the rewards' scale
+    assert all(r["loss/value_loss"] > 0 and r["loss/grad_norm"] > 0 for r in records)
+    assert records[-1]["loss/value_loss"] < records[0]["loss/value_loss"]  # the critic learns the rewards' scale
     vlrl("train", str(train_config), *overrides, f"resume={whole / 'checkpoints' / 'step-1'}")
     resumed = (tmp_path / "runs" / "latest").resolve()
     a, b = weights(whole, 3), weights(resumed, 3)
@@ -268,9 +275,9 @@ def test_a_run_whose_tool_crashes_and_hangs_keeps_going_and_counts_it(tmp_path):
     vlrl("train", str(path))
     records = [json.loads(line) for line in (tmp_path / "runs" / "latest" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
-    assert all(r["tool_call_rate"] > 0.5 and r["tool_error_rate"] == 1.0 for r in records)
-    assert sum(r["sandbox_restarts"] for r in records) > 0  # the hangs were cut by the timeout
-    assert all(r["trajectories"] == 8 and not r["dropped"] for r in records)  # every trajectory was kept
+    assert all(r["rollout/tool_call_rate"] > 0.5 and r["rollout/tool_error_rate"] == 1.0 for r in records)
+    assert sum(r["rollout/sandbox_restarts"] for r in records) > 0  # the hangs were cut by the timeout
+    assert all(r["rollout/trajectories"] == 8 and not r["rollout/dropped"] for r in records)  # every one kept
 
 
 @pytest.mark.slow
@@ -279,7 +286,7 @@ def test_lora_trains_adapters_serves_merged_weights_and_resumes(train_config, tm
     vlrl("train", str(train_config), *lora)
     whole = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["parity"] < 1e-3 for r in records)  # the engine samples with the merged adapters
+    assert all(r["loss/parity"] < 1e-3 for r in records)  # the engine samples with the merged adapters
     initial, final = load_file(tiny_dir / "model.safetensors"), weights(whole, 3)
     changed = {k for k in final if not torch.equal(initial[k], final[k])}
     assert changed and all(k.endswith("_proj.weight") and "visual" not in k for k in changed)
@@ -294,7 +301,7 @@ def test_several_updates_per_rollout_use_the_rollouts_old_policy(train_config, t
     vlrl("train", str(train_config), "algo.epochs=2", "algo.mini_batches=3", "steps=2", "checkpoint_every=0")
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["optimizer_steps"] == 6 and r["parity"] < 1e-3 for r in records)
+    assert all(r["loss/optimizer_steps"] == 6 and r["loss/parity"] < 1e-3 for r in records)
     # after the first update the policy has moved away from pi_old: the mean ratio is no longer exactly 1
-    assert all(abs(r["ratio"] - 1) > 1e-6 for r in records)
+    assert all(abs(r["loss/ratio"] - 1) > 1e-6 for r in records)
 

@@ -130,7 +130,7 @@ def test_rollout_rewards_mix_the_verdict_and_streaming_changes_no_score(hf_engin
         again = run(fresh.score(f"again-{t.id}", t.token_ids, t.images)).score
         assert abs(t.reward_parts["verifier"] - again) < 1e-5
         assert math.isclose(t.reward, 0.5 * t.reward_parts["accuracy"] + 0.5 * again, abs_tol=1e-5)
-        streamed_early = t.timings["verifier_early_tokens"] > 0
+        streamed_early = t.timings.verifier_early_tokens > 0
         assert streamed_early == (schedule == "async" and chunk > 0)  # sync and chunk 0 read it whole at the end
 
 

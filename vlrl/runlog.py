@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 
 from vlrl.types import Trajectory
 
-CURVES = {"reward.png": ("reward", "reward (mean over the step's sampled trajectories)"),
-          "accuracy.png": ("accuracy", "accuracy (mean over the step's sampled trajectories)")}
+CURVES = {"reward.png": ("reward/mean", "reward (mean over the step's sampled trajectories)"),
+          "accuracy.png": ("reward/accuracy", "accuracy (mean over the step's sampled trajectories)")}
 SMOOTH = 10  # steps in the running mean drawn over the per-step values
 MARK_COLOURS = ("#7f7f7f", "#d62728", "#2ca02c", "#9467bd")
 
@@ -61,15 +61,15 @@ class RunDir:
         return cls(path, config, wandb_mode, project)
 
     def log(self, step: int, metrics: dict[str, Any], phase: str = "rl") -> None:
-        """One step's figures: RL steps go to metrics.jsonl (and the curves), others to PHASE.jsonl."""
+        """One step's figures (``vlrl.metrics``' names): RL steps go to metrics.jsonl (and the curves), others to
+        PHASE.jsonl; W&B gets the numeric ones under the same names."""
         record = {"step": step, **metrics}
         if phase == "rl":
             self.history.append(record)
         with (self.path / ("metrics.jsonl" if phase == "rl" else f"{phase}.jsonl")).open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb is not None:
-            prefix = "" if phase == "rl" else f"{phase}/"
-            self._wandb.log({prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     def plot(self, marks: dict[str, float] | None = None) -> None:
         """Rewrite the curves from the history so far: each step's value and its running mean
@@ -87,7 +87,7 @@ class RunDir:
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.6, alpha=0.45, label="per step")
             window = [statistics.fmean(ys[max(0, k - SMOOTH + 1): k + 1]) for k in range(len(ys))]
             ax.plot(xs, window, linewidth=2, label=f"mean of the last {SMOOTH} steps")
-            for (name, value), colour in zip((marks or {}).items() if key == "accuracy" else (), MARK_COLOURS):
+            for (name, value), colour in zip((marks or {}).items() if filename == "accuracy.png" else (), MARK_COLOURS):
                 ax.axhline(value, color=colour, linestyle="--", linewidth=1.2, label=f"{name}: {value:.1%}")
             ax.set_xlabel("step")
             ax.set_title(title)

@@ -153,6 +153,20 @@ class ActionRecord:
 
 
 @dataclass
+class Timings:
+    """Where one trajectory's time went, and where its verifier's prefill ran (the rollout manager fills it)."""
+
+    decode_s: float = 0.0  # waiting on the engine's tokens
+    env_s: float = 0.0  # the environment's steps: parsing, tool calls, observations
+    paused_s: float = 0.0  # paused between steps by the overlap scheduler
+    wall_s: float = 0.0  # from the first request to the end of its episode
+    reward_s: float = 0.0  # rewarding it
+    verifier_early_tokens: int | None = None  # verifier prefill under decoding; None: no verifier judged it
+    verifier_late_tokens: int = 0  # verifier prefill after its last token
+    verifier_finish_s: float = 0.0  # from its last token to the verdict
+
+
+@dataclass
 class Trajectory:
     """One interaction as token ids: prompt, then policy and observation segments."""
 
@@ -165,7 +179,7 @@ class Trajectory:
     answer: str | None = None  # the final answer the environment read, if the model gave one
     actions: list[ActionRecord] = field(default_factory=list)
     deferred_steps: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
 
     @property
     def token_ids(self) -> list[int]:

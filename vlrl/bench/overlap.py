@@ -104,25 +104,26 @@ def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, fl
                                           f"steps={steps + 1}", "log.timeline=3"])
     run = asyncio.run(train(cfg))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
-    staleness = [(int(k), n) for r in records for k, n in r.get("staleness", {"0": 1}).items()]
-    tokens = [r["response_length"] * r["trajectories"] for r in records]
+    staleness = [(int(k), n) for r in records for k, n in (r.get("sched/staleness") or {"0": 1}).items()]
+    tokens = [r["rollout/response_length"] * r["rollout/trajectories"] for r in records]
     return {
-        "step_s": statistics.mean(r["step_s"] for r in records),
-        "rollout_s": statistics.mean(r["rollout_s"] + r.get("reward_s", 0.0) for r in records),
-        "update_s": statistics.mean(r.get("update_s", 0.0) + r.get("sync_s", 0.0) for r in records),
-        "busy": statistics.mean(r["engine_busy_fraction"] for r in records),
-        "bubble": statistics.mean(r["bubble_ratio"] for r in records),
-        "tokens_per_s": sum(tokens) / sum(r["step_s"] for r in records),
+        "step_s": statistics.mean(r["perf/step_s"] for r in records),
+        "rollout_s": statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in records),
+        "update_s": statistics.mean(r["perf/update_s"] + r["perf/sync_s"] for r in records),
+        "busy": statistics.mean(r["perf/engine_busy_fraction"] for r in records),
+        "bubble": statistics.mean(r["perf/bubble_ratio"] for r in records),
+        "tokens_per_s": sum(tokens) / sum(r["perf/step_s"] for r in records),
         "tokens_per_step": statistics.mean(tokens),
-        "deferred": statistics.mean(r.get("deferred_fraction", 0.0) for r in records),
+        "deferred": statistics.mean(r["sched/deferred_fraction"] for r in records),
         "staleness": sum(k * n for k, n in staleness) / sum(n for _, n in staleness),
-        "reward": statistics.mean(r["reward"] for r in records),
-        "response_length": statistics.mean(r["response_length"] for r in records),
-        "length_cap_rate": sum(r["finish"].get("length", 0) for r in records) / sum(r["trajectories"]
-                                                                                    for r in records),
-        "finished_length": statistics.mean(r.get("response_length_finished", r["response_length"]) for r in records),
-        "dropped": sum(r["dropped"].get("staleness", 0) for r in records) / sum(
-            r["trajectories"] + r["dropped"].get("staleness", 0) for r in records),
+        "reward": statistics.mean(r["reward/mean"] for r in records),
+        "response_length": statistics.mean(r["rollout/response_length"] for r in records),
+        "length_cap_rate": sum(r["rollout/finish"].get("length", 0) for r in records) / sum(
+            r["rollout/trajectories"] for r in records),
+        "finished_length": statistics.mean(r["sched/response_length_finished"] or r["rollout/response_length"]
+                                           for r in records),
+        "dropped": sum(r["rollout/dropped"].get("staleness", 0) for r in records) / sum(
+            r["rollout/trajectories"] + r["rollout/dropped"].get("staleness", 0) for r in records),
         "hidden": statistics.mean(r.get("verifier_hidden_fraction", 0.0) for r in records),
     }
 

@@ -48,11 +48,9 @@ def run(model_dir: Path, engine: str, steps: int, quick: bool, as_json: bool) ->
     rows: dict[str, dict[str, Any]] = {}
     for name, overrides in setups(cores).items():
         records = measure(model_dir, engine, [*overrides, f"steps={steps}", *(QUICK if quick else [])])[1:]
-        rows[name] = {"step_s": statistics.mean(r["step_s"] for r in records),
-                      "rollout_s": statistics.mean(r["rollout_s"] for r in records),
-                      "update_s": statistics.mean(r["update_s"] for r in records),
-                      "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in records),
-                      "requests": [sum(r.get(f"replica_{i}_requests", 0) for r in records) for i in range(2)]}
+        rows[name] = {key: statistics.mean(r[f"perf/{key}"] for r in records)
+                      for key in ("step_s", "rollout_s", "update_s", "tokens_per_s")}
+        rows[name]["requests"] = [sum(r.get(f"engine/replica_{i}_requests", 0) for r in records) for i in range(2)]
     print(f"scale-out ({engine} engine, {cores} cores, {steps - 1} measured steps after one warm-up; "
           f"{'2 prompts x 4' if quick else '8 prompts x 8'} trajectories per step)")
     print(f"  {'setup':13s} {'step s':>7s} {'rollout s':>10s} {'update s':>9s} {'tokens/s':>9s}  requests per replica")

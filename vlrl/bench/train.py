@@ -23,8 +23,9 @@ WORKLOAD = [
     "rollout.prompts_per_step=8", "rollout.group_size=8", "rollout.max_new_tokens=32",
     "steps=2", "log.progress=false", "log.transcripts_every=0", "log.plots_every=0",
 ]
-KEYS = {"step_s": "step", "rollout_s": "rollout (decode + tools)", "reward_s": "reward",
-        "forward_s": "logprob forward", "update_s": "update (forward + backward + AdamW)", "sync_s": "weight sync"}
+KEYS = {"perf/step_s": "step", "perf/rollout_s": "rollout (decode + tools)", "perf/reward_s": "reward",
+        "perf/forward_s": "logprob forward", "perf/update_s": "update (forward + backward + AdamW)",
+        "perf/sync_s": "weight sync"}
 
 
 def measure(model_dir: Path, engine: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -38,12 +39,13 @@ def measure(model_dir: Path, engine: str, overrides: Sequence[str] = ()) -> list
 
 def run(model_dir: Path, engine: str, as_json: bool) -> dict[str, float]:
     last = measure(model_dir, engine)[-1]
-    print(f"one GRPO step ({engine} engine, 8 prompts x 8 trajectories, {last['trajectories']} trajectories, "
-          f"{last['policy_tokens']:.0f} policy tokens)")
+    print(f"one GRPO step ({engine} engine, 8 prompts x 8 trajectories, {last['rollout/trajectories']} trajectories, "
+          f"{last['loss/policy_tokens']:.0f} policy tokens)")
     for key, label in KEYS.items():
         print(f"  {label:38s} {last[key]:7.2f} s")
-    print(f"  {'tokens/s (generation)':38s} {last['tokens_per_s']:7.0f}")
-    figures = {k: round(float(last[k]), 3) for k in ("step_s", "rollout_s", "update_s", "sync_s", "tokens_per_s")}
+    print(f"  {'tokens/s (generation)':38s} {last['perf/tokens_per_s']:7.0f}")
+    figures = {k: round(float(last[f"perf/{k}"]), 3) for k in ("step_s", "rollout_s", "update_s", "sync_s",
+                                                                "tokens_per_s")}
     if as_json:
         print(json.dumps(figures))
     return figures

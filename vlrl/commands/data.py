@@ -26,7 +26,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--seed", type=int, default=0)
     show.set_defaults(run=run_show)
     score = data_sub.add_parser("score", help="score a JSON-lines file of predictions with a reward")
-    score.add_argument("--reward", required=True, help="chartqa_relaxed, chartqa_lenient, exact_match, ... or module:attr")
+    score.add_argument("--reward", required=True,
+                       help="chartqa_relaxed, chartqa_lenient, exact_match, ... or module:attr")
     score.add_argument("--pred", required=True, help='rows {"prediction": str, "answer": str | [str], "split"?: str}')
     score.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     score.set_defaults(run=run_score)

@@ -21,7 +21,6 @@ import dataclasses
 import random
 import sys
 import time
-from collections import Counter
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,10 +31,20 @@ from vlrl.config import TrainConfig
 from vlrl.distributed import TrainerRankLost, cluster
 from vlrl.engines.base import Engine
 from vlrl.env import Env, make_env
+from vlrl.metrics import (
+    AlgoFigures,
+    EngineFigures,
+    RewardFigures,
+    StepRecord,
+    VerifierFigures,
+    WarmStartRecord,
+    update_figures,
+)
 from vlrl.recipes.checkpoint import latest_checkpoint, save_checkpoint
 from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, task_stream
 from vlrl.recipes.summary import HELDOUT_MARKS, PAIRED, heldout_after, heldout_before, peak_rss_gb, print_summary
 from vlrl.rollout.chunks import ChunkTuner
+from vlrl.rollout.figures import rollout_record
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.rollout.play import play_agent
 from vlrl.rollout.scheduler import OverlapScheduler
@@ -101,11 +110,12 @@ async def warm_start(run: Run, env: Env) -> None:
     rng = random.Random(cfg.seed)
     progress = progress_bar(cfg, ws.steps, 0, f"{cfg.name} warm start")
     for step in range(ws.steps):
-        metrics = await run.compute.run(sft.imitate, rng.sample(demos, min(ws.batch_size, len(demos))))
-        run.out.log(step, metrics, phase="warmstart")
+        m = await run.compute.run(sft.imitate, rng.sample(demos, min(ws.batch_size, len(demos))))
+        record = WarmStartRecord(m["sft_loss"], m["sft_token_p_over_half"], m["grad_norm"], m["lr"], m["update_s"])
+        run.out.log(step, record.flat(), phase="warmstart")
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
+            progress.set_postfix(loss=f"{record.loss:.3f}")
     if progress is not None:
         progress.close()
     await sync_weights(run.trainer, run.engine, run.compute)  # the sibling trained the trainer's own model
@@ -127,14 +137,15 @@ async def rl_steps(run: Run, env: Env) -> None:
     for step in range(state.step, cfg.steps):
         if tuner is not None:
             manager.chunk_tokens = tuner.current
-        metrics = await rl_step(run, step, manager, scheduler, stream)
+        record = await rl_step(run, step, manager, scheduler, stream)
         if tuner is not None:
-            tuner.observe(metrics["step_s"])
-        await after_step(run, step, metrics, scheduler)
+            tuner.observe(record.perf.step_s)
+        await after_step(run, step, record, scheduler)
         if progress is not None:
+            reward = record.reward or RewardFigures()
             progress.update(1)
-            progress.set_postfix(reward=f"{metrics.get('reward', 0):.3f}", acc=f"{metrics.get('accuracy', 0):.3f}",
-                                 tools=f"{metrics.get('tool_call_rate', 0):.2f}")
+            progress.set_postfix(reward=f"{reward.mean:.3f}", acc=f"{reward.parts.get('accuracy', 0):.3f}",
+                                 tools=f"{record.rollout.tool_call_rate:.2f}")
     if progress is not None:
         progress.close()
     if scheduler is not None:
@@ -142,70 +153,72 @@ async def rl_steps(run: Run, env: Env) -> None:
 
 
 async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
-                  stream: Iterator[Sample]) -> dict[str, Any]:
-    """collect -> prepare -> update -> sync -> log; returns the step's metrics."""
+                  stream: Iterator[Sample]) -> StepRecord:
+    """collect -> prepare -> update -> sync -> log; returns the step's record."""
     began = time.perf_counter()
     manager.timeline.mark(f"step {step}", began)
-    result, metrics = await collect(run.cfg, step, manager, scheduler, stream)
+    result, record = await collect(run.cfg, step, manager, scheduler, stream)
     rolled = time.perf_counter()
     batch = await run.compute.run(run.algo.prepare, result.groups)
-    metrics |= batch.metrics
+    record.algo = AlgoFigures(prepared=batch.metrics)
     if batch.items:
         with manager.timeline.span(TRAINER, "update"):
-            metrics |= await run.compute.run(run.algo.update, run.trainer, batch, step)
+            record.loss, times = update_figures(await run.compute.run(run.algo.update, run.trainer, batch, step))
         with manager.timeline.span(TRAINER, "sync"):
-            metrics["sync_s"] = await sync_weights(run.trainer, run.engine, run.compute)
-    metrics["version"] = run.trainer.version
-    log_step(run, step, manager, scheduler, result, metrics, (began, rolled, time.perf_counter()))
-    return metrics
+            record.perf = dataclasses.replace(record.perf, **times,
+                                              sync_s=await sync_weights(run.trainer, run.engine, run.compute))
+    log_step(run, step, manager, scheduler, result, record, (began, rolled, time.perf_counter()))
+    return record
 
 
 async def collect(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
-                  stream: Iterator[Sample]) -> tuple[RolloutResult, dict[str, Any]]:
+                  stream: Iterator[Sample]) -> tuple[RolloutResult, StepRecord]:
     """The step's rewarded groups: ``prompts_per_step`` new samples (sync), or the overlap scheduler's closed
-    batch; and the rollout's metrics."""
+    batch; and the step's record as far as the rollout knows it."""
     seed = cfg.seed * 100_003 + step
     if scheduler is None:
         samples = list(islice(stream, cfg.rollout.prompts_per_step))
         result = await manager.rollout(samples, seed=seed, tag=f"s{step}")
-        metrics = rollout_metrics(result) | {"groups_started": len(samples)}
+        record = rollout_record(result, groups_started=len(samples))
     else:
         result, stats = await scheduler.step(lambda n: list(islice(stream, n)), seed=seed, tag=f"s{step}")
-        metrics = rollout_metrics(result) | stats.metrics()
+        record = rollout_record(result, groups_started=stats.started)
+        record.sched = stats.figures()
     if manager.verifier is not None:
-        metrics["chunk_tokens"] = manager.chunk_tokens
+        record.verifier = dataclasses.replace(record.verifier or VerifierFigures(),
+                                              chunk_tokens=manager.chunk_tokens)
     for message in result.errors:
         print(f"step {step}: dropped: {message}")
-    return result, metrics
+    return result, record
 
 
 def log_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
-             result: RolloutResult, metrics: dict[str, Any], times: tuple[float, float, float]) -> None:
-    """The engines' figures and the timeline's into ``metrics``; then metrics.jsonl, the timeline file,
+             result: RolloutResult, record: StepRecord, times: tuple[float, float, float]) -> None:
+    """The engines' counters and the timeline's fractions into ``record``; then metrics.jsonl, the timeline file,
     transcripts, and the scheduler's tuner."""
     cfg, engine = run.cfg, run.engine
     began, rolled, end = times
-    metrics |= engine.take_stats()
-    if manager.verifier is not None and manager.verifier.engine is not engine:
-        metrics |= {f"verifier_{key}": value for key, value in manager.verifier.engine.take_stats().items()}
-    metrics["step_s"] = end - began
-    metrics |= manager.timeline.engine_figures(began, rolled, end, cfg.engine.max_num_seqs)
+    record.engine = EngineFigures(engine.take_stats())
+    if manager.verifier is not None and manager.verifier.engine is not engine and record.verifier is not None:
+        record.verifier.engine = manager.verifier.engine.take_stats()
+    record.perf = dataclasses.replace(record.perf, step_s=end - began, version=run.trainer.version,
+                                      **manager.timeline.engine_figures(began, rolled, end, cfg.engine.max_num_seqs))
     if step + 1 == cfg.log.timeline or (step + 1 == cfg.steps and step < cfg.log.timeline):
         manager.timeline.write(run.out.path)
     elif step >= cfg.log.timeline:
         manager.timeline.prune(end)
     if scheduler is not None:
-        scheduler.tune(metrics.get("reward", 0.0))
-    run.out.log(step, metrics)
+        scheduler.tune(record.reward.mean if record.reward is not None else 0.0)
+    run.out.log(step, record.flat())
     if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
         run.out.transcripts(step, result.trajectories, run.tokenizer)
 
 
-async def after_step(run: Run, step: int, metrics: dict[str, Any], scheduler: OverlapScheduler | None) -> None:
+async def after_step(run: Run, step: int, record: StepRecord, scheduler: OverlapScheduler | None) -> None:
     """Where the run is now (for a checkpoint), the curves, a checkpoint every ``checkpoint_every`` steps and at
     the end, and ``checkpoints/last``: a stable name for the final weights."""
     cfg, state = run.cfg, run.state
-    state.step, state.cursor = step + 1, state.cursor + metrics["groups_started"]
+    state.step, state.cursor = step + 1, state.cursor + record.sched.groups_started
     state.pending = scheduler.pending() if scheduler is not None else []
     state.history = run.out.history
     if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
@@ -224,7 +237,8 @@ def finish(run: Run, summary: dict[str, Any]) -> Path:
     cfg, out = run.cfg, run.out
     out.plot({name: summary[key] for name, key in HELDOUT_MARKS.items() if summary.get(key) is not None})
     last = out.history[-1] if out.history else {}
-    summary |= {"steps": cfg.steps, "final_reward": last.get("reward"), "final_accuracy": last.get("accuracy"),
+    summary |= {"steps": cfg.steps, "final_reward": last.get("reward/mean"),
+                "final_accuracy": last.get("reward/accuracy"),
                 "wall_seconds": time.perf_counter() - run.started, "peak_rss_gb": peak_rss_gb(),
                 "weights_version": run.trainer.version}
     for baseline in PAIRED.values():  # per-question lists: kept for resume, not for the summary
@@ -248,40 +262,3 @@ async def sync_weights(trainer: PolicyTrainer, engine: Engine, compute: WorkerTh
         weights = trainer.weights() if compute is None else await compute.run(trainer.weights)
         await engine.update_weights(weights, trainer.version)
     return time.perf_counter() - began
-
-
-def rollout_metrics(result: RolloutResult) -> dict[str, Any]:
-    """Per-step means over the step's trajectories (reward and its parts, tools, turns, lengths, finishes)."""
-    trajs = result.trajectories
-    if not trajs:
-        return {"trajectories": 0, "dropped": dict(result.dropped)}
-    n = len(trajs)
-    stats = [t.tool_stats() for t in trajs]
-    calls = sum(s["tool_calls"] for s in stats)
-    policy_tokens = [sum(t.loss_mask) for t in trajs]
-    metrics: dict[str, Any] = {
-        "reward": sum(t.reward or 0.0 for t in trajs) / n,
-        **{k: sum(t.reward_parts.get(k, 0.0) for t in trajs) / n for k in trajs[0].reward_parts},
-        "tool_call_rate": sum(s["tool_calls"] > 0 for s in stats) / n,
-        "tool_calls": calls / n,
-        "tool_error_rate": sum(s["tool_errors"] for s in stats) / max(calls, 1),
-        "parse_errors": sum(s["parse_errors"] for s in stats) / n,
-        "sandbox_restarts": sum(s["sandbox_restarts"] for s in stats),
-        "turns": sum(t.turns for t in trajs) / n,
-        "response_length": sum(policy_tokens) / n,
-        "finish": dict(Counter(t.finish_reason for t in trajs)),
-        "trajectories": n,
-        "dropped": dict(result.dropped),
-        "rollout_s": result.seconds["generate"],
-        "reward_s": result.seconds["reward"],
-        "tokens_per_s": sum(policy_tokens) / max(result.seconds["generate"], 1e-9),
-        "behavior_version": min((v for t in trajs for v in t.versions if v >= 0), default=-1),
-    }
-    judged = [t.timings for t in trajs if "verifier_early_tokens" in t.timings]
-    if judged:  # where the verifier's prefill happened: under decoding (early) or after the last token (late)
-        early = sum(t["verifier_early_tokens"] for t in judged)
-        late = sum(t["verifier_late_tokens"] for t in judged)
-        metrics |= {"verifier_early_tokens": early, "verifier_late_tokens": late,
-                    "verifier_hidden_fraction": early / max(early + late, 1),
-                    "verifier_finish_s": sum(t["verifier_finish_s"] for t in judged) / len(judged)}
-    return metrics

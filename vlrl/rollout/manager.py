@@ -33,7 +33,7 @@ from vlrl.env import Env
 from vlrl.rewards.verifier import Verdict, Verifier
 from vlrl.rollout.feed import VerifierFeed
 from vlrl.rollout.timeline import Timeline
-from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Trajectory
+from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Timings, Trajectory
 
 Schedule = Literal["sync", "async"]
 Reward = Callable[[str, Sequence[str]], Score]
@@ -151,7 +151,7 @@ class RolloutManager:
         traj = episode.trajectory
         feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens, self.timeline) \
             if self.verifier is not None and reward_now else None
-        traj.timings = {"decode_s": 0.0, "env_s": 0.0, "paused_s": 0.0}
+        traj.timings = Timings()
         start = time.perf_counter()
         self._live[traj_id] = traj
         try:
@@ -165,7 +165,7 @@ class RolloutManager:
                 t1 = time.perf_counter()
                 await episode.step(completion)
                 t2 = time.perf_counter()
-                traj.timings["env_s"] += t2 - t1
+                traj.timings.env_s += t2 - t1
                 if not episode.done:  # a tool ran (or its call was refused) and its observation was appended
                     self.timeline.add(traj_id, "tool", t1, t2)
                 turn += 1
@@ -176,7 +176,7 @@ class RolloutManager:
         finally:
             self._live.pop(traj_id, None)
             await episode.close()
-        traj.timings["wall_s"] = time.perf_counter() - start
+        traj.timings.wall_s = time.perf_counter() - start
         if reward_now:
             await self._reward(traj, sample, feed)
         return traj
@@ -203,7 +203,7 @@ class RolloutManager:
                 paused = rid in self._paused
                 self._paused.discard(rid)
                 t1 = min(time.perf_counter(), self._paused_at) if paused else time.perf_counter()
-                traj.timings["decode_s"] += t1 - t0
+                traj.timings.decode_s += t1 - t0
                 self.timeline.add(traj.id, "decode", t0, t1)
             ids += piece.token_ids
             logprobs += piece.logprobs
@@ -220,7 +220,7 @@ class RolloutManager:
         t0 = time.perf_counter() if since is None else since
         await self._open.wait()
         t1 = time.perf_counter()
-        traj.timings["paused_s"] += t1 - t0
+        traj.timings.paused_s += t1 - t0
         self.timeline.add(traj.id, "paused", t0, t1)
 
     async def _reward(self, traj: Trajectory, sample: Sample, feed: VerifierFeed | None = None) -> None:
@@ -235,7 +235,7 @@ class RolloutManager:
                 feed.cancel()
                 raise
             mix_verdict(traj, verdict, self.verifier_weight)
-        traj.timings["reward_s"] = time.perf_counter() - t0
+        traj.timings.reward_s = time.perf_counter() - t0
 
     async def _reward_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
         try:
@@ -265,8 +265,8 @@ def mix_verdict(traj: Trajectory, verdict: Verdict, weight: float) -> None:
     assert traj.reward is not None
     traj.reward = (1.0 - weight) * traj.reward + weight * verdict.score
     traj.reward_parts["verifier"] = verdict.score
-    traj.timings |= {"verifier_early_tokens": verdict.early_tokens, "verifier_late_tokens": verdict.late_tokens,
-                     "verifier_finish_s": verdict.finish_s}
+    traj.timings = replace(traj.timings, verifier_early_tokens=verdict.early_tokens,
+                           verifier_late_tokens=verdict.late_tokens, verifier_finish_s=verdict.finish_s)
 
 
 def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:

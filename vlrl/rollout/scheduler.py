@@ -24,8 +24,9 @@ import asyncio
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from vlrl.metrics import SchedFigures
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.types import Sample, Trajectory
 
@@ -56,13 +57,13 @@ class StepStats:
     staleness: Counter = field(default_factory=Counter)  # steps carried -> trained groups
     finished_lengths: list[int] = field(default_factory=list)  # policy tokens of every trajectory ended by the close
 
-    def metrics(self) -> dict[str, Any]:
-        """The figures metrics.jsonl records. ``response_length_finished`` beside the trained
+    def figures(self) -> SchedFigures:
+        """The step's ``sched/`` figures. ``response_length_finished`` beside the trained
         ``response_length`` shows whether closing early biases training toward short answers."""
-        return {"groups_started": self.started, "groups_carried": self.carried, "requests_paused": self.paused,
-                "extra_groups": self.extra, "deferred_fraction": self.carried / max(self.in_flight, 1),
-                "staleness": {str(k): n for k, n in sorted(self.staleness.items())},
-                "response_length_finished": sum(self.finished_lengths) / max(len(self.finished_lengths), 1)}
+        return SchedFigures(groups_started=self.started, groups_carried=self.carried, requests_paused=self.paused,
+                            extra_groups=self.extra, deferred_fraction=self.carried / max(self.in_flight, 1),
+                            staleness={str(k): n for k, n in sorted(self.staleness.items())},
+                            response_length_finished=sum(self.finished_lengths) / max(len(self.finished_lengths), 1))
 
 
 class OverlapScheduler:

@@ -163,7 +163,7 @@ class PolicyTrainer:
         if all(isinstance(it.advantage, float) for it in batch):
             advantages = torch.tensor([it.advantage for it in batch], dtype=torch.float32, device=device)
         else:
-            advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(len(it.trajectory.token_ids) - 1)
+            advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(length(it) - 1)
                               for it in batch]).to(device)
         ref = None
         if self.reference is not None and self.objective.needs_reference:
