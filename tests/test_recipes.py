@@ -23,4 +23,4 @@ def test_the_ppo_recipe_runs_on_the_tiny_model(tiny_dir, tmp_path):
     vlrl("train", "configs/ppo_critic.yaml", f"model.path={tiny_dir}", "steps=1", "rollout.prompts_per_step=2",
          "rollout.max_new_tokens=8", f"log.dir={tmp_path}", "log.progress=false")
     record = json.loads((tmp_path / "latest" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["value_loss"] >= 0 and record["version"] == 1
+    assert record["loss/value_loss"] >= 0 and record["perf/version"] == 1

@@ -77,7 +77,7 @@ def test_rollout_groups_record_rewards_masks_logprobs_and_times(run, engine, tok
             assert policy and all(t.versions[i] == 0 for i in policy)
             assert all(t.behavior_logprobs[i] <= 0 for i in policy)
             assert t.timings.decode_s > 0 and t.timings.wall_s >= t.timings.decode_s + t.timings.env_s
-    assert set(result.seconds) == {"wall", "generate", "reward"}
+    assert result.seconds.wall >= result.seconds.generate + result.seconds.reward - 1e-9 > 0
     # the same seed samples the same tokens
     again = rollout(run, engine, tokenizer, vision, EnvConfig(max_turns=2, sandbox=SandboxConfig(workers=2)),
                     chartqa_relaxed, samples, group_size=2)

@@ -16,7 +16,7 @@ def rollout_record(result: RolloutResult, groups_started: int) -> StepRecord:
     stats = [t.tool_stats() for t in trajs]
     calls = sum(s["tool_calls"] for s in stats)
     policy_tokens = [sum(t.loss_mask) for t in trajs]
-    generate, reward_s = result.seconds.get("generate", 0.0), result.seconds.get("reward", 0.0)
+    generate, reward_s = result.seconds.generate, result.seconds.reward
     rollout = RolloutFigures(
         trajectories=len(trajs), dropped=dict(result.dropped), finish=dict(Counter(t.finish_reason for t in trajs)),
         tool_call_rate=sum(s["tool_calls"] > 0 for s in stats) / n, tool_calls=calls / n,

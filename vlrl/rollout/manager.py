@@ -39,14 +39,23 @@ Schedule = Literal["sync", "async"]
 Reward = Callable[[str, Sequence[str]], Score]
 
 
+@dataclass(frozen=True)
+class Seconds:
+    """Where a rollout's time went."""
+
+    wall: float = 0.0  # the whole rollout
+    generate: float = 0.0  # until the last trajectory's last token (tools included)
+    reward: float = 0.0  # rewarding after that (sync; else rewards run during generation)
+
+
 @dataclass
 class RolloutResult:
-    """The groups of one rollout, what was dropped and why, and the phase times (seconds)."""
+    """The groups of one rollout, what was dropped and why, and the phase times."""
 
     groups: list[Group]
     dropped: Counter = field(default_factory=Counter)  # reason -> trajectories
     errors: list[str] = field(default_factory=list)  # the first few messages, for the log
-    seconds: dict[str, float] = field(default_factory=dict)  # wall, generate, reward
+    seconds: Seconds = field(default_factory=Seconds)
 
     @property
     def trajectories(self) -> list[Trajectory]:
@@ -143,7 +152,7 @@ class RolloutManager:
         for i, sample in enumerate(samples):
             result.add(sample, by_sample[i])
         end = time.perf_counter()
-        result.seconds = {"wall": end - start, "generate": generated - start, "reward": end - generated}
+        result.seconds = Seconds(wall=end - start, generate=generated - start, reward=end - generated)
         return result
 
     async def _trajectory(self, sample: Sample, traj_id: str, seed: int, reward_now: bool) -> Trajectory:

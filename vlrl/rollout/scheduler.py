@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from vlrl.metrics import SchedFigures
-from vlrl.rollout.manager import RolloutManager, RolloutResult
+from vlrl.rollout.manager import RolloutManager, RolloutResult, Seconds
 from vlrl.types import Sample, Trajectory
 
 
@@ -124,7 +124,7 @@ class OverlapScheduler:
             self.flights.remove(flight)
         stats.carried = len(self.flights)
         end = time.perf_counter()
-        result.seconds = {"wall": end - start, "generate": generated - start, "reward": 0.0}
+        result.seconds = Seconds(wall=end - start, generate=generated - start)
         return result, stats
 
     def tune(self, mean_reward: float) -> None:
