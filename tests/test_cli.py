@@ -168,6 +168,7 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
             "reward_overlap"} <= set(figures)
     assert all(figures[k] > 0 for k in figures if k.startswith("speedup"))
     assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap"))
+    assert figures["verifier_hidden_intra"] > 0  # streamed in chunks, part of the verifier's prefill ran early
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
     assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
     for schedule in ("sync", "intra", "inter", "intra-inter"):  # each schedule ran its 1 + 1 steps and drew them

@@ -124,7 +124,7 @@ def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, fl
                                            for r in records),
         "dropped": sum(r["rollout/dropped"].get("staleness", 0) for r in records) / sum(
             r["rollout/trajectories"] + r["rollout/dropped"].get("staleness", 0) for r in records),
-        "hidden": statistics.mean(r.get("verifier_hidden_fraction", 0.0) for r in records),
+        "hidden": statistics.mean(r.get("verifier/hidden_fraction", 0.0) for r in records),
     }
 
 
@@ -151,7 +151,8 @@ def run(model_dir: Path, steps: int, as_json: bool, keep: Path | None = None) ->
                "speedup_intra": base / results["intra"]["step_s"],
                "bubble_sync": results["sync"]["bubble"], "bubble_overlap": results["intra+inter"]["bubble"],
                "reward_sync": results["sync"]["reward"], "reward_overlap": results["intra+inter"]["reward"],
-               "speedup_bound": base / update, "peak_tokens_per_s": peak}
+               "verifier_hidden_intra": results["intra"]["hidden"], "speedup_bound": base / update,
+               "peak_tokens_per_s": peak}
     figures = {k: round(v, 3) for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
