@@ -21,6 +21,7 @@ terms, an engine's counters) are a field each, spread into ``namespace/key`` nam
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -98,8 +99,8 @@ class VerifierFigures(Section):
     hidden_fraction: float = figure("fraction", "early / (early + late): the verifier's work hidden under decoding")
     finish_s: float = figure("s", "per trajectory: from its last token to its verdict")
     chunk_tokens: int = figure("tokens", "policy tokens per piece streamed to the verifier (fixed, or tuned)", 0)
-    engine: dict[str, float] = family("count", "the verifier's own engine's counters (as engine/<counter>), when it "
-                                      "has one", "<counter>")
+    engine: dict[str, float] = family("count", "the counters of the verifier's own engine, when it has one (as "
+                                      "engine/<counter> are the policy engine's)", "<counter>")
 
 
 @dataclass
@@ -133,7 +134,7 @@ class LossFigures(Section):
     NAMESPACE = "loss"
     policy: float = figure("loss", "the policy loss (the algorithm's objective, KL included)")
     entropy: float = figure("nats", "the policy's entropy per policy token")
-    parity: float = figure("nats", "mean |log pi_old - log mu| over engine-sampled tokens (trainer vs engine)")
+    parity: float = figure("nats", "mean abs(log pi_old - log mu) over engine-sampled tokens (trainer vs engine)")
     grad_norm: float = figure("norm", "the global gradient norm before clipping (several steps: the last's)")
     lr: float = figure("lr", "the learning rate (several steps: the last's)")
     policy_tokens: float = figure("tokens", "tokens the loss saw")
@@ -237,7 +238,7 @@ def glossary() -> str:
              "(warm-start steps: `warmstart.jsonl`). Generated from `vlrl/metrics.py` by "
              "`python -m vlrl.metrics > docs/metrics.md`; a test checks that this page is up to date.", ""]
     for section in SECTIONS:
-        lines += [f"## `{section.NAMESPACE}/`", "", (section.__doc__ or "").strip(), "",
+        lines += [f"## `{section.NAMESPACE}/`", "", inspect.cleandoc(section.__doc__ or ""), "",
                   "| name | unit | meaning |", "|---|---|---|"]
         for f in fields(section):  # type: ignore[arg-type]
             name = f"{section.NAMESPACE}/{f.metadata.get('family', f.name)}"
