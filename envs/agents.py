@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from typing import Any, Literal, get_args
@@ -86,25 +87,31 @@ class TeacherAgent(ScriptedAgent):
     """An imperfect expert, as a weaker model's traces are: it calls the focus tool with
     probability ``p_tool`` and answers right with probability ``p_correct``, else with a
     plausible wrong answer (``plausible_wrong``: by ``confusion``, the label closest in value
-    or the label next to the right one, or a number 10-25% off). With probability ``p_verbose``
-    its answer opens with a THOUGHT of 1 to ``verbose_lines`` sentences (uniform), so its
-    answers, and a model imitating them, are mostly short with a long tail (the workload of
-    `vlrl bench overlap`). Each episode's draws depend only on (seed, episode id), so its
-    turns agree and runs repeat.
+    or the label next to the right one, or a number 10-25% off). Its answer may open with a
+    THOUGHT (sentences of about 6 tokens), so its answers, and a model imitating them, have
+    a long tail (the workloads of `vlrl bench overlap`): with ``cot_median`` > 0 every answer
+    does, its length in sentences drawn from a lognormal of that median and log-scale
+    ``cot_sigma``, at most ``cot_cap``; else, with probability ``p_verbose``, of 1 to
+    ``verbose_lines`` sentences (uniform). Each episode's draws depend only on (seed, episode
+    id), so its turns agree and runs repeat.
     """
 
     def __init__(self, seed: int = 0, p_tool: float = 0.8, p_correct: float = 0.6, brief: bool = False,
-                 confusion: Confusion = "value", p_verbose: float = 0.0, verbose_lines: int = 40):
+                 confusion: Confusion = "value", p_verbose: float = 0.0, verbose_lines: int = 40,
+                 cot_median: float = 0.0, cot_sigma: float = 1.0, cot_cap: int = 200):
         super().__init__(seed, brief)
         if not (0 <= p_tool <= 1 and 0 <= p_correct <= 1 and 0 <= p_verbose <= 1):
             raise ValueError(f"p_tool, p_correct and p_verbose must be in [0, 1], got {p_tool}, {p_correct}, "
                              f"{p_verbose}")
         if confusion not in CONFUSIONS:
             raise ValueError(f"confusion must be one of {CONFUSIONS}, got {confusion!r}")
-        if verbose_lines < 1:
-            raise ValueError(f"verbose_lines must be >= 1, got {verbose_lines}")
+        if verbose_lines < 1 or cot_cap < 1:
+            raise ValueError(f"verbose_lines and cot_cap must be >= 1, got {verbose_lines}, {cot_cap}")
+        if cot_median < 0 or cot_sigma < 0:
+            raise ValueError(f"cot_median and cot_sigma must be >= 0, got {cot_median}, {cot_sigma}")
         self.p_tool, self.p_correct, self.confusion = p_tool, p_correct, confusion
         self.p_verbose, self.verbose_lines = p_verbose, verbose_lines
+        self.cot_median, self.cot_sigma, self.cot_cap = cot_median, cot_sigma, cot_cap
 
     def _rng(self, episode: ToolEpisode) -> random.Random:
         return random.Random(f"{self.seed}/{episode.id}")
@@ -119,10 +126,16 @@ class TeacherAgent(ScriptedAgent):
         return right if rng.random() < self.p_correct else plausible_wrong(episode, right, rng, self.confusion)
 
     def final_thought(self, episode: ToolEpisode, edited: bool) -> str:
-        rng = random.Random(f"{self.seed}/{episode.id}/verbose")
-        if rng.random() >= self.p_verbose:
+        lines = self.thought_lines(random.Random(f"{self.seed}/{episode.id}/verbose"))
+        if not lines:
             return super().final_thought(episode, edited)
-        return "THOUGHT:" + " I check the bars again." * rng.randint(1, self.verbose_lines) + "\n"
+        return "THOUGHT:" + " I check the bars again." * lines + "\n"
+
+    def thought_lines(self, rng: random.Random) -> int:
+        """Sentences of the answer's THOUGHT (0: none)."""
+        if self.cot_median > 0:
+            return max(1, min(round(rng.lognormvariate(math.log(self.cot_median), self.cot_sigma)), self.cot_cap))
+        return rng.randint(1, self.verbose_lines) if rng.random() < self.p_verbose else 0
 
 
 def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random, confusion: Confusion = "value") -> str:

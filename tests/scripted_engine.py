@@ -37,10 +37,13 @@ class ScriptedEngine(Engine):
         self._queues[request_id], self._out[request_id] = queue, []
         if self._loop is None or self._loop.done():
             self._loop = asyncio.create_task(self._run())
-        while (delta := await queue.get()) is not None:
-            yield delta
-            if delta.finish_reason is not None:
-                return
+        try:
+            while (delta := await queue.get()) is not None:
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+        finally:  # a stream closed early (its task cancelled) is an abort: the request leaves the batch
+            self._queues.pop(request_id, None)
 
     async def _run(self) -> None:
         while self._queues:
@@ -61,6 +64,13 @@ class ScriptedEngine(Engine):
                 queue.put_nowait(Delta(rid, (token,), (-1.0,), self.version, "stop" if last else None))
                 if last:
                     del self._queues[rid]
+
+    async def advance(self, ticks: int) -> None:
+        """Return once ``ticks`` more ticks have passed (or nothing is left to decode): a trainer's update that
+        takes that long while the engine goes on decoding."""
+        until = self.ticks + ticks
+        while self.ticks < until and self._queues:
+            await asyncio.sleep(0)
 
     async def abort(self, request_id: str) -> Completion:
         queue = self._queues.pop(request_id, None)

@@ -88,6 +88,23 @@ def test_truncated_importance_weights():
         off_policy_weights(torch.zeros(1), torch.zeros(1), cap=0.5)
 
 
+def test_sequence_and_masked_importance_weights_follow_the_whole_trajectory():
+    # two trajectories of 3 tokens; the last token of the second is scripted (not sampled): it weighs 1
+    trainer = torch.tensor([[0.3, 0.3, 0.3], [0.1, -0.05, 5.0]])
+    behavior = torch.zeros(2, 3)
+    sampled = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    seq = off_policy_weights(trainer, behavior, 2.0, sampled, level="sequence")
+    # the first's ratio is exp(0.9) = 2.46 > 2: truncated to 2; the second's exp(0.05) on its sampled tokens
+    assert torch.allclose(seq, torch.tensor([[2.0, 2.0, 2.0], [math.exp(0.05), math.exp(0.05), 1.0]]))
+    masked = off_policy_weights(trainer, behavior, 2.0, sampled, level="sequence", mode="mask")
+    assert torch.equal(masked, torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+    # per token, a ratio below 1 / cap is masked as well as one above cap
+    token = off_policy_weights(torch.tensor([[0.5, -0.8, 0.8]]), torch.zeros(1, 3), 2.0, mode="mask")
+    assert torch.equal(token, torch.tensor([[1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="level"):
+        off_policy_weights(trainer, behavior, 2.0, level="trajectory")
+
+
 def test_gae_skips_observation_tokens():
     values = torch.tensor([[0.5, 9.0, 0.4, 0.3]])  # token 1 is an observation: its value is never used
     rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0]])

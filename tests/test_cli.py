@@ -162,16 +162,22 @@ def test_bench_train_json():
 
 @pytest.mark.slow
 def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
-    out = vlrl("bench", "overlap", "--steps", "1", "--keep", str(tmp_path / "runs"), "--json").stdout
+    out = vlrl("bench", "overlap", "--workload", "longtail-charts", "--schedules", "sync,intra,disaggregated",
+               "--steps", "1", "--keep", str(tmp_path / "runs"), "--json").stdout
     figures = json.loads(out.strip().splitlines()[-1])
-    assert {"speedup_intra_inter", "speedup_inter", "speedup_intra", "bubble_sync", "bubble_overlap", "reward_sync",
-            "reward_overlap"} <= set(figures)
+    assert {"workload", "rollout_share_sync", "speedup_intra", "speedup_disaggregated", "best", "bubble_sync",
+            "bubble_overlap", "efficiency_best", "reward_sync", "reward_overlap"} <= set(figures)
+    assert figures["workload"] == "longtail-charts" and figures["best"] in ("intra", "disaggregated")
     assert all(figures[k] > 0 for k in figures if k.startswith("speedup"))
-    assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap"))
+    assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap",
+                                              "rollout_share_sync", "efficiency_best"))
     assert figures["verifier_hidden_intra"] > 0  # streamed in chunks, part of the verifier's prefill ran early
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
     assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
-    for schedule in ("sync", "intra", "inter", "intra-inter"):  # each schedule ran its 1 + 1 steps and drew them
+    for schedule in ("sync", "intra", "disaggregated"):  # each schedule ran its 1 + 1 steps and drew them
         [run] = (tmp_path / "runs").glob(f"{schedule}-2*")
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and (run / "timeline.png").exists()
-    assert "intra+inter |" in out and "rollout s | update s" in out and "efficiency" in out
+    disaggregated = [json.loads(line) for line in next((tmp_path / "runs").glob("disaggregated-2*")).joinpath(
+        "metrics.jsonl").read_text().splitlines()]
+    assert all(r["sched/requests_paused"] == 0 and "engine/replica_0_requests" in r for r in disaggregated)
+    assert "disaggregated |" in out and "rollout s | update s" in out and "efficiency" in out

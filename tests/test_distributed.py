@@ -183,15 +183,21 @@ def records_of(run_dir, name: str = "metrics.jsonl") -> list[dict]:
     return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
-def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_config, tmp_path):
+@pytest.mark.parametrize("decode_during_update", [False, True], ids=["paused-through-update", "disaggregated"])
+def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_config, tmp_path, decode_during_update):
     vlrl("train", str(train_config), *TRAIN_ON_RAY, "rollout.schedule=overlap", "rollout.extra_groups=2", "steps=3",
-         "rollout.max_new_tokens=64",
-         "verifier.model=policy", "verifier.weight=0.25", "verifier.chunk_tokens=4")
-    records = records_of((tmp_path / "runs" / "latest").resolve())
+         "rollout.max_new_tokens=64", f"rollout.decode_during_update={str(decode_during_update).lower()}",
+         "distributed.trainer_threads=1", "verifier.model=policy", "verifier.weight=0.25", "verifier.chunk_tokens=4")
+    run_dir = (tmp_path / "runs" / "latest").resolve()
+    records = records_of(run_dir)
     for r in records:
         assert r["engine/replica_0_requests"] > 0 and r["engine/replica_1_requests"] > 0
         assert r["engine/replicas_alive"] == 2 and r["rollout/trajectories"] == 6
         assert r["verifier/early_tokens"] > 0 and r["perf/version"] == r["step"] + 1
+        assert r["sched/requests_paused"] == 0 or not decode_during_update  # disaggregated: nothing is aborted
+    groups = json.loads((run_dir / "summary.json").read_text())["groups"]
+    assert groups["entered"] == groups["trained"] + groups["in_flight_at_end"] == sum(
+        r["sched/groups_started"] for r in records)
     entered, accounted = groups_accounted(records, 3)
     assert entered == accounted
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from itertools import islice
 
 import pytest
@@ -35,6 +36,15 @@ LENGTHS = {
 }
 
 
+def charts() -> list:
+    return list(islice(synthetic_charts(seed=0, kinds=("v_bar",)), 8))
+
+
+def scripted_manager(engine, env, tokenizer) -> RolloutManager:
+    """G = 2 trajectories per group, rewarded as each ends."""
+    return RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=100), 2, "async")
+
+
 def length_of(traj_id: str) -> int:
     group, member = traj_id.rsplit("-", 1)
     return LENGTHS[group][int(member)]
@@ -42,13 +52,12 @@ def length_of(traj_id: str) -> int:
 
 def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenizer, vision):
     engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    drawn = list(islice(synthetic_charts(seed=0, kinds=("v_bar",)), 8))
+    drawn = charts()
     samples = iter(drawn)
 
     async def go():
         async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
-            manager = RolloutManager(engine, env, tokenizer, chartqa_relaxed, SamplingParams(max_tokens=100), 2,
-                                     "async")
+            manager = scripted_manager(engine, env, tokenizer)
             scheduler = OverlapScheduler(manager, groups=2, extra=2, max_staleness=2)
             steps = []
             for step in range(3):
@@ -67,6 +76,8 @@ def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenize
     assert [s.carried for _, s, _ in steps] == [2, 2, 1]
     assert [dict(r.dropped) for r, _, _ in steps] == [{}, {}, {"staleness": 2}]
     assert dict(steps[2][1].staleness) == {2: 1, 0: 1}
+    # s0-1's tokens: 9 + 2 sampled two versions back, 5 one back; s0-1-0's last 26 and s2-0's 60 by the policy trained
+    assert dict(steps[2][1].token_staleness) == {0: 86, 1: 5, 2: 11}
     # every group that entered was trained once, dropped (s0-3: the 4th drawn) or is still in flight (s2-1)
     trained_ids = [g.sample.id for r, _, _ in steps for g in r.groups]
     assert len(trained_ids) == len(set(trained_ids)) == 6
@@ -80,6 +91,114 @@ def test_the_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenize
     spans = sorted((s for s in timeline.spans if s.track == "s0-1-0"), key=lambda s: s.start)
     assert [s.phase for s in spans] == ["decode", "paused", "decode", "paused", "decode"]
     assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))
+
+
+def test_by_default_nothing_is_dropped_and_the_run_end_counts_what_is_in_flight(run, tokenizer, vision):
+    engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    samples = iter(charts())
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = scripted_manager(engine, env, tokenizer)
+            scheduler = OverlapScheduler(manager, groups=2, extra=2)
+            steps = []
+            for step in range(3):
+                steps.append(await scheduler.step(lambda n: list(islice(samples, n)), seed=step, tag=f"s{step}"))
+                await engine.update_weights({}, step + 1)
+            return steps, [f.sample.id for f in scheduler.flights], await scheduler.close()
+
+    steps, left, closed = run(go())
+    # the same schedule as with a cap of 2, except that s0-3 (60 tokens) is kept, not dropped as stale
+    trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r, _ in steps]
+    assert trained == [["s0-0", "s0-2"], ["s1-0", "s1-1"], ["s0-1", "s2-0"]]
+    assert all(not r.dropped for r, _ in steps)
+    assert closed == len(left) == 2  # s0-3 and s2-1: in flight when the run ends, counted by close
+
+
+def test_a_checkpoint_keeps_the_paused_tokens_and_the_resumed_run_decodes_only_the_rest(run, tokenizer, vision):
+    """The hand-computed schedule again, killed after step 0: its groups in flight go through pickle (as in a
+    checkpoint) to a new manager and scheduler, and the run goes on exactly as the uninterrupted one did."""
+    engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    samples = iter(charts())
+
+    def draw(n):
+        return list(islice(samples, n))
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = scripted_manager(engine, env, tokenizer)
+            scheduler = OverlapScheduler(manager, groups=2, extra=2)
+            first, _ = await scheduler.step(draw, seed=0, tag="s0")
+            await engine.update_weights({}, 1)
+            kept = pickle.dumps(scheduler.pending())
+            await scheduler.close()  # the process is killed
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = scripted_manager(engine, env, tokenizer)
+            scheduler = OverlapScheduler(manager, groups=2, extra=2)
+            scheduler.readmit(pickle.loads(kept), seed=1, tag="s1-resumed")
+            steps = [first]
+            for step in (1, 2):
+                steps.append((await scheduler.step(draw, seed=step, tag=f"s{step}"))[0])
+                await engine.update_weights({}, step + 1)
+            await scheduler.close()
+            return pickle.loads(kept), steps
+
+    kept, steps = run(go())
+    (_, _, s0_1), (_, _, s0_3) = kept
+    assert [type(w).__name__ for w in s0_1] == ["KeptWork", "Trajectory"]  # s0-1-1 had ended (2 tokens)
+    assert s0_1[0].tokens == 9 and s0_1[0].partial.versions == (0,) * 9 and s0_3[0].tokens == s0_3[1].tokens == 9
+    trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r in steps]
+    assert trained == [["s0-0", "s0-2"], ["s1-0", "s1-1"], ["s0-1", "s2-0"]]
+    resumed = next(t for t in steps[2].trajectories if t.id == "s0-1-0")
+    assert [v for v in resumed.versions if v >= 0] == [0] * 9 + [1] * 5 + [2] * 26 and resumed.deferred_steps == 2
+    assert engine.made["s0-1-0"] == sum(resumed.loss_mask) == 40  # not one token decoded twice
+
+
+# the disaggregated mode (B = 2, Δ = 2, G = 2): the engine decodes through each 10-tick update
+#   step 0: s0-0 ends at tick 5, s0-2 at 9 -> trains them; s0-1, s0-3 go on decoding (no pause);
+#           the update runs ticks 10-19 at version 0, in which s0-3 ends (tick 12); version 1 from tick 20
+#   step 1: + s1-0 (ends tick 22), s1-1 (tick 24) -> closes at 22 on s0-3 (carried once) and s1-0;
+#           the update runs ticks 23-32 at version 1, in which s1-1 ends; version 2 from tick 33
+#   step 2: + s2-0, s2-1 (30, 50 ticks) -> s0-1-0 reaches 40 tokens at tick 40: trains s0-1 (carried twice), s1-1
+KEEP_DECODING = {
+    "s0-0": (3, 5), "s0-1": (40, 2), "s0-2": (4, 9), "s0-3": (12, 12),
+    "s1-0": (2, 3), "s1-1": (5, 1),
+    "s2-0": (30, 30), "s2-1": (50, 50),
+}
+
+
+def test_the_disaggregated_schedule_under_known_lengths_is_the_hand_computed_one(run, tokenizer, vision):
+    def lengths(traj_id):
+        group, member = traj_id.rsplit("-", 1)
+        return KEEP_DECODING[group][int(member)]
+
+    engine = ScriptedEngine(lengths, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    samples = iter(charts())
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            manager = scripted_manager(engine, env, tokenizer)
+            scheduler = OverlapScheduler(manager, groups=2, extra=2, keep_decoding=True)
+            steps = []
+            for step in range(3):
+                result, stats = await scheduler.step(lambda n: list(islice(samples, n)), seed=step, tag=f"s{step}")
+                steps.append((result, stats, engine.ticks))
+                await engine.advance(10)  # the update, while the engine decodes
+                await engine.update_weights({}, step + 1)
+            await scheduler.close()
+            return steps
+
+    steps = run(go())
+    trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r, _, _ in steps]
+    assert trained == [["s0-0", "s0-2"], ["s0-3", "s1-0"], ["s0-1", "s1-1"]]
+    assert [ticks for _, _, ticks in steps] == [9, 22, 40]
+    assert [s.paused for _, s, _ in steps] == [0, 0, 0]  # nothing was aborted
+    assert [dict(s.staleness) for _, s, _ in steps] == [{0: 2}, {1: 1, 0: 1}, {2: 1, 1: 1}]
+    s0_1 = next(t for t in steps[2][0].trajectories if t.id == "s0-1-0")
+    assert s0_1.deferred_steps == 2
+    assert [v for v in s0_1.versions if v >= 0] == [0] * 19 + [1] * 13 + [2] * 8
+    # s0-1's 19 + 2 tokens two versions back; its 13 and s1-1's 6 one back; its last 8 by the policy trained
+    assert dict(steps[2][1].token_staleness) == {0: 8, 1: 19, 2: 21}
 
 
 @pytest.fixture(params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])

@@ -86,6 +86,10 @@ def test_overlap_trains_every_group_once_or_drops_it_and_survives_resume(train_c
     assert (whole / "timeline.png").stat().st_size > 10_000
     entered, accounted = groups_accounted(records, 3)
     assert entered == accounted
+    groups = json.loads((whole / "summary.json").read_text())["groups"]  # the run's own account says the same
+    dropped = sum(groups["dropped_trajectories"].values()) // 3
+    assert groups["entered"] == entered == groups["trained"] + dropped + groups["in_flight_at_end"]
+    assert groups["in_flight_at_end"] == records[-1]["sched/groups_carried"]
     pending = torch.load(whole / "checkpoints" / "step-2" / "state.pt", weights_only=False)["pending"]
     vlrl("train", str(train_config), *overlap, f"resume={whole / 'checkpoints' / 'step-2'}")
     resumed = (tmp_path / "runs" / "latest").resolve()
@@ -122,6 +126,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     ("rollout.extra_groups=-1", "extra_groups must be >= 0 or auto, got -1"),
     ("rollout.schedule=later", "not one of ['sync', 'async', 'overlap']"),
     ("log.timeline=-1", "log.timeline must be >= 0, got -1"),
+    ("rollout.decode_during_update=true", "decode_during_update keeps the overlap scheduler's groups decoding through "
+                                          "the update: it needs rollout.schedule overlap, got 'sync'"),
+    ("rollout.max_staleness=-1", "max_staleness must be >= 0 or None, got -1"),
+    ("algo.loss.importance_level=group", "not one of ['token', 'sequence']"),
+    ("distributed.trainer_threads=-2", "trainer_threads must be >= 0, got -2"),
     ("engine.replicas=2", "engine.replicas = 2 needs distributed.backend: ray"),
     ("distributed.world_size=0", "world_size must be >= 1, got 0"),
     ("distributed.backend=slurm", "not one of ['none', 'ray']"),

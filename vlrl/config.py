@@ -144,6 +144,11 @@ class LossConfig:
     # > 0: truncated importance weights min(pi_old / mu, cap); 0: off; None: the run decides (vlrl train: 2.0
     # under rollout.schedule overlap, whose deferred tokens come from older weights, else off)
     importance_cap: float | None = None
+    importance_level: Literal["token", "sequence"] = "token"  # token: a ratio per token; sequence: one per
+    #   trajectory, the product of its tokens' ratios (verl 0.6 / slime's sequence-level correction)
+    importance_mode: Literal["truncate", "mask"] = "truncate"  # truncate: min(ratio, cap); mask: weight 1 inside
+    #   [1 / cap, cap] and 0 outside (masked importance sampling: a token or trajectory too far off-policy is not
+    #   trained on; loss/importance_weight is then the share kept)
 
 
 @dataclass
@@ -294,7 +299,11 @@ class RolloutConfig(SamplingConfig):
     #   each ends; overlap: async, and a step closes when prompts_per_step groups are whole, the rest carried over
     extra_groups: int | Literal["auto"] = 0  # (overlap) groups in flight beyond prompts_per_step (Δ); auto: start
     #   at a quarter of prompts_per_step, +-1/8 of it per step while the reward's 5-step slope is (not) positive
-    max_staleness: int = 1  # (overlap) steps a group may be carried over before it is dropped (counted)
+    max_staleness: int | None = None  # (overlap) steps a group may be carried over before it is dropped (counted);
+    #   None: never: every started trajectory runs until it ends or reaches max_new_tokens (OPPO: no partial work lost)
+    decode_during_update: bool = False  # (overlap) the engine keeps decoding the groups in flight while the trainer
+    #   updates (disaggregated: give the engine resources of its own, e.g. a Ray replica and
+    #   distributed.trainer_threads); the new weights reach it at the step's end, each token keeps its version
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -304,8 +313,8 @@ class RolloutConfig(SamplingConfig):
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.extra_groups != "auto" and self.extra_groups < 0:
             raise ValueError(f"extra_groups must be >= 0 or auto, got {self.extra_groups}")
-        if self.max_staleness < 0:
-            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0 or None, got {self.max_staleness}")
 
 
 @dataclass
@@ -407,12 +416,16 @@ class DistributedConfig:
     placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
     collective_timeout_s: float = 600.0  # (ray) a gradient all-reduce waiting longer than this fails the step
     max_restarts: int = 1  # (ray) times `vlrl train` resumes from the last checkpoint after losing a trainer rank
+    trainer_threads: int = 0  # torch CPU threads of the trainer's process; 0: torch's default (every core). With
+    #                           the engine in a Ray replica of {CPU: 1}, 1 gives the engine and the trainer a core each
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {self.world_size}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.trainer_threads < 0:
+            raise ValueError(f"trainer_threads must be >= 0, got {self.trainer_threads}")
         if self.strategy == "fsdp" and self.world_size < 2:
             raise ValueError(f"strategy fsdp shards over trainer ranks: it needs world_size >= 2, got {self.world_size}")
         for name in ("placement_timeout_s", "collective_timeout_s"):
@@ -471,6 +484,9 @@ class TrainConfig:
         if self.distributed.strategy == "fsdp" and self.optim.lora_rank > 0:
             raise ValueError(f"distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = "
                              f"{self.optim.lora_rank}); use strategy dp, whose ranks each hold the adapters")
+        if self.rollout.decode_during_update and self.rollout.schedule != "overlap":
+            raise ValueError(f"rollout.decode_during_update keeps the overlap scheduler's groups decoding through the "
+                             f"update: it needs rollout.schedule overlap, got {self.rollout.schedule!r}")
         if self.algo.loss.importance_cap is None:
             self.algo.loss.importance_cap = OVERLAP_IMPORTANCE_CAP if self.rollout.schedule == "overlap" else 0.0
         if self.algo.name == "grpo" and self.rollout.group_size < 2:

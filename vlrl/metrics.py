@@ -76,6 +76,8 @@ class RolloutFigures(Section):
     sandbox_restarts: int = figure("count", "sandbox workers replaced after a crash or a hang", 0)
     turns: float = figure("turns", "policy turns per trajectory, the answer's included")
     response_length: float = figure("tokens", "policy tokens per trajectory (what the loss sees)")
+    response_length_median: float = figure("tokens", "the median trajectory's policy tokens")
+    response_length_max: int = figure("tokens", "the longest trajectory's policy tokens", 0)
     behavior_version: int = figure("version", "the oldest weight version that sampled a trained token", -1)
 
 
@@ -114,6 +116,8 @@ class SchedFigures(Section):
     extra_groups: int = figure("groups", "groups in flight beyond prompts_per_step (Δ) this step", 0)
     deferred_fraction: float = figure("fraction", "carried / in flight at the close")
     staleness: dict[str, int] = figure("groups", "trained groups by steps carried over", {})
+    token_staleness: dict[str, int] = figure("tokens", "trained policy tokens by weight versions behind the policy "
+                                             "being updated (0: sampled by it)", {})
     response_length_finished: float = figure("tokens", "policy tokens of every trajectory that ended by the close "
                                              "(beside rollout/response_length: is closing early biased short?)")
 

@@ -10,6 +10,7 @@ Only tokens with m = 1 carry gradient; observations are the world's, not the pol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     ``advantages`` is (B,) (one per trajectory, GRPO) or (B, T) (per token, PPO with GAE).
     ``clip_high > clip_low`` is DAPO's clip-higher: a rare token may grow more before the
     clip stops it, which keeps entropy from collapsing. ``weights`` (B, T) multiplies each
-    token's loss: the truncated importance weights of ``off_policy_weights``. ``total``: see
+    token's loss: the importance weights of ``off_policy_weights``. ``total``: see
     ``aggregate``.
     """
     if advantages.dim() == 1:
@@ -117,15 +118,32 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KL
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1 or k3")
 
 
-def off_policy_weights(trainer_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor,
-                       cap: float = 2.0) -> torch.Tensor:
-    """Truncated importance weights w = min(pi_old / mu, cap) for tokens sampled from mu, not pi_old.
+def off_policy_weights(trainer_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, cap: float = 2.0,
+                       sampled: torch.Tensor | None = None, level: str = "token",
+                       mode: str = "truncate") -> torch.Tensor:
+    """Importance weights for tokens sampled from mu, not pi_old; (B, T) like the logprobs.
 
     mu is the engine that sampled (its recorded behavior logprobs); pi_old is the trainer's
     policy at the start of the step. They differ by numerics (engine vs trainer kernels) and,
-    once the overlap scheduler defers trajectories, by versions. Truncation bounds the
-    variance (truncated importance sampling); no gradient flows through w.
+    once the overlap scheduler defers trajectories, by versions. The ratio pi_old / mu is
+    taken per token (``level`` "token") or per sequence, the product over its ``sampled``
+    tokens (``level`` "sequence", broadcast over them). ``mode`` "truncate" gives
+    min(ratio, cap) (truncated importance sampling: bounded variance); "mask" gives 1 where
+    the ratio lies in [1 / cap, cap] and 0 elsewhere (masked importance sampling: what is too
+    far off-policy is not trained on). Tokens outside ``sampled`` (scripted turns, padding)
+    weigh 1. No gradient flows through the weights.
     """
     if cap < 1:
         raise ValueError(f"the importance-weight cap must be >= 1, got {cap}")
-    return torch.exp(trainer_logprobs - behavior_logprobs).clamp(max=cap).detach()
+    if level not in ("token", "sequence") or mode not in ("truncate", "mask"):
+        raise ValueError(f"importance level must be token or sequence and mode truncate or mask, got {level!r}, "
+                         f"{mode!r}")
+    sampled = torch.ones_like(trainer_logprobs) if sampled is None else sampled
+    log_ratio = (trainer_logprobs - behavior_logprobs).detach() * sampled
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=-1, keepdim=True).expand_as(log_ratio)
+    if mode == "truncate":
+        weights = torch.exp(log_ratio.clamp(max=math.log(cap)))
+    else:
+        weights = (log_ratio.abs() <= math.log(cap)).to(trainer_logprobs.dtype)
+    return weights * sampled + (1 - sampled)

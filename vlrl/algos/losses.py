@@ -2,7 +2,7 @@
 
 ``ClippedSurrogate`` is GRPO's and PPO's: the clipped importance ratio times the advantage
 (one per trajectory, broadcast over its tokens, or one per token), truncated importance
-weights on engine-sampled tokens when ``importance_cap`` > 0, and a KL term to the frozen
+or masked importance weights on engine-sampled tokens when ``importance_cap`` > 0, and a KL term to the frozen
 reference when ``kl_coef`` > 0.
 """
 
@@ -47,14 +47,14 @@ class ClippedSurrogate:
 def clipped_surrogate(x: LossInputs, cfg: LossConfig, total: float) -> LossTerms:
     """The loss of one micro-batch and its token-summed figures (clip fraction, ratio, KL, importance weight).
 
-    Importance weights w = min(pi_old / mu, cap) apply to the tokens the engine sampled
-    (scripted turns weigh 1): mu differs from pi_old by kernel numerics and, with deferral,
-    by version.
+    Importance weights (``off_policy_weights``: truncated or masked, per token or per
+    sequence) apply to the tokens the engine sampled (scripted turns weigh 1): mu differs
+    from pi_old by kernel numerics and, with deferral, by version.
     """
     weights = None
     if cfg.importance_cap:
-        weights = off_policy_weights(x.old_logprobs, x.behavior_logprobs, cfg.importance_cap) * x.sampled \
-            + (1 - x.sampled)
+        weights = off_policy_weights(x.old_logprobs, x.behavior_logprobs, cfg.importance_cap, x.sampled,
+                                     cfg.importance_level, cfg.importance_mode)
     out = clipped_policy_loss(x.logprobs, x.old_logprobs, x.advantages, x.mask, cfg.clip_low, cfg.clip_high,
                               cfg.aggregation, weights, total)
     loss = out.loss

@@ -1,31 +1,44 @@
-"""`vlrl bench overlap`: the synchronous pipeline against intra-step, inter-step and both overlaps.
+"""`vlrl bench overlap`: the synchronous pipeline against every overlap schedule, on a long-tail workload.
 
-The workload, ``longtail-charts``, reproducible from its seed:
+Two workloads, reproducible from their seed; both share:
   policy   -- the tiny VLM built locally, warm-started once (80 supervised steps of 16) on the
-              quickstart's teacher, which calls the focus tool 80% of the time and opens 15%
-              of its answers with a THOUGHT of 1-40 sentences (about 6-240 tokens, uniform):
-              the model's answers are mostly short, with a tail up to the 256-token cap;
+              quickstart's teacher, which calls the focus tool 80% of the time and opens its
+              answers with a THOUGHT (sentences of about 12 tokens) as the workload says;
   tools    -- focus_on_x_values_with_draw in the sandbox, with its real latency;
   verifier -- the policy itself, asked whether the answer is right (P(Yes) weighs 0.5 in the
               reward), on the same engine;
-  batch    -- 8 prompt groups of 4 per step; the HF engine decodes up to 32 requests together;
+  batch    -- 8 prompt groups of 4 per step; the engine's batch holds every request a schedule has in
+              flight (32 for sync, 48 with 4 extra groups, 64 with 8), the unit of its bubble ratio;
   update   -- a GRPO step at a learning rate of 1e-6: the full update runs, but the policy
               (and so the length distribution) stays as warm-started over the measured
               steps, so every schedule faces the same work.
+The workloads (``WORKLOADS``):
+  longtail-charts -- 15% of answers open with a THOUGHT of 1-40 sentences (uniform), a 256-token
+                     cap: mostly ~15-token answers, and the update is most of the step;
+  longtail-cot    -- every answer opens with a chain of thought whose length in sentences is
+                     lognormal (median 4, log-scale sigma 1.5, at most 80): the heavy right tail
+                     of RL response lengths (a lognormal is the usual fit of LLM output lengths;
+                     sigma 1.5 puts the longest of 32 answers near 16x the median), a
+                     1,024-token cap (cap / median about 25, as a 16k cap over answers of a
+                     few hundred tokens): the rollout is most of the step.
 The schedules, all from the same weights and seed:
-  sync        -- generate everything, then score everything with the verifier, then train;
-  intra       -- each trajectory streams to the verifier every 32 tokens while decoding;
-  inter       -- 4 groups beyond the batch in flight; the batch closes at 8 whole groups, the
-                 rest is paused and carried over (at most 1 step); the verifier reads each
-                 trajectory when it ends;
-  intra+inter -- both.
+  sync          -- generate everything, then score everything with the verifier, then train;
+  intra         -- each trajectory streams to the verifier every 32 tokens while decoding;
+  inter         -- 4 groups beyond the batch in flight; the batch closes at 8 whole groups, the
+                   rest is paused through the update and resumed (never dropped); the verifier
+                   reads each trajectory when it ends;
+  intra+inter   -- both;
+  sync-split    -- sync with the engine in a Ray replica of one core and the trainer on the other
+                   (the resources of disaggregated, the schedule of sync);
+  disaggregated -- intra+inter with 8 extra groups (a whole batch decodes ahead) and the engine in a
+                   Ray replica of one core, decoding through the update, the trainer on the other.
 Step time is the mean over the steps after the first (a warm-up), split into the rollout
-(generation and reward, what the schedules change) and the update (logprob forward,
-backward, AdamW and weight sync, the same work under every schedule, during which nothing
-decodes). The bound is sync's step over its update alone: the speedup a schedule would
-reach if it hid the whole rollout. The ideal step time
+(generation and reward, until the batch closes) and the update (logprob forward, backward,
+AdamW and weight sync, during which only disaggregated decodes). The bound is sync's step
+over its update alone: the speedup a schedule would reach if it hid the whole rollout
+(disaggregated, whose update runs on one core, is not bound by it). The ideal step time
 puts every trained policy token through the engine at its peak throughput (measured here:
-32 requests x 128 tokens, end-of-sequence suppressed); efficiency is ideal / measured.
+64 requests x 128 tokens, end-of-sequence suppressed); efficiency is ideal / measured.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -48,34 +62,70 @@ from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
 GROUPS, GROUP_SIZE, EXTRA, CHUNK = 8, 4, 4, 32
+AHEAD = GROUPS  # disaggregated: a whole batch decodes ahead while the trainer updates (staleness mostly <= 1)
 TEMPLATES = Path(__file__).resolve().parents[2] / "configs" / "templates" / "compact"  # the quickstart's prompts
-WORKLOAD = [
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the policy was warm-started to write, and the answer's token cap."""
+
+    teacher: str  # the teacher's agent_args (YAML)
+    max_new_tokens: int
+
+
+WORKLOADS = {
+    "longtail-charts": Workload("{p_tool: 0.8, p_correct: 0.5, brief: true, confusion: neighbor, p_verbose: 0.15, "
+                                "verbose_lines: 40}", 256),
+    "longtail-cot": Workload("{p_tool: 0.8, p_correct: 0.5, brief: true, confusion: neighbor, cot_median: 4, "
+                             "cot_sigma: 1.5, cot_cap: 80}", 1024),
+}
+COMMON = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
     f"env.templates={TEMPLATES}", "env.sandbox.workers=2",
     "task.name=synthetic_charts",
     "task.args={kinds: [v_bar], families: [largest], difficulty: starter, labels: letters, workers: 2}",
-    f"rollout.prompts_per_step={GROUPS}", f"rollout.group_size={GROUP_SIZE}", "rollout.max_new_tokens=256",
+    f"rollout.prompts_per_step={GROUPS}", f"rollout.group_size={GROUP_SIZE}",
     "rollout.temperature=1.0", "algo.loss.kl_coef=0.0", "optim.lr=1.0e-6", "optim.micro_batch_tokens=16384",
-    "engine.kind=hf", f"engine.max_num_seqs={GROUPS * GROUP_SIZE}",
+    "engine.kind=hf",
     "verifier.model=policy", "verifier.weight=0.5",
     "log.progress=false", "log.transcripts_every=0", "log.plots_every=0",
 ]
-TEACHER = ("warmstart.agent=teacher", "warmstart.agent_args={p_tool: 0.8, p_correct: 0.5, brief: true, "
-           "confusion: neighbor, p_verbose: 0.15, verbose_lines: 40}", "warmstart.samples=768",
-           "warmstart.steps=80", "warmstart.batch_size=16", "warmstart.lr=1.0e-3")
+TEACHER = ("warmstart.agent=teacher", "warmstart.samples=768", "warmstart.steps=80", "warmstart.batch_size=16",
+           "warmstart.lr=1.0e-3")
+
+def flight(extra: int) -> list[str]:
+    """B + ``extra`` groups in flight, and an engine whose batch holds them all (its slots are the bubble's unit)."""
+    schedule = "rollout.schedule=overlap" if extra else "rollout.schedule=sync"
+    return [schedule, f"rollout.extra_groups={extra}", f"engine.max_num_seqs={(GROUPS + extra) * GROUP_SIZE}"]
+
+
+SPLIT = ["distributed.backend=ray", "engine.replicas=1", "engine.replica_resources={CPU: 1}",
+         "distributed.trainer_threads=1"]  # the engine on one core (Ray's actor: 1 thread), the trainer on the other
 SCHEDULES = {
-    "sync": ["rollout.schedule=sync"],
-    "intra": ["rollout.schedule=async", f"verifier.chunk_tokens={CHUNK}"],
-    "inter": ["rollout.schedule=overlap", f"rollout.extra_groups={EXTRA}", "verifier.chunk_tokens=0"],
-    "intra+inter": ["rollout.schedule=overlap", f"rollout.extra_groups={EXTRA}", f"verifier.chunk_tokens={CHUNK}"],
+    "sync": flight(0),
+    "intra": [*flight(0), "rollout.schedule=async", f"verifier.chunk_tokens={CHUNK}"],
+    "inter": [*flight(EXTRA), "verifier.chunk_tokens=0"],
+    "intra+inter": [*flight(EXTRA), f"verifier.chunk_tokens={CHUNK}"],
+    "sync-split": [*flight(0), *SPLIT],
+    "disaggregated": [*flight(AHEAD), f"verifier.chunk_tokens={CHUNK}", "rollout.decode_during_update=true", *SPLIT],
 }
-PEAK_REQUESTS, PEAK_TOKENS = GROUPS * GROUP_SIZE, 128
+PEAK_REQUESTS, PEAK_TOKENS = (GROUPS + AHEAD) * GROUP_SIZE, 128
 
 
-def warm_start(model_dir: Path, root: Path) -> Path:
+def workload_overrides(name: str) -> list[str]:
+    """The config of workload ``name`` (a key of ``WORKLOADS``) under every schedule."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    return [*COMMON, f"rollout.max_new_tokens={WORKLOADS[name].max_new_tokens}"]
+
+
+def warm_start(model_dir: Path, workload: str, root: Path) -> Path:
     """The workload's policy: the tiny model after the teacher's warm start (and one RL step)."""
-    cfg = load_config(TrainConfig, None, [*WORKLOAD, *TEACHER, f"model.path={model_dir}", f"log.dir={root}",
-                                          "name=warmstart", "steps=1", "verifier.model="])
+    cfg = load_config(TrainConfig, None, [*workload_overrides(workload), *TEACHER,
+                                          f"warmstart.agent_args={WORKLOADS[workload].teacher}",
+                                          f"model.path={model_dir}", f"log.dir={root}", "name=warmstart", "steps=1",
+                                          "verifier.model="])
     run = asyncio.run(train(cfg))
     return run / "checkpoints" / "step-1" / "model"
 
@@ -97,9 +147,9 @@ async def peak_tokens_per_s(model_dir: Path) -> float:
         await engine.close()
 
 
-def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, float]:
+def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path) -> dict[str, float]:
     """Run ``schedule`` for ``steps`` (+1 warm-up) and average its metrics over the measured steps."""
-    cfg = load_config(TrainConfig, None, [*WORKLOAD, *SCHEDULES[schedule], f"model.path={policy}",
+    cfg = load_config(TrainConfig, None, [*workload_overrides(workload), *SCHEDULES[schedule], f"model.path={policy}",
                                           f"log.dir={root}", f"name={schedule.replace('+', '-')}",
                                           f"steps={steps + 1}", "log.timeline=3"])
     run = asyncio.run(train(cfg))
@@ -125,53 +175,67 @@ def measure(policy: Path, schedule: str, steps: int, root: Path) -> dict[str, fl
         "dropped": sum(r["rollout/dropped"].get("staleness", 0) for r in records) / sum(
             r["rollout/trajectories"] + r["rollout/dropped"].get("staleness", 0) for r in records),
         "hidden": statistics.mean(r.get("verifier/hidden_fraction", 0.0) for r in records),
+        "median_length": statistics.mean(r["rollout/response_length_median"] for r in records),
+        "max_length": max(r["rollout/response_length_max"] for r in records),
     }
 
 
-def run(model_dir: Path, steps: int, as_json: bool, keep: Path | None = None) -> dict[str, float]:
-    """Every schedule on the workload for ``steps`` measured steps; prints the table, and the JSON line
-    with ``as_json``."""
+def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | None = None,
+        schedules: tuple[str, ...] = tuple(SCHEDULES)) -> dict[str, float | str]:
+    """``schedules`` (sync first) on ``workload`` for ``steps`` measured steps each; prints the table, and the JSON
+    line with ``as_json``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    unknown = [name for name in schedules if name not in SCHEDULES]
+    if unknown or not schedules or schedules[0] != "sync":
+        raise ValueError(f"schedules must start with sync and come from {', '.join(SCHEDULES)}; got {schedules}")
+    workload_overrides(workload)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
-        policy = warm_start(model_dir, root)
+        policy = warm_start(model_dir, workload, root)
         peak = asyncio.run(peak_tokens_per_s(policy))
-        results = {name: measure(policy, name, steps, root) for name in SCHEDULES}
+        results = {name: measure(policy, workload, name, steps, root) for name in schedules}
         if keep is not None:
             shutil.copytree(root, keep, dirs_exist_ok=True)
-    _print_table(results, peak, steps)
-    base, update = results["sync"]["step_s"], results["sync"]["update_s"]
+    _print_table(workload, results, peak, steps)
+    sync = results["sync"]
+    base, update = sync["step_s"], sync["update_s"]
     if update <= 0:
         raise RuntimeError(f"sync trained no group in its {steps} measured step(s): no update time to bound by")
-    print(f"bound: sync's update alone takes {update:.2f} s of its {base:.2f} s step, so a schedule that hid the "
-          f"whole rollout would reach {base / update:.2f}x")
-    figures = {"speedup_intra_inter": base / results["intra+inter"]["step_s"],
-               "speedup_inter": base / results["inter"]["step_s"],
-               "speedup_intra": base / results["intra"]["step_s"],
-               "bubble_sync": results["sync"]["bubble"], "bubble_overlap": results["intra+inter"]["bubble"],
-               "reward_sync": results["sync"]["reward"], "reward_overlap": results["intra+inter"]["reward"],
-               "verifier_hidden_intra": results["intra"]["hidden"], "speedup_bound": base / update,
-               "peak_tokens_per_s": peak}
-    figures = {k: round(v, 3) for k, v in figures.items()}
+    print(f"rollout share under sync: {sync['rollout_s'] / base:.2f} of the step; bound: sync's update alone takes "
+          f"{update:.2f} s of its {base:.2f} s step, so a schedule that hid the whole rollout would reach "
+          f"{base / update:.2f}x")
+    best = min((name for name in results if name != "sync"), key=lambda name: results[name]["step_s"],
+               default="sync")
+    figures: dict[str, float | str] = {"workload": workload, "rollout_share_sync": sync["rollout_s"] / base}
+    figures |= {f"speedup_{name.replace('+', '_').replace('-', '_')}": base / r["step_s"]
+                for name, r in results.items() if name != "sync"}
+    figures |= {"best": best, "bubble_sync": sync["bubble"], "bubble_overlap": results[best]["bubble"],
+                "efficiency_best": sync["tokens_per_step"] / peak / results[best]["step_s"],
+                "reward_sync": sync["reward"], "reward_overlap": results[best]["reward"],
+                "verifier_hidden_intra": results.get("intra", sync)["hidden"], "speedup_bound": base / update,
+                "peak_tokens_per_s": peak}
+    figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
     return figures
 
 
-def _print_table(results: dict[str, dict[str, float]], peak: float, steps: int) -> None:
+def _print_table(workload: str, results: dict[str, dict[str, float]], peak: float, steps: int) -> None:
     base = results["sync"]["step_s"]
-    print(f"workload longtail-charts: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up; "
+    print(f"workload {workload}: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up; "
           f"engine peak {peak:.0f} tokens/s")
-    header = ("schedule    | step s | rollout s | update s | speedup | busy | bubble | tok/s | deferred | staleness | "
-              "reward | trained / finished len | at cap | stale-dropped | verifier hidden | ideal s | efficiency")
+    header = ("schedule      | step s | rollout s | update s | speedup | busy | bubble | tok/s | deferred | staleness | "
+              "reward | trained / finished len | median / max len | at cap | stale-dropped | verifier hidden | "
+              "ideal s | efficiency")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         ideal = r["tokens_per_step"] / peak
-        print(f"{name:11} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
+        print(f"{name:13} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
               f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | "
               f"{r['tokens_per_s']:5.0f} | {r['deferred']:8.2f} | {r['staleness']:9.2f} | {r['reward']:6.3f} | "
-              f"{r['response_length']:10.1f} / {r['finished_length']:8.1f} | {r['length_cap_rate']:6.2f} | "
+              f"{r['response_length']:10.1f} / {r['finished_length']:8.1f} | "
+              f"{r['median_length']:6.0f} / {r['max_length']:5.0f} | {r['length_cap_rate']:6.2f} | "
               f"{r['dropped']:13.2f} | {r['hidden']:15.2f} | {ideal:7.2f} | "
               f"{ideal / r['step_s']:10.2f}")

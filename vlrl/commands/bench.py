@@ -21,8 +21,12 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     tools.add_argument("--workers", type=int, default=2)
     train = _bench(bench_sub, "train", "one GRPO step on the tiny model, phase by phase", run_train, model=True)
     train.add_argument("--engine", default="hf", choices=ENGINES)
-    overlap = _bench(bench_sub, "overlap", "sync vs intra-step, inter-step and both overlaps on a long-tail workload",
-                     run_overlap, model=True)
+    overlap = _bench(bench_sub, "overlap", "sync vs every overlap schedule on a long-tail workload", run_overlap,
+                     model=True)
+    overlap.add_argument("--workload", default="longtail-cot", choices=("longtail-cot", "longtail-charts"),
+                         help="what the policy writes (see vlrl/bench/overlap.py)")
+    overlap.add_argument("--schedules", help="comma-separated, sync first (default: all: sync, intra, inter, "
+                                             "intra+inter, sync-split, disaggregated)")
     overlap.add_argument("--quick", action="store_true", help="5 measured steps per schedule instead of 10")
     overlap.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
     overlap.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
@@ -68,11 +72,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_overlap(args: argparse.Namespace) -> int:
-    from vlrl.bench.overlap import run
+    from vlrl.bench.overlap import SCHEDULES, run
 
     steps = args.steps or (5 if args.quick else 10)
     keep = Path(args.keep) if args.keep else None
-    return _with_model(args, lambda model: run(model, steps, args.json, keep), max_pixels=12544)
+    schedules = tuple(s.strip() for s in args.schedules.split(",")) if args.schedules else tuple(SCHEDULES)
+    return _with_model(args, lambda model: run(model, args.workload, steps, args.json, keep, schedules),
+                       max_pixels=12544)
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -69,6 +69,8 @@ def build(cfg: TrainConfig) -> Run:
     """Check what can be checked (the model folders, the device, the task, the reward, the agents, the held-out
     questions), then load the model, the trainer, the algorithm, a checkpoint to resume and the run directory."""
     model_dir = check_model_dir(cfg.model.path)
+    if cfg.distributed.trainer_threads:  # before the trainer's thread runs its first op, which reads it
+        torch.set_num_threads(cfg.distributed.trainer_threads)
     if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"model.device {cfg.model.device!r}: torch sees no CUDA device on this machine")
     if cfg.verifier.model not in ("", "policy"):
@@ -146,7 +148,7 @@ def make_scheduler(cfg: TrainConfig, manager: RolloutManager, state: RunState) -
     groups, extra = cfg.rollout.prompts_per_step, cfg.rollout.extra_groups
     tuner = ExtraTuner(-(-groups // 4), groups, max(1, groups // 8)) if extra == "auto" else None
     scheduler = OverlapScheduler(manager, groups, tuner.extra if tuner else int(extra), cfg.rollout.max_staleness,
-                                 tuner)
+                                 tuner, cfg.rollout.decode_during_update)
     scheduler.readmit(state.pending, seed=cfg.seed * 100_003 + state.step, tag=f"s{state.step}-resumed")
     return scheduler
 

@@ -79,6 +79,11 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
             shown = f"[{value[0]:+.3f}, {value[1]:+.3f}]" if isinstance(value, list) else (
                 f"{value:.3f}" if isinstance(value, float) else value)
             print(f"  {key:28s} {shown}")
+    groups = summary.get("groups")
+    if groups:
+        dropped = sum(groups["dropped_trajectories"].values())
+        print(f"  {'groups':28s} {groups['entered']} entered: {groups['trained']} trained, {dropped} trajectories "
+              f"dropped {groups['dropped_trajectories'] or ''}, {groups['in_flight_at_end']} in flight at the end")
     by_task = summary.get("heldout_by_task", {})
     if len(by_task) > 1:  # a mix: one line per task
         for task, figures in by_task.items():

@@ -148,8 +148,8 @@ async def rl_steps(run: Run, env: Env) -> None:
                                  tools=f"{record.rollout.tool_call_rate:.2f}")
     if progress is not None:
         progress.close()
-    if scheduler is not None:
-        await scheduler.close()
+    left = await scheduler.close() if scheduler is not None else 0
+    state.summary.setdefault("groups", new_accounts())["in_flight_at_end"] = left
 
 
 async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
@@ -201,8 +201,9 @@ def log_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapSch
     record.engine = EngineFigures(engine.take_stats())
     if manager.verifier is not None and manager.verifier.engine is not engine and record.verifier is not None:
         record.verifier.engine = manager.verifier.engine.take_stats()
+    close = end if cfg.rollout.decode_during_update else rolled  # trajectories are produced through the update
     record.perf = dataclasses.replace(record.perf, step_s=end - began, version=run.trainer.version,
-                                      **manager.timeline.engine_figures(began, rolled, end, cfg.engine.max_num_seqs))
+                                      **manager.timeline.engine_figures(began, close, end, cfg.engine.max_num_seqs))
     if step + 1 == cfg.log.timeline or (step + 1 == cfg.steps and step < cfg.log.timeline):
         manager.timeline.write(run.out.path)
     elif step >= cfg.log.timeline:
@@ -219,6 +220,7 @@ async def after_step(run: Run, step: int, record: StepRecord, scheduler: Overlap
     the end, and ``checkpoints/last``: a stable name for the final weights."""
     cfg, state = run.cfg, run.state
     state.step, state.cursor = step + 1, state.cursor + record.sched.groups_started
+    account(state.summary.setdefault("groups", new_accounts()), record, cfg.rollout.group_size)
     state.pending = scheduler.pending() if scheduler is not None else []
     state.history = run.out.history
     if cfg.log.plots_every and (step + 1) % cfg.log.plots_every == 0:
@@ -230,6 +232,21 @@ async def after_step(run: Run, step: int, record: StepRecord, scheduler: Overlap
         last = run.out.path / "checkpoints" / "last"
         last.unlink(missing_ok=True)
         last.symlink_to(f"step-{step + 1}")
+
+
+def new_accounts() -> dict[str, Any]:
+    """The run's account of its prompt groups (``summary.json: groups``): every group that entered was trained,
+    dropped (its trajectories counted by reason) or was still in flight when the run ended (the last step closed
+    without it; not trained), so entered = trained + dropped + in_flight_at_end."""
+    return {"entered": 0, "trained": 0, "dropped_trajectories": {}, "in_flight_at_end": 0}
+
+
+def account(groups: dict[str, Any], record: StepRecord, group_size: int) -> None:
+    """Add one step's groups to the run's account."""
+    groups["entered"] += record.sched.groups_started
+    groups["trained"] += record.rollout.trajectories // group_size
+    for reason, n in record.rollout.dropped.items():
+        groups["dropped_trajectories"][reason] = groups["dropped_trajectories"].get(reason, 0) + n
 
 
 def finish(run: Run, summary: dict[str, Any]) -> Path:

@@ -3,6 +3,7 @@ verifier's prefill, and the rollout's time."""
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 
 from vlrl.metrics import PerfFigures, RewardFigures, RolloutFigures, SchedFigures, StepRecord, VerifierFigures
@@ -23,7 +24,8 @@ def rollout_record(result: RolloutResult, groups_started: int) -> StepRecord:
         tool_error_rate=sum(s["tool_errors"] for s in stats) / max(calls, 1),
         parse_errors=sum(s["parse_errors"] for s in stats) / n,
         sandbox_restarts=sum(s["sandbox_restarts"] for s in stats), turns=sum(t.turns for t in trajs) / n,
-        response_length=sum(policy_tokens) / n,
+        response_length=sum(policy_tokens) / n, response_length_median=statistics.median(policy_tokens or [0]),
+        response_length_max=max(policy_tokens, default=0),
         behavior_version=min((v for t in trajs for v in t.versions if v >= 0), default=-1))
     parts = sorted({k for t in trajs for k in t.reward_parts})
     reward = RewardFigures(mean=sum(t.reward or 0.0 for t in trajs) / n,

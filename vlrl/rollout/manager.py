@@ -49,6 +49,22 @@ class Seconds:
 
 
 @dataclass
+class KeptWork:
+    """A trajectory's decoding so far, as a checkpoint keeps it: the policy turns it finished (their tools are run
+    again on resume, which rebuilds the same observations) and the tokens of the turn it was in when paused."""
+
+    traj_id: str
+    turns: list[Completion] = field(default_factory=list)
+    partial: Completion | None = None  # the unfinished turn's tokens, each with its logprob and version
+    deferred_steps: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Policy tokens kept."""
+        return sum(len(c.token_ids) for c in self.turns) + (len(self.partial.token_ids) if self.partial else 0)
+
+
+@dataclass
 class RolloutResult:
     """The groups of one rollout, what was dropped and why, and the phase times."""
 
@@ -99,13 +115,16 @@ class RolloutManager:
         self._open.set()
         self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
         self._paused: set[str] = set()  # requests aborted by ``pause``, to be resumed
+        self._cut: dict[str, asyncio.Event] = {}  # set once a paused request's trajectory has kept its tokens
         self._paused_at = 0.0  # when the last ``pause`` began
         self._live: dict[str, Trajectory] = {}  # trajectories not yet ended
+        self._work: dict[str, KeptWork] = {}  # their decoding so far (what a checkpoint keeps)
         # each trajectory's decode / tool / verifier / paused spans; ``timeline`` False keeps none (a long evaluation)
         self.timeline = Timeline(record=timeline)
 
     async def pause(self) -> int:
-        """Stop decoding everywhere: requests in flight are aborted and keep their tokens; returns how many.
+        """Stop decoding everywhere: requests in flight are aborted and keep their tokens (returns once each has
+        kept them); returns how many.
 
         A trajectory inside a tool call finishes the call (its result is kept) and waits
         before its next turn; ``resume`` lets every trajectory continue where it stopped,
@@ -113,21 +132,46 @@ class RolloutManager:
         """
         self._open.clear()
         self._paused_at = time.perf_counter()
-        for traj in self._live.values():
-            traj.deferred_steps += 1
+        self.carry_over()
         running = list(self._running.values())
         self._paused.update(running)
+        self._cut.update((request, asyncio.Event()) for request in running)
+        cut = [self._cut[request].wait() for request in running]
         for request in running:
             await self.engine.abort(request)
+        await asyncio.gather(*cut)
         return len(running)
+
+    def carry_over(self) -> None:
+        """Every trajectory not yet ended is carried over to the next step (counted in its ``deferred_steps``)."""
+        for traj in self._live.values():
+            traj.deferred_steps += 1
 
     def resume(self) -> None:
         self._open.set()
 
-    def start_group(self, sample: Sample, tag: str, seed: int) -> list[asyncio.Task[Trajectory]]:
-        """The ``group_size`` trajectories of ``sample`` as tasks, each rewarded when it ends."""
-        return [asyncio.create_task(self._trajectory(sample, f"{tag}-{k}", seed * 1_000_003 + k, True))
-                for k in range(self.group_size)]
+    def start_group(self, sample: Sample, tag: str, seed: int,
+                    kept: Sequence[KeptWork | Trajectory | BaseException] = ()) -> list[asyncio.Task[Trajectory]]:
+        """The ``group_size`` trajectories of ``sample`` as tasks, each rewarded when it ends; with ``kept`` (a
+        checkpoint's), each goes on from its kept work, or is the trajectory that had already ended."""
+        if kept and len(kept) != self.group_size:
+            raise ValueError(f"sample {sample.id!r}: {len(kept)} kept trajectories for groups of {self.group_size}")
+        if not kept:
+            return [asyncio.create_task(self._trajectory(sample, f"{tag}-{k}", seed * 1_000_003 + k, True),
+                                        name=f"{tag}-{k}") for k in range(self.group_size)]
+        return [asyncio.create_task(self._trajectory(sample, work.traj_id, seed * 1_000_003 + k, True, work)
+                                    if isinstance(work, KeptWork) else _ended(work), name=_name(work))
+                for k, work in enumerate(kept)]
+
+    def kept(self, task: asyncio.Task[Trajectory]) -> KeptWork | Trajectory | BaseException:
+        """What a checkpoint keeps of one of ``start_group``'s tasks: the trajectory (or error) it ended with, or a
+        copy of its decoding so far (its turns, and the tokens of the current one that a pause cut off; a request
+        still decoding keeps those from before its last pause)."""
+        if task.done() and not task.cancelled():
+            return task.exception() or task.result()
+        traj_id = task.get_name()
+        work, traj = self._work.get(traj_id, KeptWork(traj_id)), self._live.get(traj_id)
+        return KeptWork(traj_id, list(work.turns), work.partial, traj.deferred_steps if traj else 0)
 
     async def rollout(self, samples: Sequence[Sample], seed: int, tag: str = "r") -> RolloutResult:
         """One rollout: every sample ``group_size`` times. ``seed`` makes the sampling reproducible."""
@@ -155,7 +199,8 @@ class RolloutManager:
         result.seconds = Seconds(wall=end - start, generate=generated - start, reward=end - generated)
         return result
 
-    async def _trajectory(self, sample: Sample, traj_id: str, seed: int, reward_now: bool) -> Trajectory:
+    async def _trajectory(self, sample: Sample, traj_id: str, seed: int, reward_now: bool,
+                          kept: KeptWork | None = None) -> Trajectory:
         episode = self.env.reset(sample, traj_id)
         traj = episode.trajectory
         feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens, self.timeline) \
@@ -163,14 +208,24 @@ class RolloutManager:
         traj.timings = Timings()
         start = time.perf_counter()
         self._live[traj_id] = traj
+        work = self._work[traj_id] = KeptWork(traj_id)
         try:
             turn = 0
+            if kept is not None:
+                traj.deferred_steps = kept.deferred_steps
+                for completion in kept.turns:  # the finished turns again: their tools rebuild the observations
+                    work.turns.append(completion)
+                    await episode.step(completion)
+                    turn += 1
             while not episode.done:
                 if feed is not None:
                     feed.catch_up(traj)
                 await self._wait_if_paused(traj)
+                head = kept.partial if kept is not None and turn == len(kept.turns) else None
                 completion = await self._turn(traj, _with_seed(self.sampling, seed * 64 + turn), f"{traj_id}/t{turn}",
-                                              feed)
+                                              feed, head)
+                work.turns.append(completion)
+                work.partial = None
                 t1 = time.perf_counter()
                 await episode.step(completion)
                 t2 = time.perf_counter()
@@ -184,6 +239,7 @@ class RolloutManager:
             raise
         finally:
             self._live.pop(traj_id, None)
+            self._work.pop(traj_id, None)
             await episode.close()
         traj.timings.wall_s = time.perf_counter() - start
         if reward_now:
@@ -191,34 +247,43 @@ class RolloutManager:
         return traj
 
     async def _turn(self, traj: Trajectory, sampling: SamplingParams, request: str,
-                    feed: VerifierFeed | None) -> Completion:
+                    feed: VerifierFeed | None, head: Completion | None = None) -> Completion:
         """One policy turn. A request aborted by ``pause`` resumes after it from the tokens it had:
         the turn's tokens are the pre-pause ones followed by the post-resume ones, each with the
-        logprob and weight version that produced it."""
-        ids: list[int] = []
-        logprobs: list[float] = []
-        versions: list[int] = []
-        part = 0
+        logprob and weight version that produced it. ``head``: tokens a checkpoint kept of this
+        turn, continued the same way."""
+        ids: list[int] = list(head.token_ids) if head else []
+        logprobs: list[float] = list(head.logprobs) if head else []
+        versions: list[int] = list(head.versions) if head else []
+        if head and feed is not None:
+            feed.tokens(head.token_ids)
+        part = 1 if head else 0
         while True:
             rid = request if part == 0 else f"{request}/resumed-{part}"
             params = continued(sampling, ids, part)
             self._running[traj.id] = rid
             t0 = time.perf_counter()
             try:
-                stream = self.engine.generate(traj.token_ids + ids, traj.images, params, rid)
-                piece = await collect(rid, _tap(stream, feed) if feed is not None else stream)
+                try:
+                    stream = self.engine.generate(traj.token_ids + ids, traj.images, params, rid)
+                    piece = await collect(rid, _tap(stream, feed) if feed is not None else stream)
+                finally:
+                    self._running.pop(traj.id, None)
+                    paused = rid in self._paused
+                    self._paused.discard(rid)
+                    t1 = min(time.perf_counter(), self._paused_at) if paused else time.perf_counter()
+                    traj.timings.decode_s += t1 - t0
+                    self.timeline.add(traj.id, "decode", t0, t1)
+                ids += piece.token_ids
+                logprobs += piece.logprobs
+                versions += piece.versions
+                turn = Completion(request, tuple(ids), tuple(logprobs), tuple(versions), piece.finish_reason)
+                if piece.finish_reason != "abort" or not paused:
+                    return turn
+                self._work[traj.id].partial = turn
             finally:
-                self._running.pop(traj.id, None)
-                paused = rid in self._paused
-                self._paused.discard(rid)
-                t1 = min(time.perf_counter(), self._paused_at) if paused else time.perf_counter()
-                traj.timings.decode_s += t1 - t0
-                self.timeline.add(traj.id, "decode", t0, t1)
-            ids += piece.token_ids
-            logprobs += piece.logprobs
-            versions += piece.versions
-            if piece.finish_reason != "abort" or not paused:
-                return Completion(request, tuple(ids), tuple(logprobs), tuple(versions), piece.finish_reason)
+                if paused:  # ``pause`` waits for this: the request's tokens are where a checkpoint finds them
+                    self._cut.pop(rid).set()
             await self._wait_if_paused(traj, since=t1)
             part += 1
 
@@ -252,6 +317,16 @@ class RolloutManager:
         except Exception as e:  # a broken reward drops this group, counted, and the run goes on
             return e
         return traj
+
+
+async def _ended(outcome: Trajectory | BaseException) -> Trajectory:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _name(outcome: Trajectory | BaseException) -> str:
+    return outcome.id if isinstance(outcome, Trajectory) else f"ended with {type(outcome).__name__}"
 
 
 async def _tap(stream: AsyncIterator[Delta], feed: VerifierFeed) -> AsyncIterator[Delta]:

@@ -2,17 +2,23 @@
 
 Each step keeps ``groups + extra`` prompt groups in flight (B + Δ). As soon as B groups
 have ended whole, the step's batch is closed: those B are trained, and every other
-trajectory is paused (``RolloutManager.pause``: its engine request is aborted and its
-tokens kept; one inside a tool call finishes the call first). After the weight update,
-``step`` resumes them under the new weights and tops the flight up with new groups, so
-the step never waits for the long tail. Tokens sampled before a pause keep the weight
-version that produced them; the loss corrects them with the importance ratio against
-their behavior logprobs.
+trajectory is carried over. By default it is paused (``RolloutManager.pause``: its engine
+request is aborted and its tokens kept; one inside a tool call finishes the call first),
+and after the weight update ``step`` resumes it under the new weights; with
+``keep_decoding`` (an engine with resources of its own: the disaggregated mode) it goes on
+decoding through the update and the new weights reach it between two of its tokens. Either
+way ``step`` tops the flight up with new groups, so a step never waits for the long tail.
+Tokens sampled before a weight update keep the version that produced it; the loss
+corrects them with the importance ratio against their behavior logprobs.
 
-A group carried over more than ``max_staleness`` steps is dropped, counted as
-``staleness``: every group that enters is trained exactly once or dropped with a reason.
-Among groups that ended, the oldest go first. A checkpoint keeps the groups in flight
-(``pending``) and a resumed run starts them again first, from their questions.
+No partial work is thrown away by default: a carried-over trajectory runs until it ends
+or reaches its token cap, however many steps that takes. With ``max_staleness`` set, a
+group carried over more steps than that is dropped, counted as ``staleness``. Every group
+that enters is trained exactly once, dropped with a reason, or still in flight when the
+run ends (``close`` says how many). Among groups that ended, the oldest go first. A
+checkpoint keeps the groups in flight with their decoding so far (``pending``: each
+trajectory's finished turns and the tokens a pause cut off, with their logprobs and
+versions); a resumed run starts them again first, from there.
 
 Δ may follow the reward (``ExtraTuner``, OPPO's rule): while the mean reward still rises,
 more groups in flight hide more of the tail; near convergence Δ shrinks back to 0.
@@ -27,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from vlrl.metrics import SchedFigures
-from vlrl.rollout.manager import RolloutManager, RolloutResult, Seconds
+from vlrl.rollout.manager import KeptWork, RolloutManager, RolloutResult, Seconds
 from vlrl.types import Sample, Trajectory
+
+Pending = tuple[Sample, int, list[KeptWork | Trajectory | BaseException]]  # a group in flight, as kept
 
 
 @dataclass
@@ -55,6 +63,7 @@ class StepStats:
     paused: int = 0  # engine requests aborted at the batch's close
     extra: int = 0  # Δ this step
     staleness: Counter = field(default_factory=Counter)  # steps carried -> trained groups
+    token_staleness: Counter = field(default_factory=Counter)  # versions behind the engine's -> trained tokens
     finished_lengths: list[int] = field(default_factory=list)  # policy tokens of every trajectory ended by the close
 
     def figures(self) -> SchedFigures:
@@ -63,32 +72,34 @@ class StepStats:
         return SchedFigures(groups_started=self.started, groups_carried=self.carried, requests_paused=self.paused,
                             extra_groups=self.extra, deferred_fraction=self.carried / max(self.in_flight, 1),
                             staleness={str(k): n for k, n in sorted(self.staleness.items())},
+                            token_staleness={str(k): n for k, n in sorted(self.token_staleness.items())},
                             response_length_finished=sum(self.finished_lengths) / max(len(self.finished_lengths), 1))
 
 
 class OverlapScheduler:
     """Closes each step's batch at ``groups`` whole groups out of ``groups + extra`` in flight."""
 
-    def __init__(self, manager: RolloutManager, groups: int, extra: int, max_staleness: int,
-                 tuner: ExtraTuner | None = None):
+    def __init__(self, manager: RolloutManager, groups: int, extra: int, max_staleness: int | None = None,
+                 tuner: ExtraTuner | None = None, keep_decoding: bool = False):
         if groups < 1:
             raise ValueError(f"groups must be >= 1, got {groups}")
-        if extra < 0 or max_staleness < 0:
+        if extra < 0 or (max_staleness is not None and max_staleness < 0):
             raise ValueError(f"extra and max_staleness must be >= 0, got {extra} and {max_staleness}")
         self.manager, self.groups, self.extra, self.max_staleness = manager, groups, extra, max_staleness
-        self.tuner = tuner
+        self.tuner, self.keep_decoding = tuner, keep_decoding
         self.flights: list[Flight] = []
         self._admitted = 0
 
-    def pending(self) -> list[tuple[Sample, int]]:
-        """The groups in flight as (sample, steps carried): what a checkpoint keeps."""
-        return [(f.sample, f.deferred) for f in self.flights]
+    def pending(self) -> list[Pending]:
+        """The groups in flight as (sample, steps carried, each trajectory's kept work or end): what a checkpoint
+        keeps, so a resumed run loses no decoding."""
+        return [(f.sample, f.deferred, [self.manager.kept(t) for t in f.tasks]) for f in self.flights]
 
-    def readmit(self, pending: Sequence[tuple[Sample, int]], seed: int, tag: str) -> None:
-        """Start a checkpoint's groups in flight again (from their questions; partial work is not kept)."""
-        for k, (sample, deferred) in enumerate(pending):
-            self.flights.append(Flight(sample, self.manager.start_group(sample, f"{tag}-{k}", seed * 7_919 + k),
-                                       self._admitted, deferred))
+    def readmit(self, pending: Sequence[Pending], seed: int, tag: str) -> None:
+        """Start a checkpoint's groups in flight again, each trajectory from its kept work."""
+        for k, (sample, deferred, kept) in enumerate(pending):
+            tasks = self.manager.start_group(sample, f"{tag}-{k}", seed * 7_919 + k, kept)
+            self.flights.append(Flight(sample, tasks, self._admitted, deferred))
             self._admitted += 1
 
     async def step(self, draw: Callable[[int], Sequence[Sample]], seed: int, tag: str) -> tuple[RolloutResult,
@@ -106,7 +117,10 @@ class OverlapScheduler:
             pending = [t for f in self.flights for t in f.tasks if not t.done()]
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         generated = time.perf_counter()
-        stats.paused = await self.manager.pause()
+        if self.keep_decoding:
+            self.manager.carry_over()
+        else:
+            stats.paused = await self.manager.pause()
         stats.in_flight = len(self.flights)
         stats.finished_lengths = [sum(t.result().loss_mask) for f in self.flights for t in f.tasks
                                   if t.done() and not t.cancelled() and t.exception() is None]
@@ -115,10 +129,13 @@ class OverlapScheduler:
         for flight in chosen:
             result.add(flight.sample, [_outcome(t) for t in flight.tasks])
             stats.staleness[flight.deferred] += 1
+        version = self.manager.engine.version
+        stats.token_staleness.update(version - v for t in result.trajectories for v in t.versions if v >= 0)
         self.flights = [f for f in self.flights if f not in chosen]
         for flight in self.flights:
             flight.deferred += 1
-        for flight in [f for f in self.flights if f.deferred > self.max_staleness]:
+        cap = self.max_staleness
+        for flight in [f for f in self.flights if cap is not None and f.deferred > cap]:
             await _cancel(flight)
             result.dropped["staleness"] += len(flight.tasks)
             self.flights.remove(flight)
@@ -132,12 +149,14 @@ class OverlapScheduler:
         if self.tuner is not None:
             self.extra = self.tuner.update(mean_reward)
 
-    async def close(self) -> None:
-        """Cancel everything in flight (the run is ending)."""
+    async def close(self) -> int:
+        """Cancel everything in flight (the run is ending); returns how many groups that was."""
         self.manager.resume()
+        left = len(self.flights)
         for flight in self.flights:
             await _cancel(flight)
         self.flights = []
+        return left
 
 
 @dataclass
