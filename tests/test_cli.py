@@ -181,3 +181,11 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
         "metrics.jsonl").read_text().splitlines()]
     assert all(r["sched/requests_paused"] == 0 and "engine/replica_0_requests" in r for r in disaggregated)
     assert "disaggregated |" in out and "rollout s | update s" in out and "efficiency" in out
+    # the twin re-runs each of them from its config and lengths.jsonl, and says how far off it was
+    from test_plan import cost_file
+
+    out = vlrl("plan", "--validate", str(tmp_path / "runs"), "--costs", str(cost_file(tmp_path / "costs.json")),
+               "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["cases"] == 3 and 0 <= figures["mean_rel_error"] <= figures["max_rel_error"]
+    assert "measured s | predicted s" in out

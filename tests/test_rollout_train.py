@@ -20,7 +20,7 @@ from vlrl.recipes.train import sync_weights
 from vlrl.rollout.manager import RolloutManager
 from vlrl.trainer.batches import TrainItem, micro_batches
 from vlrl.trainer.policy import PolicyTrainer
-from vlrl.types import SamplingParams, Score
+from vlrl.types import SamplingParams, Score, Segment, Trajectory
 
 
 @pytest.fixture
@@ -118,6 +118,15 @@ def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, eng
     # the engine now samples with the trainer's new weights: parity holds again
     check = PolicyTrainer(model, vision, OptimConfig(lr=1e-9), ClippedSurrogate(LossConfig()), total_steps=1)
     assert check.step([TrainItem(t, 0.0) for t in after.trajectories])["parity"] < 1e-3
+
+
+def test_micro_batches_group_similar_lengths_so_a_long_tail_pads_little():
+    lengths = [900, 10, 12, 11, 880, 9]
+    trajectories = [Trajectory(f"t{k}", "s", [Segment("prompt", (1,) * n)]) for k, n in enumerate(lengths)]
+    batches = micro_batches(trajectories, 2000)
+    assert [[len(t.token_ids) for t in b] for b in batches] == [[9, 10, 11, 12], [880, 900]]
+    # cut in batch order, 10 and 9 would be padded to 900 and 880: [900, 10], [12, 11], [880, 9], 3,584 tokens
+    assert sum(max(len(t.token_ids) for t in b) * len(b) for b in batches) == 4 * 12 + 2 * 900
 
 
 def test_micro_batches_give_the_same_gradient_as_one_batch(run, engine, tokenizer, vision, tiny_dir):

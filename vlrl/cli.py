@@ -1,4 +1,5 @@
-"""The `vlrl` command: model building, generation, training, evaluation, environments, tools, data, benchmarks."""
+"""The `vlrl` command: model building, generation, training, evaluation, environments, tools, data, benchmarks,
+the scheduler's twin."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import argparse
 import os
 import sys
 
-from vlrl.commands import bench, data, env, eval, generate, model, tools, train
+from vlrl.commands import bench, data, env, eval, generate, model, plan, tools, train
 
 # subcommand modules in the order `vlrl --help` lists them; each declares its arguments and runs itself
-COMMANDS = (model, generate, train, eval, env, tools, data, bench)
+COMMANDS = (model, generate, train, eval, env, tools, data, bench, plan)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,10 +46,10 @@ class Critic(torch.nn.Module):
     def values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
         """V per token (length L - 1 each), without gradient: the values GAE uses."""
         self.eval()
-        out: list[torch.Tensor] = []
+        out: dict[int, torch.Tensor] = {}  # id(trajectory) -> its values (micro-batches sort them by length)
         for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
-            out += [v.cpu() for v in self._values(batch)]
-        return out
+            out |= {id(t): v.cpu() for t, v in zip(batch, self._values(batch))}
+        return [out[id(t)] for t in trajectories]
 
     def step(self, trajectories: Sequence[Trajectory], old_values: Sequence[torch.Tensor],
              returns: Sequence[torch.Tensor]) -> dict[str, float]:

@@ -81,9 +81,10 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
             print(f"  {key:28s} {shown}")
     groups = summary.get("groups")
     if groups:
-        dropped = sum(groups["dropped_trajectories"].values())
-        print(f"  {'groups':28s} {groups['entered']} entered: {groups['trained']} trained, {dropped} trajectories "
-              f"dropped {groups['dropped_trajectories'] or ''}, {groups['in_flight_at_end']} in flight at the end")
+        dropped = groups["dropped_trajectories"]
+        reasons = f" ({', '.join(f'{reason}: {n}' for reason, n in dropped.items())})" if dropped else ""
+        print(f"  {'groups':28s} {groups['entered']} entered: {groups['trained']} trained, {sum(dropped.values())} "
+              f"trajectories dropped{reasons}, {groups['in_flight_at_end']} in flight at the end")
     by_task = summary.get("heldout_by_task", {})
     if len(by_task) > 1:  # a mix: one line per task
         for task, figures in by_task.items():

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
+from vlrl.clock import now
 from vlrl.config import TrainConfig
 from vlrl.distributed import TrainerRankLost, cluster
 from vlrl.engines.base import Engine
@@ -50,7 +51,7 @@ from vlrl.rollout.play import play_agent
 from vlrl.rollout.scheduler import OverlapScheduler
 from vlrl.rollout.timeline import TRAINER
 from vlrl.trainer.policy import PolicyTrainer
-from vlrl.types import Sample
+from vlrl.types import Sample, Trajectory
 from vlrl.worker_thread import WorkerThread
 
 
@@ -155,10 +156,10 @@ async def rl_steps(run: Run, env: Env) -> None:
 async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
                   stream: Iterator[Sample]) -> StepRecord:
     """collect -> prepare -> update -> sync -> log; returns the step's record."""
-    began = time.perf_counter()
+    began = now()
     manager.timeline.mark(f"step {step}", began)
     result, record = await collect(run.cfg, step, manager, scheduler, stream)
-    rolled = time.perf_counter()
+    rolled = now()
     batch = await run.compute.run(run.algo.prepare, result.groups)
     record.algo = AlgoFigures(prepared=batch.metrics)
     if batch.items:
@@ -167,7 +168,7 @@ async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: Overl
         with manager.timeline.span(TRAINER, "sync"):
             record.perf = dataclasses.replace(record.perf, **times,
                                               sync_s=await sync_weights(run.trainer, run.engine, run.compute))
-    log_step(run, step, manager, scheduler, result, record, (began, rolled, time.perf_counter()))
+    log_step(run, step, manager, scheduler, result, record, (began, rolled, now()))
     return record
 
 
@@ -211,8 +212,17 @@ def log_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapSch
     if scheduler is not None:
         scheduler.tune(record.reward.mean if record.reward is not None else 0.0)
     run.out.log(step, record.flat())
+    run.out.log(step, {"trajectories": [shape(t) for t in result.trajectories]}, phase="lengths")
     if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
         run.out.transcripts(step, result.trajectories, run.tokenizer)
+
+
+def shape(traj: Trajectory) -> list[Any]:
+    """A trained trajectory's shape for ``lengths.jsonl`` (what `vlrl plan --lengths` replays): [prompt tokens,
+    policy tokens of each turn, observation tokens]."""
+    sizes = {kind: [len(s.token_ids) for s in traj.segments if s.kind == kind]
+             for kind in ("prompt", "policy", "observation")}
+    return [sum(sizes["prompt"]), sizes["policy"], sum(sizes["observation"])]
 
 
 async def after_step(run: Run, step: int, record: StepRecord, scheduler: OverlapScheduler | None) -> None:

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from PIL import Image
 
+from vlrl.clock import now
 from vlrl.config import QUESTION
 
 if TYPE_CHECKING:  # vlrl.engines imports the config, which imports the verifier's defaults
@@ -103,13 +103,13 @@ class Verifier:
         feed = self._feeds.get(traj_id)
         if feed is None or not feed.ids:
             raise KeyError(f"verifier: nothing was extended for trajectory {traj_id!r}")
-        start = time.perf_counter()
+        start = now()
         async with feed.lock:
             self._feeds.pop(traj_id, None)
             ids = self.reading.ids(traj_id, feed.ids)
             scores = await self.engine.score_next(_key(traj_id), ids, feed.images, self.reading.token_ids)
         score = self.reading.score(traj_id, scores.logprobs)
-        return Verdict(score, feed.early, len(ids) - scores.cached_tokens, time.perf_counter() - start)
+        return Verdict(score, feed.early, len(ids) - scores.cached_tokens, now() - start)
 
     async def score(self, traj_id: str, ids: Sequence[int], images: Sequence[Image.Image]) -> Verdict:
         """The whole trajectory at once: the non-streamed score."""

@@ -22,11 +22,11 @@ groups whole).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable, Literal, Sequence
 
+from vlrl.clock import now
 from vlrl.engines.base import Engine, collect
 from vlrl.engines.sampling import continued
 from vlrl.env import Env
@@ -131,7 +131,7 @@ class RolloutManager:
         re-prefilling its prefix under the weights of that time.
         """
         self._open.clear()
-        self._paused_at = time.perf_counter()
+        self._paused_at = now()
         self.carry_over()
         running = list(self._running.values())
         self._paused.update(running)
@@ -175,7 +175,7 @@ class RolloutManager:
 
     async def rollout(self, samples: Sequence[Sample], seed: int, tag: str = "r") -> RolloutResult:
         """One rollout: every sample ``group_size`` times. ``seed`` makes the sampling reproducible."""
-        start = time.perf_counter()
+        start = now()
         result = RolloutResult([])
         jobs = [(s, f"{tag}-{i}-{k}") for i, s in enumerate(samples) for k in range(self.group_size)]
         rewarded = self.schedule != "sync"
@@ -183,7 +183,7 @@ class RolloutManager:
             *(self._trajectory(sample, traj_id, seed * 1_000_003 + n, rewarded)
               for n, (sample, traj_id) in enumerate(jobs)),
             return_exceptions=True)
-        generated = time.perf_counter()
+        generated = now()
         by_sample: dict[int, list[Trajectory | BaseException]] = {}
         for n, outcome in enumerate(outcomes):
             by_sample.setdefault(n // self.group_size, []).append(outcome)
@@ -195,7 +195,7 @@ class RolloutManager:
                 by_sample[i] = scored[k * self.group_size: (k + 1) * self.group_size]
         for i, sample in enumerate(samples):
             result.add(sample, by_sample[i])
-        end = time.perf_counter()
+        end = now()
         result.seconds = Seconds(wall=end - start, generate=generated - start, reward=end - generated)
         return result
 
@@ -206,7 +206,7 @@ class RolloutManager:
         feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens, self.timeline) \
             if self.verifier is not None and reward_now else None
         traj.timings = Timings()
-        start = time.perf_counter()
+        start = now()
         self._live[traj_id] = traj
         work = self._work[traj_id] = KeptWork(traj_id)
         try:
@@ -226,9 +226,9 @@ class RolloutManager:
                                               feed, head)
                 work.turns.append(completion)
                 work.partial = None
-                t1 = time.perf_counter()
+                t1 = now()
                 await episode.step(completion)
-                t2 = time.perf_counter()
+                t2 = now()
                 traj.timings.env_s += t2 - t1
                 if not episode.done:  # a tool ran (or its call was refused) and its observation was appended
                     self.timeline.add(traj_id, "tool", t1, t2)
@@ -241,7 +241,7 @@ class RolloutManager:
             self._live.pop(traj_id, None)
             self._work.pop(traj_id, None)
             await episode.close()
-        traj.timings.wall_s = time.perf_counter() - start
+        traj.timings.wall_s = now() - start
         if reward_now:
             await self._reward(traj, sample, feed)
         return traj
@@ -262,7 +262,8 @@ class RolloutManager:
             rid = request if part == 0 else f"{request}/resumed-{part}"
             params = continued(sampling, ids, part)
             self._running[traj.id] = rid
-            t0 = time.perf_counter()
+            t0 = now()
+            self.timeline.begin(traj.id, "decode", t0)
             try:
                 try:
                     stream = self.engine.generate(traj.token_ids + ids, traj.images, params, rid)
@@ -271,9 +272,9 @@ class RolloutManager:
                     self._running.pop(traj.id, None)
                     paused = rid in self._paused
                     self._paused.discard(rid)
-                    t1 = min(time.perf_counter(), self._paused_at) if paused else time.perf_counter()
+                    t1 = min(now(), self._paused_at) if paused else now()
                     traj.timings.decode_s += t1 - t0
-                    self.timeline.add(traj.id, "decode", t0, t1)
+                    self.timeline.finish(traj.id, t1)
                 ids += piece.token_ids
                 logprobs += piece.logprobs
                 versions += piece.versions
@@ -291,15 +292,15 @@ class RolloutManager:
         """Wait for ``resume``; the trajectory counts as paused from ``since`` (its request's abort) or now."""
         if since is None and self._open.is_set():
             return
-        t0 = time.perf_counter() if since is None else since
+        t0 = now() if since is None else since
         await self._open.wait()
-        t1 = time.perf_counter()
+        t1 = now()
         traj.timings.paused_s += t1 - t0
         self.timeline.add(traj.id, "paused", t0, t1)
 
     async def _reward(self, traj: Trajectory, sample: Sample, feed: VerifierFeed | None = None) -> None:
         """The rule-based reward of the final answer, mixed with the verifier's verdict if there is one."""
-        t0 = time.perf_counter()
+        t0 = now()
         score_trajectory(traj, sample, self.tokenizer, self.reward)
         if self.verifier is not None:
             feed = feed or VerifierFeed(self.verifier, traj.id, 0, self.timeline)
@@ -309,7 +310,7 @@ class RolloutManager:
                 feed.cancel()
                 raise
             mix_verdict(traj, verdict, self.verifier_weight)
-        traj.timings.reward_s = time.perf_counter() - t0
+        traj.timings.reward_s = now() - t0
 
     async def _reward_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
         try:

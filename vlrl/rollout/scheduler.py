@@ -27,11 +27,11 @@ more groups in flight hide more of the tail; near convergence Δ shrinks back to
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from vlrl.clock import now
 from vlrl.metrics import SchedFigures
 from vlrl.rollout.manager import KeptWork, RolloutManager, RolloutResult, Seconds
 from vlrl.types import Sample, Trajectory
@@ -105,7 +105,7 @@ class OverlapScheduler:
     async def step(self, draw: Callable[[int], Sequence[Sample]], seed: int, tag: str) -> tuple[RolloutResult,
                                                                                                StepStats]:
         """Resume what was paused, top up to ``groups + extra`` with ``draw(n)`` new samples, close at ``groups``."""
-        start = time.perf_counter()
+        start = now()
         stats = StepStats(extra=self.extra)
         self.manager.resume()
         for k, sample in enumerate(draw(max(self.groups + self.extra - len(self.flights), 0))):
@@ -116,7 +116,7 @@ class OverlapScheduler:
         while sum(f.done for f in self.flights) < min(self.groups, len(self.flights)):
             pending = [t for f in self.flights for t in f.tasks if not t.done()]
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        generated = time.perf_counter()
+        generated = now()
         if self.keep_decoding:
             self.manager.carry_over()
         else:
@@ -140,7 +140,7 @@ class OverlapScheduler:
             result.dropped["staleness"] += len(flight.tasks)
             self.flights.remove(flight)
         stats.carried = len(self.flights)
-        end = time.perf_counter()
+        end = now()
         result.seconds = Seconds(wall=end - start, generate=generated - start)
         return result, stats
 

@@ -11,7 +11,6 @@ the engine sat idle and what the overlap scheduler hid.
 from __future__ import annotations
 
 import json
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from vlrl.clock import now
+
 # phase -> colour; a row's verifier spans are drawn as a thin band (they run beside its decoding)
 PHASES = {"decode": "#1f77b4", "tool": "#ff7f0e", "verifier": "#2ca02c", "paused": "#d62728",
           "update": "#9467bd", "sync": "#8c564b"}
@@ -29,7 +30,7 @@ TRAINER = "trainer"
 
 @dataclass(frozen=True)
 class Span:
-    """``track`` (a trajectory id, or ``trainer``) was in ``phase`` from ``start`` to ``end`` (perf_counter s)."""
+    """``track`` (a trajectory id, or ``trainer``) was in ``phase`` from ``start`` to ``end`` (``vlrl.clock.now`` s)."""
 
     track: str
     phase: str
@@ -42,8 +43,9 @@ class Timeline:
     """The spans and step marks of a run (or of its last step, when ``prune`` keeps it short)."""
 
     spans: list[Span] = field(default_factory=list)
-    marks: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter s, label), e.g. step starts
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (``vlrl.clock.now`` s, label), e.g. step starts
     record: bool = True  # False: keep nothing (an evaluation's thousands of trajectories, never drawn)
+    open: dict[str, tuple[str, float]] = field(default_factory=dict)  # track -> (phase, start) of a span still going
 
     def add(self, track: str, phase: str, start: float, end: float) -> None:
         if phase not in PHASES:
@@ -51,18 +53,29 @@ class Timeline:
         if self.record:
             self.spans.append(Span(track, phase, start, end))
 
+    def begin(self, track: str, phase: str, start: float) -> None:
+        """``track`` enters ``phase``; until ``finish``, the engine's figures count it as running."""
+        if self.record:
+            self.open[track] = (phase, start)
+
+    def finish(self, track: str, end: float) -> None:
+        """The span ``begin`` opened on ``track`` ends at ``end``."""
+        if track in self.open:
+            phase, start = self.open.pop(track)
+            self.add(track, phase, start, end)
+
     @contextmanager
     def span(self, track: str, phase: str) -> Iterator[None]:
         """Record the ``with`` block as ``track`` in ``phase`` (also when it raises or is cancelled)."""
-        start = time.perf_counter()
+        start = now()
         try:
             yield
         finally:
-            self.add(track, phase, start, time.perf_counter())
+            self.add(track, phase, start, now())
 
     def mark(self, label: str, at: float | None = None) -> None:
         if self.record:
-            self.marks.append((time.perf_counter() if at is None else at, label))
+            self.marks.append((now() if at is None else at, label))
 
     def prune(self, before: float) -> None:
         """Forget the spans and marks that ended before ``before`` (a run that records no timeline)."""
@@ -127,8 +140,10 @@ class Timeline:
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
     def _requests(self, lo: float, hi: float) -> list[tuple[float, int]]:
-        """(time, +1 or -1) as policy requests reach and leave the engine, clipped to [lo, hi], in order."""
-        decode = [s for s in self.spans if s.phase == "decode" and s.end > lo and s.start < hi]
+        """(time, +1 or -1) as policy requests reach and leave the engine, clipped to [lo, hi], in order (a request
+        still decoding runs to ``hi``)."""
+        going = [Span(track, phase, start, hi) for track, (phase, start) in self.open.items()]
+        decode = [s for s in [*self.spans, *going] if s.phase == "decode" and s.end > lo and s.start < hi]
         return sorted([(max(s.start, lo), 1) for s in decode] + [(min(s.end, hi), -1) for s in decode])
 
     def _origin(self) -> float:

@@ -32,14 +32,14 @@ def length(item: Any) -> int:
 
 
 def micro_batches(items: Sequence[T], budget: int) -> list[list[T]]:
-    """Consecutive runs of items (trajectories or TrainItems) whose padded size stays within ``budget`` tokens.
-
+    """``items`` (trajectories or TrainItems) from shortest to longest, cut into consecutive runs whose padded size
+    stays within ``budget`` tokens: with long-tailed lengths, a short answer is not padded to a long one's length.
     An item longer than the budget goes alone (it cannot be split without breaking its images).
     """
     batches: list[list[T]] = []
     current: list[T] = []
     longest = 0
-    for item in items:
+    for item in sorted(items, key=length):
         n = length(item)
         if current and max(longest, n) * (len(current) + 1) > budget:
             batches.append(current)

@@ -192,12 +192,12 @@ class PolicyTrainer:
     @torch.no_grad()
     def _logprobs(self, items: Sequence[TrainItem]) -> list[torch.Tensor]:
         self.model.eval()
-        out: list[torch.Tensor] = []
+        out: dict[int, torch.Tensor] = {}  # id(item) -> its logprobs (micro-batches sort the items by length)
         for batch in self._micro_batches(items, TrainItem(FILLER, 0.0)):
-            out += [s.logprobs.cpu() for s in sequence_logprobs(self.model, self.vision,
-                                                                [(it.trajectory.token_ids, it.trajectory.images)
-                                                                 for it in batch])]
-        return out[:len(items)]
+            scores = sequence_logprobs(self.model, self.vision, [(it.trajectory.token_ids, it.trajectory.images)
+                                                                  for it in batch])
+            out |= {id(it): s.logprobs.cpu() for it, s in zip(batch, scores)}
+        return [out[id(it)] for it in items]
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The whole model's weights (LoRA merged): what the engines serve and a checkpoint keeps.

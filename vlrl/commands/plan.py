@@ -1,0 +1,120 @@
+"""`vlrl plan [calibrate]`: the scheduler's twin. Predict every schedule's step on a workload, recommend a setting,
+check the twin against measured runs (``--validate``), or measure this machine's costs (``calibrate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+
+def add_to(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser("plan", help="the scheduler's twin: predicted step times on a simulated clock")
+    plan.add_argument("action", nargs="?", choices=["calibrate"], help="calibrate: measure this machine's costs")
+    plan.add_argument("--costs", default="runs/plan/costs.json",
+                      help="cost file (`vlrl plan calibrate` writes it; default %(default)s)")
+    plan.add_argument("--workload", default="longtail-cot", help="a `vlrl bench overlap` workload (its teacher's "
+                                                                 "lengths)")
+    plan.add_argument("--lengths", help="a `vlrl train` run directory: draw lengths from its trained trajectories")
+    plan.add_argument("--steps", type=int, default=10, help="simulated steps per schedule, after 1 warm-up")
+    plan.add_argument("--max-tokens", type=int, default=1024, help="a turn's token cap")
+    plan.add_argument("--validate", metavar="RUNS", help="a `vlrl bench overlap --keep` folder: measured vs "
+                                                          "predicted step time of each run in it")
+    plan.add_argument("--model", help="model folder whose tokenizer the verifier uses (calibrate: the model it "
+                                      "measures; default: a tiny model built in a temp folder)")
+    plan.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    plan.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.action == "calibrate":
+        return _with_model(args, lambda model: calibrate(model, Path(args.costs)))
+    from vlrl.plan.costs import load
+
+    placements = load(args.costs)
+    if args.validate:
+        return _with_model(args, lambda model: validate(Path(args.validate), placements, model, args.json))
+    return _with_model(args, lambda model: predict(args, placements, model))
+
+
+def calibrate(model: Path, out: Path) -> int:
+    from vlrl.plan.calibrate import calibrate as measure
+    from vlrl.plan.costs import save
+
+    placements = measure(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(placements, out)
+    for name, costs in placements.items():
+        print(f"{name:13s} decode {1000 * costs.decode_base_s:.2f} ms + {1000 * costs.decode_per_request_s:.3f} ms "
+              f"per request; prefill {1e6 * costs.prefill_per_token_s:.1f} us/token; tool {1000 * costs.tool_s:.0f} "
+              f"ms; update {costs.update_base_s:.2f} s + {1e6 * costs.update_per_token_s:.1f} us/token; sync "
+              f"{1000 * costs.sync_s:.0f} ms")
+    print(f"written to {out}")
+    return 0
+
+
+def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
+    from vlrl.bench.overlap import AHEAD, GROUP_SIZE, GROUPS
+    from vlrl.plan import report
+    from vlrl.plan.workloads import from_run, named
+
+    workload = from_run(args.lengths) if args.lengths else named(args.workload)
+    tokenizer, eos = _tokenizer(model)
+    results = report.schedules(placements, workload, args.steps, tokenizer, eos, args.max_tokens)
+    base = results["sync"]["step_s"]
+    print(f"predicted by the twin ({workload.source}; costs: {args.costs}), mean of {args.steps} steps after 1:")
+    print("schedule      | step s | rollout s | update s | speedup | busy | bubble | staleness")
+    for name, r in results.items():
+        print(f"{name:13s} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
+              f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | {r['staleness']:9.2f}")
+    best = report.recommend(placements, workload, args.steps, tokenizer, eos, args.max_tokens)
+    print(f"recommended: {best['placement']}, extra_groups {best['extra_groups']}, verifier.chunk_tokens "
+          f"{best['chunk_tokens']}, decode_during_update {str(best['decode_during_update']).lower()}: "
+          f"{best['step_s']:.2f} s per step, {base / best['step_s']:.2f}x over sync")
+    if args.json:
+        efficiency = report.efficiency(best, placements[best["placement"]], (GROUPS + AHEAD) * GROUP_SIZE)
+        print(json.dumps({**{f"speedup_{n.replace('+', '_').replace('-', '_')}": round(base / r["step_s"], 3)
+                             for n, r in results.items() if n != "sync"},
+                          "efficiency_best": round(efficiency, 3),
+                          "recommended": {k: v for k, v in best.items() if not isinstance(v, float)}}))
+    return 0
+
+
+def validate(runs: Path, placements: Any, model: Path, as_json: bool) -> int:
+    from vlrl.plan.report import validate as cases_of
+
+    tokenizer, eos = _tokenizer(model)
+    cases = cases_of(runs, placements, tokenizer, eos)
+    print("run                                   | placement     | measured s | predicted s | error")
+    for c in cases:
+        print(f"{c['run']:37s} | {c['placement']:13s} | {c['measured_s']:10.2f} | {c['predicted_s']:11.2f} | "
+              f"{100 * c['rel_error']:4.0f}%")
+    errors = [c["rel_error"] for c in cases]
+    figures = {"cases": len(cases), "max_rel_error": round(max(errors), 3),
+               "mean_rel_error": round(sum(errors) / len(errors), 3)}
+    print(f"the twin is within {100 * figures['max_rel_error']:.0f}% of every measured step time "
+          f"(mean {100 * figures['mean_rel_error']:.0f}%)")
+    if as_json:
+        print(json.dumps(figures))
+    return 0
+
+
+def _tokenizer(model: Path) -> tuple[Any, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def _with_model(args: argparse.Namespace, work: Callable[[Path], int]) -> int:
+    if args.model:
+        return work(Path(args.model))
+    import tempfile
+
+    from vlrl.model.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return work(build_tiny_model(Path(tmp) / "tiny-vlm", max_pixels=12544))

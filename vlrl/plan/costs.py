@@ -1,0 +1,59 @@
+"""What each part of a step costs, in seconds: the twin's cost model.
+
+``vlrl plan calibrate`` measures these on this machine; presets give them for GPU setups
+from published figures. The decode step grows with the batch (linear in the requests
+decoded together); prefill is charged per token not already cached; the update per
+trained token (prompt, observations and answer: the trainer's forward and backward read
+them all).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per unit of work for one placement of the engine and the trainer."""
+
+    decode_base_s: float  # one decode step of the engine, its fixed part
+    decode_per_request_s: float  # ... and per request in the batch
+    prefill_per_token_s: float  # prompt, observation or verifier tokens not already in the engine's cache
+    tool_s: float  # one tool call, as the trajectory waits for it
+    update_base_s: float  # one optimizer step's fixed part (optimizer, scheduling)
+    update_per_token_s: float  # per trained token: logprob forward, backward
+    sync_s: float  # pushing the weights to the engine
+    source: str = ""  # where the numbers come from
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "source" and not value >= 0:
+                raise ValueError(f"cost {f.name} must be >= 0 seconds, got {value}")
+
+    def decode_step_s(self, batch: int) -> float:
+        return self.decode_base_s + self.decode_per_request_s * batch
+
+    def update_s(self, tokens: int) -> float:
+        return self.update_base_s + self.update_per_token_s * tokens
+
+
+
+Placements = dict[str, Costs]  # "colocated" (engine and trainer take turns on every device) / "disaggregated"
+PLACEMENTS = ("colocated", "disaggregated")
+
+
+def save(placements: Placements, path: Path) -> None:
+    path.write_text(json.dumps({name: asdict(costs) for name, costs in placements.items()}, indent=2) + "\n")
+
+
+def load(path: str | Path) -> Placements:
+    """A cost file written by `vlrl plan calibrate`: {"colocated": {...}, "disaggregated": {...}}."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        placements = {name: Costs(**raw[name]) for name in PLACEMENTS}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a cost file of `vlrl plan calibrate` ({type(e).__name__}: {e})") from e
+    return placements

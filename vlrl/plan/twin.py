@@ -1,0 +1,129 @@
+"""The twin: the real rollout manager and overlap scheduler, on cost-model parts and a simulated clock.
+
+Each simulated step is the recipe's (``vlrl.recipes.train.rl_step``) with the model work
+replaced by its cost: collect (``RolloutManager.rollout`` for sync, ``OverlapScheduler.step``
+otherwise, with the cost engine, the cost environment and, when asked, the real
+``Verifier`` on the cost engine), then the update (``Costs.update_s`` of the trained
+tokens) and the weight push (``Costs.sync_s``), during which the engine decodes only under
+``keep_decoding``. Lengths come from a ``Script``, so the twin faces the work a measured
+run faced; its figures are the ones the recipe logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from vlrl.clock import now
+from vlrl.plan.costs import Costs
+from vlrl.plan.engine import CostEngine, Script
+from vlrl.plan.env import CostEnv
+from vlrl.rewards.verifier import Verifier
+from vlrl.rollout.manager import RolloutManager
+from vlrl.rollout.scheduler import OverlapScheduler
+from vlrl.types import Sample, SamplingParams, Score
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to simulate: a schedule of the recipe, the batch, and the shape of a trajectory."""
+
+    schedule: Literal["sync", "async", "overlap"]
+    groups: int  # B: groups trained per step
+    group_size: int
+    extra: int = 0  # Δ (overlap)
+    keep_decoding: bool = False  # overlap: the engine decodes through the update (disaggregated)
+    max_staleness: int | None = None
+    verifier: bool = False  # the policy judges each answer on its own engine
+    chunk_tokens: int = 0  # verifier streaming (schedule async or overlap)
+    max_tokens: int = 1024  # per policy turn
+    prompt_tokens: int = 300
+    observation_tokens: int = 60
+    slots: int = 0  # the engine's batch, the bubble's unit (0: every request in flight)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("sync", "async", "overlap"):
+            raise ValueError(f"schedule must be sync, async or overlap, got {self.schedule!r}")
+        if self.keep_decoding and self.schedule != "overlap":
+            raise ValueError("keep_decoding needs schedule overlap")
+
+    @property
+    def capacity(self) -> int:
+        return self.slots or (self.groups + self.extra) * self.group_size
+
+
+@dataclass
+class TwinStep:
+    """One simulated step's figures (the recipe's names without the namespace)."""
+
+    step_s: float
+    rollout_s: float
+    update_s: float
+    engine_busy_fraction: float
+    bubble_ratio: float
+    trained: list[str]  # the trained groups' trajectory-id prefixes, oldest first
+    staleness: dict[int, int] = field(default_factory=dict)  # steps carried -> trained groups
+    tokens: int = 0  # trained tokens (prompt, observations and answer)
+    dropped: int = 0  # trajectories dropped (a staleness cap)
+    policy_tokens: int = 0  # trained tokens the policy wrote
+
+
+def sampled_script(lengths: Sequence[int], turns: int = 2, tool_call_tokens: int = 24, seed: int = 0) -> Script:
+    """A script drawing each trajectory's answer length from ``lengths`` (e.g. a measured run's), after
+    ``turns`` - 1 tool calls of ``tool_call_tokens``; the same trajectory id always gets the same draw."""
+    if not lengths:
+        raise ValueError("no response lengths to draw from")
+    pool = list(lengths)
+
+    def script(traj_id: str) -> list[int]:
+        answer = pool[zlib.crc32(f"{seed}/{traj_id}".encode()) % len(pool)]
+        return [tool_call_tokens] * (turns - 1) + [max(answer, 1)]
+
+    return script
+
+
+async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, tokenizer: Any,
+                         eos_id: int) -> list[TwinStep]:
+    """``steps`` steps of ``plan`` on the simulated clock (run it under ``vlrl.plan.clock.simulate``)."""
+    engine = CostEngine(costs, script, eos_id, shared_prompt=plan.prompt_tokens)
+    env = CostEnv(costs, script, plan.prompt_tokens, plan.observation_tokens)
+    verifier = Verifier(engine, tokenizer) if plan.verifier else None
+    manager = RolloutManager(engine, env, tokenizer, _reward, SamplingParams(max_tokens=plan.max_tokens),
+                             plan.group_size, "sync" if plan.schedule == "sync" else "async", verifier,
+                             0.5 if verifier else 0.0, plan.chunk_tokens)
+    scheduler = OverlapScheduler(manager, plan.groups, plan.extra, plan.max_staleness,
+                                 keep_decoding=plan.keep_decoding) if plan.schedule == "overlap" else None
+    drawn = (Sample(f"q{k}", f"question {k}", [], ["0"]) for k in range(10**9))
+    out: list[TwinStep] = []
+    for step in range(steps):
+        began = now()
+        if scheduler is None:
+            result = await manager.rollout([next(drawn) for _ in range(plan.groups)], seed=step, tag=f"s{step}")
+            staleness: Counter = Counter({0: len(result.groups)})
+        else:
+            result, stats = await scheduler.step(lambda n: [next(drawn) for _ in range(n)], seed=step,
+                                                 tag=f"s{step}")
+            staleness = stats.staleness
+        rolled = now()
+        tokens = sum(len(t.token_ids) for t in result.trajectories)
+        await asyncio.sleep(costs.update_s(tokens) + costs.sync_s if result.groups else 0.0)
+        await engine.update_weights({}, engine.version + 1)
+        end = now()
+        close = end if plan.keep_decoding else rolled
+        figures = manager.timeline.engine_figures(began, close, end, plan.capacity)
+        out.append(TwinStep(end - began, rolled - began, end - rolled, figures["engine_busy_fraction"],
+                            figures["bubble_ratio"], [g.trajectories[0].id.rsplit("-", 1)[0] for g in result.groups],
+                            dict(staleness), tokens, sum(result.dropped.values()),
+                            sum(sum(t.loss_mask) for t in result.trajectories)))
+        manager.timeline.prune(end)
+    if scheduler is not None:
+        await scheduler.close()
+    await engine.close()
+    return out
+
+
+def _reward(text: str, answers: Sequence[str]) -> Score:
+    return Score(0.0)

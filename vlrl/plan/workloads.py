@@ -1,0 +1,74 @@
+"""What the twin's trajectories look like: a pool of shapes (prompt tokens, tokens of each policy turn,
+observation tokens) to draw each simulated trajectory from.
+
+From a finished run (``lengths.jsonl``, what its trained trajectories were), or from a
+named workload of `vlrl bench overlap`: there the shapes follow its teacher's
+distribution (the shape a warm-started policy imitates; a measured run is the better
+source, since a small model imitates a tail only roughly).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vlrl.plan.engine import Script
+from vlrl.registry import resolve
+
+SENTENCE_TOKENS = 12  # the teacher's THOUGHT sentence in the tiny tokenizer
+ANSWER_TOKENS = 8  # "FINAL ANSWER: X" and the end of the turn
+TOOL_CALL_TOKENS = 24  # a brief focus-tool call
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Trajectory shapes to draw from, and the prompt and observation sizes they share on average."""
+
+    turns: tuple[tuple[int, ...], ...]  # policy tokens of each turn, per trajectory
+    prompt_tokens: int
+    observation_tokens: int  # per tool observation
+    source: str
+
+    def script(self, seed: int = 0) -> Script:
+        """Trajectory id -> its turns: the same id always draws the same shape."""
+        def turns(traj_id: str) -> list[int]:
+            return list(self.turns[zlib.crc32(f"{seed}/{traj_id}".encode()) % len(self.turns)])
+
+        return turns
+
+
+def from_run(path: str | Path) -> Workload:
+    """The trained trajectories of the run at ``path`` (its ``lengths.jsonl``)."""
+    file = Path(path) / "lengths.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: --lengths takes a run directory of `vlrl train`")
+    shapes = [shape for line in file.read_text().splitlines() for shape in json.loads(line)["trajectories"]]
+    if not shapes:
+        raise ValueError(f"{file}: no trained trajectory to draw lengths from")
+    tool_turns = sum(len(turns) - 1 for _, turns, _ in shapes)
+    return Workload(tuple(tuple(turns) for _, turns, _ in shapes),
+                    round(sum(p for p, _, _ in shapes) / len(shapes)),
+                    round(sum(o for _, _, o in shapes) / max(tool_turns, 1)), str(file))
+
+
+def named(name: str, prompt_tokens: int = 300, observation_tokens: int = 60, draws: int = 4096,
+          seed: int = 0) -> Workload:
+    """Shapes of the answers of `vlrl bench overlap`'s workload ``name``'s teacher (the registry's ``teacher``
+    agent with the workload's arguments): a tool call as often as it makes one, then its THOUGHT and answer."""
+    from vlrl.bench.overlap import WORKLOADS
+
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}, or give --lengths RUN")
+    args = yaml.safe_load(WORKLOADS[name].teacher)
+    agent = resolve("agent", "teacher")(seed=seed, **args)
+    rng = random.Random(seed)
+    shapes = []
+    for _ in range(draws):
+        answer = SENTENCE_TOKENS * agent.thought_lines(rng) + ANSWER_TOKENS
+        shapes.append((TOOL_CALL_TOKENS, answer) if rng.random() < agent.p_tool else (answer,))
+    return Workload(tuple(shapes), prompt_tokens, observation_tokens, f"workload {name}'s teacher {args}")
