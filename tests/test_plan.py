@@ -7,10 +7,12 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from test_cli import vlrl
 from test_scheduler import KEEP_DECODING, LENGTHS
 from vlrl.plan.clock import simulate
-from vlrl.plan.costs import Costs
+from vlrl.plan.costs import Costs, load
 from vlrl.plan.twin import Plan, simulate_steps
 
 # one decode step a second, whatever the batch; nothing else costs but the update
@@ -97,3 +99,15 @@ def test_plan_refuses_a_cost_file_it_cannot_read(tmp_path, tiny_dir):
     bad.write_text(json.dumps({"colocated": {"decode_base_s": 1.0}}))
     result = vlrl("plan", "--costs", str(bad), "--model", str(tiny_dir), check=False)
     assert result.returncode == 2 and f"{bad}: not a cost file of `vlrl plan calibrate`" in result.stderr
+
+
+@pytest.mark.slow
+def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, tiny_dir):
+    out = vlrl("plan", "calibrate", "--costs", str(tmp_path / "costs.json"), "--model", str(tiny_dir)).stdout
+    placements = load(tmp_path / "costs.json")
+    for costs in placements.values():
+        assert costs.decode_step_s(64) > costs.decode_step_s(1) > 0  # a CPU pays for every request it decodes
+        assert costs.update_per_token_s > 0 and costs.tool_s > 0 and "calibrate" in costs.source
+    assert "colocated" in out and "disaggregated" in out
+    result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))
+    assert "recommended: " in result.stdout
