@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 VLRL = [sys.executable, "-m", "vlrl.cli"]
@@ -158,6 +159,12 @@ def test_bench_train_json():
     figures = json.loads(out.strip().splitlines()[-1])
     assert set(figures) == {"step_s", "rollout_s", "update_s", "sync_s", "tokens_per_s"}
     assert figures["step_s"] >= figures["rollout_s"] + figures["update_s"] and figures["tokens_per_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: scripts/gpu_overlap.sh runs the benchmark")
+def test_bench_overlap_on_a_gpu_says_there_is_none_here():
+    result = vlrl("bench", "overlap", "--device", "cuda", "--steps", "1", check=False)
+    assert result.returncode == 2 and "--device cuda: torch sees no CUDA device on this machine" in result.stderr
 
 
 @pytest.mark.slow

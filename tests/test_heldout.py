@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from itertools import islice
 
 import pytest
@@ -79,8 +80,19 @@ def test_a_verbose_teacher_gives_a_long_tail_of_answers_and_the_same_answers(run
     long = [n for n in lengths if n]
     assert abs(len(long) / len(lengths) - 0.2) < 0.08 and min(long) >= 1 and max(long) <= 30
     assert max(long) - min(long) >= 15  # spread over the range, not one length
-    with pytest.raises(ValueError, match="verbose_lines must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="verbose_lines and cot_cap must be >= 1, got 0, 200"):
         TeacherAgent(verbose_lines=0)
+
+
+def test_a_chain_of_thought_teacher_writes_a_lognormal_thought_before_every_answer():
+    teacher = TeacherAgent(seed=0, cot_median=4, cot_sigma=1.5, cot_cap=80)
+    lines = sorted(teacher.thought_lines(random.Random(k)) for k in range(4000))
+    assert lines[0] >= 1 and lines[-1] == 80  # every answer thinks; the heaviest tail is cut at the cap
+    assert lines[len(lines) // 2] == 4  # the median
+    # lognormal with sigma 1.5: 16% of draws lie beyond median x e^1.5 = 17.9 sentences
+    assert abs(sum(n > 17.9 for n in lines) / len(lines) - 0.159) < 0.03
+    with pytest.raises(ValueError, match="cot_median and cot_sigma must be >= 0, got -1"):
+        TeacherAgent(cot_median=-1)
 
 
 def test_majority_baseline_is_the_most_common_answers_share():

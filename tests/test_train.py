@@ -48,7 +48,8 @@ def test_a_verifier_model_judges_every_trajectory_while_it_streams(train_config,
     vlrl("model", "tiny", "--out", str(tmp_path / "verifier"), "--max-pixels", "12544")
     vlrl("train", str(train_config), "rollout.schedule=async", f"verifier.model={tmp_path / 'verifier'}",
          "verifier.weight=0.25",
-         "verifier.chunk_tokens=auto", "checkpoint_every=0")
+         "verifier.chunk_tokens=auto", "verifier.chunk_candidates=[24, 8]", "verifier.chunk_window=1",
+         "checkpoint_every=0")
     run = (tmp_path / "runs" / "latest").resolve()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for r in records:
@@ -56,7 +57,8 @@ def test_a_verifier_model_judges_every_trajectory_while_it_streams(train_config,
         assert math.isclose(r["reward/mean"], 0.75 * r["reward/accuracy"] + 0.25 * r["reward/verifier"],
                             abs_tol=1e-9)
         assert r["verifier/early_tokens"] > 0 and 0.0 < r["verifier/hidden_fraction"] < 1.0
-    assert [r["verifier/chunk_tokens"] for r in records] == [16, 16, 32]  # auto: each size for 2 steps, smallest first
+    assert [r["verifier/chunk_tokens"] for r in records[:2]] == [24, 8]  # auto: each candidate for 1 step, in order
+    assert records[2]["verifier/chunk_tokens"] in (24, 8)  # then the faster of the two
 
 
 def groups_accounted(records, group_size):
@@ -122,6 +124,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     ("resume=/nowhere", "not a vlrl checkpoint"),
     ("verifier.model=/nowhere", "model folder '/nowhere' does not exist"),
     ("verifier.chunk_tokens=-1", "chunk_tokens must be >= 0 or auto, got -1"),
+    ("verifier.chunk_candidates=[0]", "chunk_candidates must be positive token counts, got [0]"),
+    ("verifier.chunk_window=0", "chunk_window and chunk_retry_every must be >= 1, got 0 and 50"),
     ("verifier.weight=2", "weight must be in [0, 1], got 2"),
     ("rollout.extra_groups=-1", "extra_groups must be >= 0 or auto, got -1"),
     ("rollout.schedule=later", "not one of ['sync', 'async', 'overlap']"),

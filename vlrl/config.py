@@ -337,12 +337,20 @@ class VerifierConfig(QuestionConfig):
     weight: float = 0.0  # reward = (1 - weight) x rule-based + weight x score; 0: scored and logged only
     chunk_tokens: int | Literal["auto"] = 64  # rollout.schedule async: policy tokens per piece streamed while
     #                                           decoding (0: the whole trajectory at its end); auto: tuned online
+    chunk_candidates: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # (auto) sizes tried
+    chunk_window: int = 2  # (auto) steps each candidate runs while exploring
+    chunk_retry_every: int = 50  # (auto) steps on the fastest before every candidate is tried again
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {self.weight}")
         if self.chunk_tokens != "auto" and self.chunk_tokens < 0:
             raise ValueError(f"chunk_tokens must be >= 0 or auto, got {self.chunk_tokens}")
+        if not self.chunk_candidates or min(self.chunk_candidates) < 1:
+            raise ValueError(f"chunk_candidates must be positive token counts, got {self.chunk_candidates}")
+        if self.chunk_window < 1 or self.chunk_retry_every < 1:
+            raise ValueError(f"chunk_window and chunk_retry_every must be >= 1, got {self.chunk_window} and "
+                             f"{self.chunk_retry_every}")
 
 
 @dataclass

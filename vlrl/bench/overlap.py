@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
@@ -113,16 +114,30 @@ SCHEDULES = {
 PEAK_REQUESTS, PEAK_TOKENS = (GROUPS + AHEAD) * GROUP_SIZE, 128
 
 
-def workload_overrides(name: str) -> list[str]:
-    """The config of workload ``name`` (a key of ``WORKLOADS``) under every schedule."""
+DEVICES = {  # where the model runs, and what the split schedules give the engine's replica there
+    "cpu": ([], []),
+    "cuda": (["model.device=cuda", "engine.device=cuda"], ["engine.replica_resources={GPU: 0.5, CPU: 1}"]),
+}
+
+
+def workload_overrides(name: str, device: str = "cpu") -> list[str]:
+    """The config of workload ``name`` (a key of ``WORKLOADS``) on ``device`` under every schedule."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
-    return [*COMMON, f"rollout.max_new_tokens={WORKLOADS[name].max_new_tokens}"]
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    return [*COMMON, f"rollout.max_new_tokens={WORKLOADS[name].max_new_tokens}", *DEVICES[device][0]]
 
 
-def warm_start(model_dir: Path, workload: str, root: Path) -> Path:
+def schedule_overrides(schedule: str, device: str) -> list[str]:
+    """``schedule``'s settings; a split schedule's replica gets the device's share (on a GPU: half the card)."""
+    split = schedule in ("sync-split", "disaggregated") and device != "cpu"
+    return [*SCHEDULES[schedule], *(DEVICES[device][1] if split else [])]
+
+
+def warm_start(model_dir: Path, workload: str, root: Path, device: str = "cpu") -> Path:
     """The workload's policy: the tiny model after the teacher's warm start (and one RL step)."""
-    cfg = load_config(TrainConfig, None, [*workload_overrides(workload), *TEACHER,
+    cfg = load_config(TrainConfig, None, [*workload_overrides(workload, device), *TEACHER,
                                           f"warmstart.agent_args={WORKLOADS[workload].teacher}",
                                           f"model.path={model_dir}", f"log.dir={root}", "name=warmstart", "steps=1",
                                           "verifier.model="])
@@ -130,9 +145,10 @@ def warm_start(model_dir: Path, workload: str, root: Path) -> Path:
     return run / "checkpoints" / "step-1" / "model"
 
 
-async def peak_tokens_per_s(model_dir: Path) -> float:
+async def peak_tokens_per_s(model_dir: Path, device: str = "cpu") -> float:
     """Generated tokens/s with the engine's batch full (every request runs to ``PEAK_TOKENS``)."""
-    engine = await make_engine(ModelConfig(str(model_dir)), EngineConfig(kind="hf", max_num_seqs=PEAK_REQUESTS))
+    engine = await make_engine(ModelConfig(str(model_dir)), EngineConfig(kind="hf", max_num_seqs=PEAK_REQUESTS,
+                                                                          device=device))
     try:
         tokenizer, vision = AutoTokenizer.from_pretrained(model_dir), VisionInputs(model_dir)
         chart = bar_chart([3.0, 7.0, 5.0])
@@ -147,9 +163,10 @@ async def peak_tokens_per_s(model_dir: Path) -> float:
         await engine.close()
 
 
-def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path) -> dict[str, float]:
+def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, device: str = "cpu") -> dict[str, float]:
     """Run ``schedule`` for ``steps`` (+1 warm-up) and average its metrics over the measured steps."""
-    cfg = load_config(TrainConfig, None, [*workload_overrides(workload), *SCHEDULES[schedule], f"model.path={policy}",
+    cfg = load_config(TrainConfig, None, [*workload_overrides(workload, device), *schedule_overrides(schedule, device),
+                                          f"model.path={policy}",
                                           f"log.dir={root}", f"name={schedule.replace('+', '-')}",
                                           f"steps={steps + 1}", "log.timeline=3"])
     run = asyncio.run(train(cfg))
@@ -181,7 +198,7 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path) 
 
 
 def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | None = None,
-        schedules: tuple[str, ...] = tuple(SCHEDULES)) -> dict[str, float | str]:
+        schedules: tuple[str, ...] = tuple(SCHEDULES), device: str = "cpu") -> dict[str, float | str]:
     """``schedules`` (sync first) on ``workload`` for ``steps`` measured steps each; prints the table, and the JSON
     line with ``as_json``."""
     if steps < 1:
@@ -189,12 +206,14 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
     unknown = [name for name in schedules if name not in SCHEDULES]
     if unknown or not schedules or schedules[0] != "sync":
         raise ValueError(f"schedules must start with sync and come from {', '.join(SCHEDULES)}; got {schedules}")
-    workload_overrides(workload)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device on this machine")
+    load_config(TrainConfig, None, [*workload_overrides(workload, device), f"model.path={model_dir}"])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
-        policy = warm_start(model_dir, workload, root)
-        peak = asyncio.run(peak_tokens_per_s(policy))
-        results = {name: measure(policy, workload, name, steps, root) for name in schedules}
+        policy = warm_start(model_dir, workload, root, device)
+        peak = asyncio.run(peak_tokens_per_s(policy, device))
+        results = {name: measure(policy, workload, name, steps, root, device) for name in schedules}
         if keep is not None:
             shutil.copytree(root, keep, dirs_exist_ok=True)
     _print_table(workload, results, peak, steps)

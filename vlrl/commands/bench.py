@@ -27,6 +27,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
                          help="what the policy writes (see vlrl/bench/overlap.py)")
     overlap.add_argument("--schedules", help="comma-separated, sync first (default: all: sync, intra, inter, "
                                              "intra+inter, sync-split, disaggregated)")
+    overlap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                         help="where the policy, its engine and the trainer run (cuda: scripts/gpu_overlap.sh)")
     overlap.add_argument("--quick", action="store_true", help="5 measured steps per schedule instead of 10")
     overlap.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
     overlap.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
@@ -77,7 +79,7 @@ def run_overlap(args: argparse.Namespace) -> int:
     steps = args.steps or (5 if args.quick else 10)
     keep = Path(args.keep) if args.keep else None
     schedules = tuple(s.strip() for s in args.schedules.split(",")) if args.schedules else tuple(SCHEDULES)
-    return _with_model(args, lambda model: run(model, args.workload, steps, args.json, keep, schedules),
+    return _with_model(args, lambda model: run(model, args.workload, steps, args.json, keep, schedules, args.device),
                        max_pixels=12544)
 
 

@@ -1,13 +1,16 @@
 """`vlrl plan calibrate`: this machine's costs, measured on the parts a run uses.
 
   decode   -- the HF engine decoding N requests together (N = 1, 8, 32, 64), end-of-sequence
-              suppressed, at two answer lengths: the difference is N x T decode steps, so the
-              prefill drops out; a line through (N, seconds per step) gives base + per request;
-  prefill  -- the engine's prefill of fresh prompts of two lengths: seconds per token;
+              suppressed, to 16, 80 and 400 tokens: differences are decode steps alone (the
+              prefill drops out); the later steps cost more by the longer context they
+              attend to (per context token), and a line through (N, seconds per step) gives
+              base + per request;
+  prefill  -- the engine's prefill of fresh prompts of 256, 512 and 1,024 tokens (the median of
+              3 each): seconds per token;
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
-  update   -- short `vlrl train` runs (GRPO, the HF engine) at two answer caps: each step's
-              perf/update_s against the tokens it trained (``lengths.jsonl``), a line through
-              them; the weight sync is perf/sync_s;
+  update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64 and 256
+              tokens: each step's perf/update_s after the first against the tokens it trained
+              (``lengths.jsonl``), a line through them; the weight sync is perf/sync_s;
 each twice: with every core for everything (``colocated``), and with one torch thread for the
 engine and one for the trainer (``disaggregated``: the split of `vlrl bench overlap`'s
 disaggregated schedule, whose engine runs in a one-core Ray replica).
@@ -34,12 +37,12 @@ from vlrl.recipes.train import train
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
-BATCHES, SHORT, LONG = (1, 8, 32, 64), 16, 80
+BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 256), 3
 TRAIN = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
     "task.name=synthetic_charts", "task.args={kinds: [v_bar], families: [largest], difficulty: starter}",
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1.0e-6",
-    "steps=3", "log.progress=false", "log.transcripts_every=0", "log.plots_every=0", "checkpoint_every=0",
+    "steps=4", "log.progress=false", "log.transcripts_every=0", "log.plots_every=0", "checkpoint_every=0",
 ]
 
 
@@ -51,8 +54,9 @@ def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return max(my - slope * mx, 0.0), slope
 
 
-async def engine_costs(model_dir: Path) -> tuple[float, float, float]:
-    """(decode base s, decode s per request, prefill s per token) of the HF engine on this process's threads."""
+async def engine_costs(model_dir: Path) -> tuple[float, float, float, float]:
+    """(decode base s, s per request, s per context token, prefill s per token) of the HF engine on this process's
+    threads."""
     engine = await make_engine(ModelConfig(str(model_dir)), EngineConfig(kind="hf", max_num_seqs=max(BATCHES)))
     try:
         tokenizer, vision = AutoTokenizer.from_pretrained(model_dir), VisionInputs(model_dir)
@@ -65,16 +69,28 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float]:
             await asyncio.gather(*(engine.complete(prompt, [chart], sampling, f"{tag}-{k}") for k in range(n)))
             return time.perf_counter() - began
 
-        await batch(2, SHORT, "warm")
-        steps = [(await batch(n, LONG, f"l{n}") - await batch(n, SHORT, f"s{n}")) / (LONG - SHORT) for n in BATCHES]
-        base, per_request = line([float(n) for n in BATCHES], steps)
+        await batch(2, LENGTHS[0], "warm")
+        short, mid, long = LENGTHS
+        early, late = [], []  # seconds per step over the first window of answer tokens, and over the second
+        for n in BATCHES:
+            seconds = [await batch(n, t, f"{t}-{n}") for t in LENGTHS]
+            early.append((seconds[1] - seconds[0]) / (mid - short))
+            late.append((seconds[2] - seconds[1]) / (long - mid))
+        # the two windows differ by their mean context: n requests x ((mid + long) - (short + mid)) / 2 tokens more
+        more = [n * (long - short) / 2 for n in BATCHES]
+        per_context = max(sum((b - a) * m for a, b, m in zip(early, late, more)) / sum(m * m for m in more), 0.0)
+        at_early = [s - per_context * n * (len(prompt) + (short + mid) / 2) for s, n in zip(early, BATCHES)]
+        base, per_request = line([float(n) for n in BATCHES], at_early)
         fills = []
-        for size in (256, 1024):
-            ids = [40 + (k % 500) for k in range(size)]
-            began = time.perf_counter()
-            await engine.prefill(f"fill-{size}", ids, [])
-            fills.append(time.perf_counter() - began)
-        return base, per_request, max((fills[1] - fills[0]) / (1024 - 256), 0.0)
+        for size in FILLS:  # fresh keys and ids each time: nothing is served from the cache
+            seconds = []
+            for repeat in range(REPEATS):
+                ids = [40 + (k * (repeat + 1)) % 500 for k in range(size)]
+                began = time.perf_counter()
+                await engine.prefill(f"fill-{size}-{repeat}", ids, [])
+                seconds.append(time.perf_counter() - began)
+            fills.append(statistics.median(seconds))
+        return base, per_request, per_context, line([float(n) for n in FILLS], fills)[1]
     finally:
         await engine.close()
 
@@ -83,7 +99,7 @@ def update_costs(model_dir: Path, overrides: list[str]) -> tuple[float, float, f
     """(update base s, update s per trained token, weight sync s) from short `vlrl train` runs."""
     tokens, seconds, syncs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for cap in (16, 128):
+        for cap in CAPS:
             cfg = load_config(TrainConfig, None, [*TRAIN, *overrides, f"model.path={model_dir}", f"log.dir={tmp}",
                                                   f"rollout.max_new_tokens={cap}", f"name=calibrate-{cap}"])
             run = asyncio.run(train(cfg))
@@ -106,10 +122,10 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
     for placement, n in (("colocated", threads), ("disaggregated", 1)):
         torch.set_num_threads(n)
         try:
-            decode_base, per_request, prefill = asyncio.run(engine_costs(model_dir))
+            decode_base, per_request, per_context, prefill = asyncio.run(engine_costs(model_dir))
             update_base, per_token, sync = update_costs(model_dir, [f"distributed.trainer_threads={n}"])
         finally:
             torch.set_num_threads(threads)
-        out[placement] = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync,
+        out[placement] = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
                                f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
     return out

@@ -2,9 +2,9 @@
 
 ``vlrl plan calibrate`` measures these on this machine; presets give them for GPU setups
 from published figures. The decode step grows with the batch (linear in the requests
-decoded together); prefill is charged per token not already cached; the update per
-trained token (prompt, observations and answer: the trainer's forward and backward read
-them all).
+decoded together and in the context they attend to); prefill is charged per token not
+already cached; the update per trained token (prompt, observations and answer: the
+trainer's forward and backward read them all).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Costs:
     update_base_s: float  # one optimizer step's fixed part (optimizer, scheduling)
     update_per_token_s: float  # per trained token: logprob forward, backward
     sync_s: float  # pushing the weights to the engine
+    decode_per_context_token_s: float = 0.0  # ... and per token of context the batch's requests attend to
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
@@ -33,8 +34,9 @@ class Costs:
             if f.name != "source" and not value >= 0:
                 raise ValueError(f"cost {f.name} must be >= 0 seconds, got {value}")
 
-    def decode_step_s(self, batch: int) -> float:
-        return self.decode_base_s + self.decode_per_request_s * batch
+    def decode_step_s(self, batch: int, context: int = 0) -> float:
+        """One decode step of ``batch`` requests holding ``context`` tokens between them."""
+        return self.decode_base_s + self.decode_per_request_s * batch + self.decode_per_context_token_s * context
 
     def update_s(self, tokens: int) -> float:
         return self.update_base_s + self.update_per_token_s * tokens

@@ -123,7 +123,8 @@ class CostEngine(Engine):
             work, self._work = self._work, []
             batch = [r for r in self._running if not r.gone] + joining
             prefill = sum(r.prefill for r in joining) + sum(n for n, _ in work)
-            await asyncio.sleep((self.costs.decode_step_s(len(batch)) if batch else 0.0)
+            context = sum(r.prompt + r.made for r in batch)
+            await asyncio.sleep((self.costs.decode_step_s(len(batch), context) if batch else 0.0)
                                 + self.costs.prefill_per_token_s * prefill)
             self.steps += 1
             for _, done in work:

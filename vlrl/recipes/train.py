@@ -128,7 +128,9 @@ async def rl_steps(run: Run, env: Env) -> None:
     """The RL steps from where the run is to ``steps``, each followed by its bookkeeping."""
     cfg, state = run.cfg, run.state
     overlap = cfg.rollout.schedule == "overlap"
-    tuner = ChunkTuner() if cfg.verifier.chunk_tokens == "auto" else None
+    v = cfg.verifier
+    tuner = ChunkTuner(tuple(v.chunk_candidates), v.chunk_window, v.chunk_retry_every) \
+        if v.chunk_tokens == "auto" else None
     manager = RolloutManager(run.engine, env, run.tokenizer, run.reward, cfg.rollout.sampling(),
                              cfg.rollout.group_size, "async" if overlap else cfg.rollout.schedule, run.verifier,
                              cfg.verifier.weight, tuner.current if tuner else int(cfg.verifier.chunk_tokens))

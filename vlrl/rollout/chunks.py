@@ -5,6 +5,8 @@ request per chunk; a large one is cheap but leaves more for the end. Which wins 
 on the engine, the model sizes and the response lengths, so it is measured: each
 candidate runs for ``window`` steps, the one with the lowest mean step time is kept for
 ``retry_every`` steps, then every candidate is tried again (responses grow as RL goes on).
+`vlrl train` takes the three from ``verifier.chunk_candidates``, ``chunk_window`` and
+``chunk_retry_every``.
 """
 
 from __future__ import annotations
