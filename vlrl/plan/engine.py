@@ -45,7 +45,6 @@ class CostEngine(Engine):
     def __init__(self, costs: Costs, script: Script, eos_id: int, shared_prompt: int = 0):
         self.costs, self.script, self.eos_ids, self.version = costs, script, (eos_id,), 0
         self.shared_prompt = shared_prompt
-        self.steps = 0
         self._running: list[_Request] = []
         self._joining: list[_Request] = []
         self._work: list[tuple[int, asyncio.Future[None]]] = []  # prefill-only pieces: tokens, done
@@ -126,7 +125,6 @@ class CostEngine(Engine):
             context = sum(r.prompt + r.made for r in batch)
             await asyncio.sleep((self.costs.decode_step_s(len(batch), context) if batch else 0.0)
                                 + self.costs.prefill_per_token_s * prefill)
-            self.steps += 1
             for _, done in work:
                 done.set_result(None)
             self._running = [r for r in batch if not r.gone]

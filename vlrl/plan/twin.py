@@ -12,7 +12,6 @@ run faced; its figures are the ones the recipe logs.
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -69,20 +68,6 @@ class TwinStep:
     tokens: int = 0  # trained tokens (prompt, observations and answer)
     dropped: int = 0  # trajectories dropped (a staleness cap)
     policy_tokens: int = 0  # trained tokens the policy wrote
-
-
-def sampled_script(lengths: Sequence[int], turns: int = 2, tool_call_tokens: int = 24, seed: int = 0) -> Script:
-    """A script drawing each trajectory's answer length from ``lengths`` (e.g. a measured run's), after
-    ``turns`` - 1 tool calls of ``tool_call_tokens``; the same trajectory id always gets the same draw."""
-    if not lengths:
-        raise ValueError("no response lengths to draw from")
-    pool = list(lengths)
-
-    def script(traj_id: str) -> list[int]:
-        answer = pool[zlib.crc32(f"{seed}/{traj_id}".encode()) % len(pool)]
-        return [tool_call_tokens] * (turns - 1) + [max(answer, 1)]
-
-    return script
 
 
 async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, tokenizer: Any,
