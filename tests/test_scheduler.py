@@ -288,3 +288,15 @@ def test_a_trajectory_paused_inside_a_tool_call_keeps_the_result_and_runs_the_to
     assert [s.phase for s in spans] == ["decode", "tool", "paused", "decode"]
     tool, paused = spans[1], spans[2]
     assert tool.end - tool.start >= 1.0 and paused.start >= tool.end and paused.end - paused.start > 0.3
+
+
+def test_a_checkpoint_from_before_kept_work_is_refused_with_what_to_do(run, tokenizer, vision):
+    engine = ScriptedEngine(length_of, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+    async def go():
+        async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
+            scheduler = OverlapScheduler(scripted_manager(engine, env, tokenizer), groups=2, extra=2)
+            scheduler.readmit([(charts()[0], 1)], seed=0, tag="old")
+
+    with pytest.raises(ValueError, match=r"group in flight 0 has 2 fields, not \(sample, steps carried, kept work\)"):
+        run(go())

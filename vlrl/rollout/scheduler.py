@@ -97,7 +97,12 @@ class OverlapScheduler:
 
     def readmit(self, pending: Sequence[Pending], seed: int, tag: str) -> None:
         """Start a checkpoint's groups in flight again, each trajectory from its kept work."""
-        for k, (sample, deferred, kept) in enumerate(pending):
+        for k, entry in enumerate(pending):
+            if len(entry) != 3:
+                raise ValueError(f"the checkpoint's group in flight {k} has {len(entry)} fields, not (sample, steps "
+                                 f"carried, kept work): a checkpoint written before vlrl kept partial work; resume "
+                                 f"from a newer one or start the run again")
+            sample, deferred, kept = entry
             tasks = self.manager.start_group(sample, f"{tag}-{k}", seed * 7_919 + k, kept)
             self.flights.append(Flight(sample, tasks, self._admitted, deferred))
             self._admitted += 1
