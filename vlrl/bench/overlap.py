@@ -227,7 +227,7 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
     best = min((name for name in results if name != "sync"), key=lambda name: results[name]["step_s"],
                default="sync")
     figures: dict[str, float | str] = {"workload": workload, "rollout_share_sync": sync["rollout_s"] / base}
-    figures |= {f"speedup_{name.replace('+', '_').replace('-', '_')}": base / r["step_s"]
+    figures |= {speedup_key(name): base / r["step_s"]
                 for name, r in results.items() if name != "sync"}
     figures |= {"best": best, "bubble_sync": sync["bubble"], "bubble_overlap": results[best]["bubble"],
                 "efficiency_best": sync["tokens_per_step"] / peak / results[best]["step_s"],
@@ -238,6 +238,11 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
     if as_json:
         print(json.dumps(figures))
     return figures
+
+
+def speedup_key(schedule: str) -> str:
+    """The JSON name of a schedule's speedup over sync: speedup_intra_inter, speedup_sync_split, ..."""
+    return f"speedup_{schedule.replace('+', '_').replace('-', '_')}"
 
 
 def _print_table(workload: str, results: dict[str, dict[str, float]], peak: float, steps: int) -> None:

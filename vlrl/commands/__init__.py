@@ -9,7 +9,11 @@ of a second.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import tempfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def config_command(sub: argparse._SubParsersAction, name: str, what: str, example: str, overrides: str,
@@ -20,3 +24,14 @@ def config_command(sub: argparse._SubParsersAction, name: str, what: str, exampl
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {overrides}")
     parser.set_defaults(run=run)
     return parser
+
+
+def with_model(model: str | None, work: Callable[[Path], T], **tiny: int) -> T:
+    """``work(model)``, or ``work`` on a tiny model (``vlrl model tiny`` with ``tiny``) built in a temporary folder
+    for the call."""
+    if model:
+        return work(Path(model))
+    from vlrl.model.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return work(build_tiny_model(Path(tmp) / "tiny-vlm", **tiny))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from vlrl.commands import with_model
 
 ENGINES = ("hf", "vllm")
 
@@ -97,12 +98,6 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def _with_model(args: argparse.Namespace, bench: Callable[[Path], Any], **tiny: int) -> int:
-    """``bench(--model)``, or ``bench`` on a tiny model built in a temporary folder for the run."""
-    if args.model:
-        bench(Path(args.model))
-        return 0
-    from vlrl.model.tiny import build_tiny_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        bench(build_tiny_model(Path(tmp) / "tiny-vlm", **tiny))
+    """``bench`` on ``--model`` or on a tiny model built for the run; the exit status."""
+    with_model(args.model, bench, **tiny)
     return 0

@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from vlrl.commands import with_model
+
+TINY_PIXELS = 12544  # the tiny model `vlrl bench overlap` builds, so a calibration matches its runs
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
@@ -31,13 +35,14 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.action == "calibrate":
-        return _with_model(args, lambda model: calibrate(model, Path(args.costs)))
+        return with_model(args.model, lambda model: calibrate(model, Path(args.costs)), max_pixels=TINY_PIXELS)
     from vlrl.plan.costs import load
 
     placements = load(args.costs)
     if args.validate:
-        return _with_model(args, lambda model: validate(Path(args.validate), placements, model, args.json))
-    return _with_model(args, lambda model: predict(args, placements, model))
+        return with_model(args.model, lambda model: validate(Path(args.validate), placements, model, args.json),
+                          max_pixels=TINY_PIXELS)
+    return with_model(args.model, lambda model: predict(args, placements, model), max_pixels=TINY_PIXELS)
 
 
 def calibrate(model: Path, out: Path) -> int:
@@ -57,7 +62,7 @@ def calibrate(model: Path, out: Path) -> int:
 
 
 def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
-    from vlrl.bench.overlap import AHEAD, GROUP_SIZE, GROUPS
+    from vlrl.bench.overlap import AHEAD, GROUP_SIZE, GROUPS, speedup_key
     from vlrl.plan import report
     from vlrl.plan.workloads import from_run, named
 
@@ -76,7 +81,7 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
           f"{best['step_s']:.2f} s per step, {base / best['step_s']:.2f}x over sync")
     if args.json:
         efficiency = report.efficiency(best, placements[best["placement"]], (GROUPS + AHEAD) * GROUP_SIZE)
-        print(json.dumps({**{f"speedup_{n.replace('+', '_').replace('-', '_')}": round(base / r["step_s"], 3)
+        print(json.dumps({**{speedup_key(n): round(base / r["step_s"], 3)
                              for n, r in results.items() if n != "sync"},
                           "efficiency_best": round(efficiency, 3),
                           "recommended": {k: v for k, v in best.items() if not isinstance(v, float)}}))
@@ -107,14 +112,3 @@ def _tokenizer(model: Path) -> tuple[Any, int]:
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     return tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-
-def _with_model(args: argparse.Namespace, work: Callable[[Path], int]) -> int:
-    if args.model:
-        return work(Path(args.model))
-    import tempfile
-
-    from vlrl.model.tiny import build_tiny_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return work(build_tiny_model(Path(tmp) / "tiny-vlm", max_pixels=12544))

@@ -9,24 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vlrl.bench.overlap import AHEAD, CHUNK, EXTRA, GROUP_SIZE, GROUPS
+from vlrl.bench.overlap import GROUP_SIZE, GROUPS, SCHEDULES, schedule_overrides, workload_overrides
+from vlrl.config import TrainConfig, load_config
 from vlrl.plan.clock import simulate
 from vlrl.plan.costs import Placements
 from vlrl.plan.twin import Plan, TwinStep, simulate_steps
 from vlrl.plan.workloads import Workload, from_run
-
-# `vlrl bench overlap`'s schedules: (the plan, the placement whose costs apply)
-SCHEDULES: dict[str, tuple[dict[str, Any], str]] = {
-    "sync": ({"schedule": "sync"}, "colocated"),
-    "intra": ({"schedule": "async", "chunk_tokens": CHUNK}, "colocated"),
-    "inter": ({"schedule": "overlap", "extra": EXTRA}, "colocated"),
-    "intra+inter": ({"schedule": "overlap", "extra": EXTRA, "chunk_tokens": CHUNK}, "colocated"),
-    "sync-split": ({"schedule": "sync"}, "disaggregated"),
-    "disaggregated": ({"schedule": "overlap", "extra": AHEAD, "chunk_tokens": CHUNK, "keep_decoding": True},
-                      "disaggregated"),
-}
 
 
 def predict(plan: Plan, costs: Any, workload: Workload, steps: int, tokenizer: Any, eos_id: int) -> dict[str, float]:
@@ -53,11 +41,13 @@ def efficiency(figures: dict[str, float], costs: Any, slots: int) -> float:
 
 
 def schedules(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
-              max_tokens: int, groups: int = GROUPS, group_size: int = GROUP_SIZE) -> dict[str, dict[str, float]]:
-    """Every schedule of `vlrl bench overlap` on ``workload``, predicted."""
+              max_tokens: int) -> dict[str, dict[str, float]]:
+    """Every schedule of `vlrl bench overlap` (its own configs), predicted on ``workload``."""
     out = {}
-    for name, (fields, placement) in SCHEDULES.items():
-        plan = Plan(groups=groups, group_size=group_size, verifier=True, max_tokens=max_tokens, **fields)
+    for name in SCHEDULES:
+        cfg = load_config(TrainConfig, None, [*workload_overrides("longtail-cot"), *schedule_overrides(name, "cpu"),
+                                              f"rollout.max_new_tokens={max_tokens}"])
+        plan, placement = plan_of(cfg)
         out[name] = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
     return out
 
@@ -79,16 +69,18 @@ def recommend(placements: Placements, workload: Workload, steps: int, tokenizer:
     return best
 
 
-def run_plan(run_dir: Path) -> tuple[Plan, str]:
-    """The plan a `vlrl train` run followed (its config.yaml), and the placement whose costs apply."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    rollout, verifier = cfg["rollout"], cfg["verifier"]
-    split = cfg["distributed"]["backend"] == "ray" and cfg["distributed"].get("trainer_threads") == 1
-    chunk = verifier["chunk_tokens"] if rollout["schedule"] != "sync" else 0
-    plan = Plan(rollout["schedule"], rollout["prompts_per_step"], rollout["group_size"],
-                int(rollout["extra_groups"]) if rollout["schedule"] == "overlap" else 0,
-                bool(rollout.get("decode_during_update")), rollout.get("max_staleness"), bool(verifier["model"]),
-                int(chunk) if chunk != "auto" else 32, rollout["max_new_tokens"], slots=cfg["engine"]["max_num_seqs"])
+def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
+    """The plan a `vlrl train` config follows, and the placement whose costs apply (the engine in a Ray replica
+    beside a one-thread trainer: disaggregated)."""
+    rollout, verifier, distributed = cfg.rollout, cfg.verifier, cfg.distributed
+    overlap = rollout.schedule == "overlap"
+    extra = rollout.extra_groups if rollout.extra_groups != "auto" else -(-rollout.prompts_per_step // 4)
+    chunk = 0 if rollout.schedule == "sync" else verifier.chunk_tokens
+    plan = Plan(rollout.schedule, rollout.prompts_per_step, rollout.group_size, int(extra) if overlap else 0,
+                rollout.decode_during_update, rollout.max_staleness, bool(verifier.model),
+                int(chunk) if chunk != "auto" else verifier.chunk_candidates[0], rollout.max_new_tokens,
+                slots=cfg.engine.max_num_seqs)
+    split = distributed.backend == "ray" and distributed.trainer_threads == 1
     return plan, "disaggregated" if split else "colocated"
 
 
@@ -100,7 +92,7 @@ def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int) ->
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         if len(metrics) < 2 or run_dir.name in ("latest",) or run_dir.name.startswith("warmstart"):
             continue  # runs/latest is a copy of the last run (copytree follows links)
-        plan, placement = run_plan(run_dir)
+        plan, placement = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
         measured = statistics.mean(r["perf/step_s"] for r in metrics[1:])
         predicted = predict(plan, placements[placement], from_run(run_dir), len(metrics) - 1, tokenizer,
                             eos_id)["step_s"]
