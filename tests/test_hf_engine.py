@@ -21,7 +21,10 @@ def test_64_concurrent_streams_match_their_solo_runs(hf_engine, run, tokenizer, 
     async def together():
         return await asyncio.gather(*[hf_engine.complete(*r) for r in requests])
 
+    hf_engine.take_stats()
     concurrent = run(together())
+    stats = hf_engine.take_stats()
+    assert stats["prefill_rows"] > stats["prefill_forwards"], stats  # prompts of similar lengths shared forwards
     for req, got in zip(requests, concurrent):
         solo = run(hf_engine.complete(req[0], req[1], req[2], req[3] + "-solo"))
         assert got.token_ids == solo.token_ids and len(got.token_ids) == req[2].max_tokens

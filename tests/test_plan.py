@@ -74,6 +74,38 @@ def test_the_twin_reproduces_the_hand_computed_disaggregated_schedule(tokenizer)
     assert round(steps[0].bubble_ratio, 4) == round(89.5 / 156, 4)
 
 
+def test_a_capped_cost_engine_queues_and_its_ticks_keep_every_length(tokenizer):
+    """Four answers of 3, 10, 20 and 5 tokens, two decoded at a time: each writes its own length and ends with the end
+    of turn, at the step it ends. Token by token: A ends at 3 s, C joins at once, B ends at 10 s, D joins then and
+    ends at 15 s, C alone at 23 s. In ticks of 8 steps a join waits for the tick's end: C joins at 8 s, B ends at
+    10 s, D joins at 16 s and ends at 21 s, C at 28 s."""
+    from vlrl.plan.engine import CostEngine
+    from vlrl.types import SamplingParams
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    lengths = {"g-0": 3, "g-1": 10, "g-2": 20, "g-3": 5}
+    finished = {}
+
+    async def main():
+        for tick in (1, 8):
+            engine = CostEngine(Costs(**TICKS), lambda traj: [lengths[traj]], eos, max_batch=2, tick=tick)
+            loop, began = asyncio.get_running_loop(), asyncio.get_running_loop().time()
+
+            async def one(traj):
+                done = await engine.complete([1, 2, 3], [], SamplingParams(max_tokens=100), f"{traj}/t0")
+                return done, loop.time() - began
+
+            finished[tick] = await asyncio.gather(*(one(t) for t in lengths))
+            await engine.close()
+
+    simulate(main())
+    for tick, results in finished.items():
+        assert [len(c.token_ids) for c, _ in results] == [3, 10, 20, 5], tick
+        assert all(c.token_ids[-1] == eos and c.finish_reason == "stop" for c, _ in results), tick
+    assert [t for _, t in finished[1]] == [3.0, 10.0, 23.0, 15.0]
+    assert [t for _, t in finished[8]] == [3.0, 10.0, 28.0, 21.0]
+
+
 def cost_file(path, decode_per_request_s=0.0):
     """GPU-like costs: a decode step costs about the same at 1 request as at 64."""
     costs = {"decode_base_s": 0.02, "decode_per_request_s": decode_per_request_s, "prefill_per_token_s": 2e-5,
@@ -99,6 +131,37 @@ def test_plan_refuses_a_cost_file_it_cannot_read(tmp_path, tiny_dir):
     bad.write_text(json.dumps({"colocated": {"decode_base_s": 1.0}}))
     result = vlrl("plan", "--costs", str(bad), "--model", str(tiny_dir), check=False)
     assert result.returncode == 2 and f"{bad}: not a cost file of `vlrl plan calibrate`" in result.stderr
+
+
+def test_the_gpu_preset_derives_its_costs_from_its_cited_figures():
+    from vlrl.plan.presets import preset
+
+    gpus = preset("qwen2.5-vl-7b-8xh100")
+    placements = gpus.placements("qwen2.5-vl-7b-8xh100")
+    assert set(placements) == {"colocated", "disaggregated 2:6", "disaggregated", "disaggregated 6:2"}
+    # a decode step reads the bf16 weights (2 x 8.29e9 bytes) over a tensor-parallel pair's 2 x 3.35 TB/s at 77%
+    assert placements["colocated"].decode_base_s == pytest.approx(2 * 8.29e9 / (2 * 3.35e12 * 0.77))
+    # the trainer at 7,500 tokens/s per GPU, a third more for the old policy's forward, over its GPUs
+    assert placements["disaggregated"].update_per_token_s == pytest.approx(4 / 3 / (7500 * 4))
+    few, many = placements["disaggregated 2:6"], placements["disaggregated 6:2"]
+    assert few.decode_per_request_s == pytest.approx(3 * many.decode_per_request_s)
+    assert many.update_per_token_s == pytest.approx(3 * few.update_per_token_s)
+    assert placements["colocated"].sync_s > placements["disaggregated"].sync_s  # waking vs an NCCL broadcast
+    assert (gpus.slots("colocated"), gpus.slots("disaggregated 2:6")) == (4 * 1024, 1024)
+    assert all("projection" in c.source for c in placements.values())
+    with pytest.raises(ValueError, match="unknown preset 'qwen-on-a-toaster'; choose from qwen2.5-vl-7b-8xh100"):
+        preset("qwen-on-a-toaster")
+
+
+def test_plan_projects_a_gpu_preset_and_recommends_a_split(tiny_dir):
+    out = vlrl("plan", "--preset", "qwen2.5-vl-7b-8xh100", "--groups", "16", "--workload", "longtail-cot",
+               "--steps", "1", "--model", str(tiny_dir), "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert {"speedup_intra_inter", "speedup_disaggregated", "efficiency_best"} <= set(figures)
+    assert 0 < figures["efficiency_best"] <= 1
+    assert figures["recommended"]["placement"] in ("colocated", "disaggregated 2:6", "disaggregated",
+                                                   "disaggregated 6:2")
+    assert "16 groups x 5" in out and "a projection" in out
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from itertools import islice
 
@@ -10,6 +11,7 @@ import torch
 
 from vlrl.bench.parity import two_turn_rollout
 from vlrl.config import QUESTION
+from vlrl.engines.hf import HFEngine
 from vlrl.rewards.verifier import Verifier
 from vlrl.trainer.logprobs import forward
 
@@ -54,6 +56,28 @@ def test_chunks_of_any_size_score_as_the_whole_trajectory(engine, run, tokenizer
         assert abs(verdict.score - whole.score) < 1e-5, (chunk, verdict.score, whole.score)
         assert verdict.early_tokens >= len(trajectory.token_ids) // 2  # the prefill happened while streaming
         assert verdict.late_tokens < whole.late_tokens
+
+
+def test_chunks_of_many_trajectories_prefill_together_and_score_as_each_alone(engine, run, tokenizer, vision):
+    """The rollout's situation: many trajectories streaming at once. On the HF engine their chunks share forwards
+    (more rows than forwards); on both engines each score equals its own one-shot score."""
+    trajs = [run(two_turn_rollout(engine, tokenizer, vision, f"many-{seed}", seed=seed)) for seed in range(4)]
+    verifier = Verifier(engine, tokenizer)
+    run(engine.reset_prefix_cache())
+    alone = [run(verifier.score(f"alone-{i}", t.token_ids, t.images)).score for i, t in enumerate(trajs)]
+    run(engine.reset_prefix_cache())
+    engine.take_stats()
+
+    async def together():
+        return await asyncio.gather(*(streamed(verifier, t, 8, f"together-{i}") for i, t in enumerate(trajs)))
+
+    verdicts = run(together())
+    for verdict, score in zip(verdicts, alone):
+        assert abs(verdict.score - score) < 1e-5, (verdict.score, score)
+        assert verdict.early_tokens > 0
+    if isinstance(engine, HFEngine):  # it counts its forwards
+        stats = engine.take_stats()
+        assert stats["prefill_rows"] >= 1.5 * stats["prefill_forwards"], stats
 
 
 def test_hf_finish_computes_only_the_question(hf_engine, run, tokenizer, trajectory):
@@ -130,8 +154,13 @@ def test_rollout_rewards_mix_the_verdict_and_streaming_changes_no_score(hf_engin
         again = run(fresh.score(f"again-{t.id}", t.token_ids, t.images)).score
         assert abs(t.reward_parts["verifier"] - again) < 1e-5
         assert math.isclose(t.reward, 0.5 * t.reward_parts["accuracy"] + 0.5 * again, abs_tol=1e-5)
-        streamed_early = t.timings.verifier_early_tokens > 0
-        assert streamed_early == (schedule == "async" and chunk > 0)  # sync and chunk 0 read it whole at the end
+        if not (schedule == "async" and chunk > 0):  # sync and chunk 0 read it whole at the end
+            assert t.timings.verifier_early_tokens == 0
+    # the policy judging itself on its own engine reads the KV its turns left, kept or still running (streamed),
+    # and computes little more than the question: under a tenth of the trajectories' tokens
+    # streamed, the policy judging itself on its own engine reads the KV its turns computed (running or kept), so
+    # its pieces cost fewer tokens than the policy wrote, never the trajectory again
+    assert sum(t.timings.verifier_early_tokens for t in trajs) <= sum(sum(t.loss_mask) for t in trajs)
 
 
 def test_the_feed_hands_over_turns_in_chunks_and_observations_with_their_images(hf_engine, run, tokenizer,

@@ -187,6 +187,7 @@ class EngineConfig:
     max_num_seqs: int = 64  # requests decoded together
     device: str = "cpu"  # (hf) torch device
     prefix_cache_tokens: int = 65536  # (hf) tokens of KV kept from ended requests for reuse by later ones
+    max_prefill_tokens: int = 8192  # (hf) padded tokens one multi-row prefill forward holds (a longer prompt: alone)
     gpu_memory_utilization: float = 0.2  # (vllm) on CPU builds: fraction of RAM
     kv_cache_gib: int = 1  # (vllm) CPU builds: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     enable_prefix_caching: bool = True  # (vllm)
@@ -203,6 +204,8 @@ class EngineConfig:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

@@ -168,8 +168,8 @@ class PerfFigures(Section):
 
 @dataclass
 class EngineFigures(Section):
-    """The policy engine's own counters since the last step (a Ray router: replica_<k>_requests,
-    replica_failovers, replica_losses, replica_restarts, replicas_alive)."""
+    """The policy engine's own counters since the last step (the HF engine: prefill_forwards, prefill_rows; a Ray
+    router: replica_<k>_requests, replica_failovers, replica_losses, replica_restarts, replicas_alive)."""
 
     NAMESPACE = "engine"
     counters: dict[str, float] = family("count", "one of the engine's counters", "<counter>")

@@ -18,6 +18,10 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("action", nargs="?", choices=["calibrate"], help="calibrate: measure this machine's costs")
     plan.add_argument("--costs", default="runs/plan/costs.json",
                       help="cost file (`vlrl plan calibrate` writes it; default %(default)s)")
+    plan.add_argument("--preset", help="project to a GPU setup from published figures instead of a cost file "
+                                       "(qwen2.5-vl-7b-8xh100), at its recipe's batch")
+    plan.add_argument("--groups", type=int, help="with --preset: prompts per step instead of the recipe's (a "
+                                                 "quicker, smaller projection)")
     plan.add_argument("--workload", default="longtail-cot", help="a `vlrl bench overlap` workload (its teacher's "
                                                                  "lengths)")
     plan.add_argument("--lengths", help="a `vlrl train` run directory: draw lengths from its trained trajectories")
@@ -38,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         return with_model(args.model, lambda model: calibrate(model, Path(args.costs)), max_pixels=TINY_PIXELS)
     from vlrl.plan.costs import load
 
+    if args.preset:
+        if args.validate:
+            raise ValueError("--validate compares with runs measured on this machine: give --costs, not --preset")
+        return with_model(args.model, lambda model: predict(args, None, model), max_pixels=TINY_PIXELS)
     placements = load(args.costs)
     if args.validate:
         return with_model(args.model, lambda model: validate(Path(args.validate), placements, model, args.json),
@@ -62,29 +70,45 @@ def calibrate(model: Path, out: Path) -> int:
 
 
 def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
+    """Every schedule's predicted step, and the recommended setting; costs from ``placements`` or ``--preset``."""
+    from dataclasses import replace
+
     from vlrl.bench.overlap import AHEAD, GROUP_SIZE, GROUPS, speedup_key
     from vlrl.plan import report
+    from vlrl.plan.presets import preset as preset_named
     from vlrl.plan.workloads import from_run, named
 
     workload = from_run(args.lengths) if args.lengths else named(args.workload)
+    preset = preset_named(args.preset) if args.preset else None
+    if preset is not None and args.groups is not None:
+        if args.groups < 1:
+            raise ValueError(f"--groups must be >= 1, got {args.groups}")
+        preset = replace(preset, groups=args.groups)
+    if preset is not None:
+        placements = preset.placements(args.preset)
+        workload = replace(workload, prompt_tokens=preset.prompt_tokens, observation_tokens=preset.observation_tokens)
     tokenizer, eos = _tokenizer(model)
-    results = report.schedules(placements, workload, args.steps, tokenizer, eos, args.max_tokens)
+    results = report.schedules(placements, workload, args.steps, tokenizer, eos, args.max_tokens, preset)
     base = results["sync"]["step_s"]
-    print(f"predicted by the twin ({workload.source}; costs: {args.costs}), mean of {args.steps} steps after 1:")
+    costs = f"preset {args.preset}, a projection" if preset else f"costs: {args.costs}"
+    batch = f"{preset.groups} groups x {preset.group_size}" if preset else f"{GROUPS} groups x {GROUP_SIZE}"
+    print(f"predicted by the twin ({workload.source}; {costs}; {batch}), mean of {args.steps} steps after 1:")
     print("schedule      | step s | rollout s | update s | speedup | busy | bubble | staleness")
     for name, r in results.items():
         print(f"{name:13s} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
               f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | {r['staleness']:9.2f}")
-    best = report.recommend(placements, workload, args.steps, tokenizer, eos, args.max_tokens)
+    best = report.recommend(placements, workload, args.steps, tokenizer, eos, args.max_tokens, preset)
     print(f"recommended: {best['placement']}, extra_groups {best['extra_groups']}, verifier.chunk_tokens "
           f"{best['chunk_tokens']}, decode_during_update {str(best['decode_during_update']).lower()}: "
           f"{best['step_s']:.2f} s per step, {base / best['step_s']:.2f}x over sync")
     if args.json:
-        efficiency = report.efficiency(best, placements[best["placement"]], (GROUPS + AHEAD) * GROUP_SIZE)
+        slots = best["slots"] if preset else (GROUPS + AHEAD) * GROUP_SIZE
+        efficiency = report.efficiency(best, placements[best["placement"]], slots)
         print(json.dumps({**{speedup_key(n): round(base / r["step_s"], 3)
                              for n, r in results.items() if n != "sync"},
                           "efficiency_best": round(efficiency, 3),
-                          "recommended": {k: v for k, v in best.items() if not isinstance(v, float)}}))
+                          "recommended": {k: best[k] for k in ("placement", "extra_groups", "chunk_tokens",
+                                                               "decode_during_update", "slots")}}))
     return 0
 
 

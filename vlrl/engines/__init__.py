@@ -15,6 +15,7 @@ async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
         return HFEngine(
             model.path, dtype=model.dtype, device=engine.device, max_model_len=max_len,
             max_num_seqs=engine.max_num_seqs, prefix_cache_tokens=engine.prefix_cache_tokens,
+            max_prefill_tokens=engine.max_prefill_tokens,
         )
     from vlrl.engines.vllm import VLLMEngine
 

@@ -1,11 +1,15 @@
 """HF engine: pure transformers + torch, continuous batching with a KV cache.
 
-Requests join and leave between decode steps. Each new request is prefilled alone,
-reusing the longest kept prefix of its ids (the KV of finished, aborted and prefilled
-requests is kept, up to a token budget, so a trajectory's next turn, a resumed request
-or the G samples of one prompt skip what was already computed), then joins one
-left-padded batch whose KV cache persists across steps; every step decodes one token
-for every running request. Model work runs on the engine's own thread under a lock, so the
+Requests join and leave between decode steps. A new request is prefilled from the
+longest kept prefix of its ids (the KV of finished, aborted and prefilled requests is
+kept, up to a token budget, so a trajectory's next turn, a resumed request or the G
+samples of one prompt skip what was already computed); the requests that arrive in one
+step are prefilled together, those of similar uncached lengths in one multi-row forward
+(the verifier's chunks from many trajectories cost one prefill, not one each), and a
+prefill also reads the KV of a running request of its conversation (a verifier streamed
+while its trajectory decodes computes almost nothing). Then they
+join one left-padded batch whose KV cache persists across steps; every step decodes one
+token for every running request. Model work runs on the engine's own thread under a lock, so the
 event loop never blocks and weight updates happen between steps.
 """
 
@@ -41,6 +45,7 @@ from vlrl.worker_thread import WorkerThread
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, H, L, D)
 
+PIECES_TOGETHER, PIECE_WAIT_STEPS = 8, 4  # a verifier's requests wait for up to 8 others or 4 steps (_admissible)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -75,11 +80,29 @@ class _Request:
     kv: KV | None = None
     next_pos: int = 0
     reused: int = 0
+    waited: int = 0  # engine steps a verifier's piece has waited to share a forward
+    kv_version: int = -1  # the weight version its prefill ran at (its KV serves others only at that version)
+
+    @property
+    def wants_logits(self) -> bool:
+        """Whether its prefill must produce next-token logits (to sample or to score); a verifier's piece need not."""
+        return self.sampling.max_tokens > 0 or bool(self.score_ids)
 
     @property
     def fed_ids(self) -> list[int]:
         """Ids whose KV the cache holds: the prompt and all generated tokens but the last."""
         return self.prompt_ids + self.out_ids[:-1]
+
+
+@dataclass
+class _Prefill:
+    """A request's prefill: the ids after its reused prefix, their positions (3, n), the prefix KV, new images."""
+
+    req: _Request
+    ids: list[int]
+    positions: torch.Tensor
+    kv: KV | None
+    images: list[Image.Image]
 
 
 class _Batch:
@@ -151,6 +174,7 @@ class HFEngine(Engine):
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         prefix_cache_tokens: int = 65536,
+        max_prefill_tokens: int = 8192,
     ):
         model_dir = check_model_dir(model_dir)
         if dtype not in DTYPES:
@@ -164,6 +188,8 @@ class HFEngine(Engine):
         self.max_model_len = max_model_len or text.max_position_embeddings
         self.max_num_seqs = max_num_seqs
         self.prefix_cache_tokens = prefix_cache_tokens
+        self.max_prefill_tokens = max_prefill_tokens
+        self._prefills = {"prefill_forwards": 0, "prefill_rows": 0}  # since the last ``take_stats``
         self.eos_ids = model_eos_ids(model_dir)
         self.version = 0
         self._waiting: list[_Request] = []
@@ -240,6 +266,11 @@ class HFEngine(Engine):
                     state[name].copy_(tensor)
             self._prefixes.clear()
             self.version = version
+
+    def take_stats(self) -> dict[str, float]:
+        """Prefill forwards run and the requests they prefilled (rows / forwards: how well prefills batch)."""
+        stats, self._prefills = self._prefills, dict.fromkeys(self._prefills, 0)
+        return dict(stats)
 
     async def reset_prefix_cache(self) -> None:
         async with self._get_lock():
@@ -320,9 +351,7 @@ class HFEngine(Engine):
                 self._wake.clear()
                 await self._wake.wait()
             async with self._get_lock():
-                room = max(self.max_num_seqs - len(self._batch.rows), 0)
-                admit = [r for r in self._waiting[:room] if r.finish is None]
-                self._waiting = self._waiting[room:]
+                admit, self._waiting = self._admissible()
                 gone, self._gone = self._gone, set()
                 try:
                     results = await self._worker.run(self._step, admit, gone)
@@ -334,6 +363,36 @@ class HFEngine(Engine):
             for req in admit:
                 if req.sampling.max_tokens == 0:
                     req.queue.put_nowait(None)
+
+    def _admissible(self) -> tuple[list[_Request], list[_Request]]:
+        """(requests to prefill this step, requests left waiting).
+
+        Generation up to the batch's free rows, in arrival order. A verifier's requests
+        (its pieces and its scores: prefill only) never take a row, and while the batch
+        decodes they wait for company, so many share one forward instead of one each:
+        they join the first step that admits generation, runs no decode, or finds
+        ``PIECES_TOGETHER`` of them or one that waited ``PIECE_WAIT_STEPS`` steps. The wait
+        is hidden under the decoding that goes on; a score the step waits for comes when
+        the decoding ends.
+        """
+        room = self.max_num_seqs - len(self._batch.rows)
+        admit, waiting, pieces = [], [], []
+        for req in self._waiting:
+            if req.finish is not None:
+                continue
+            if req.sampling.max_tokens == 0:
+                pieces.append(req)
+            elif room > 0:
+                admit.append(req)
+                room -= 1
+            else:
+                waiting.append(req)
+        if (admit or not self._batch.rows or len(pieces) >= PIECES_TOGETHER
+                or any(piece.waited >= PIECE_WAIT_STEPS for piece in pieces)):
+            return admit + pieces, waiting
+        for piece in pieces:
+            piece.waited += 1
+        return admit, waiting + pieces
 
     def _fail_running(self, admitted: list[_Request], error: Exception) -> None:
         """Hand ``error`` to every request the failed step touched; the engine starts clean."""
@@ -384,50 +443,113 @@ class HFEngine(Engine):
         for req, kv in self._batch.drop(gone):
             self._keep_prefix(req.cache_key, req.fed_ids, req.image_keys, kv)
         results = self._decode() if self._batch.rows else []
-        fresh: dict[tuple, tuple[torch.Tensor, KV, int]] = {}  # prompt -> its prefill in this step
+        leaders: dict[tuple, _Request] = {}  # prompt -> the request that prefills it; a group's others share it
+        for req in sorted(admit, key=lambda r: not r.wants_logits):  # a leader that yields logits, if any does
+            leaders.setdefault((tuple(req.prompt_ids), tuple(req.image_keys)), req)
+        logits = self._prefill_all(list(leaders.values()))
         joining: list[_Request] = []
         for req in admit:
-            same = (tuple(req.prompt_ids), tuple(req.image_keys))
-            if same in fresh:  # a group's other samples: one prefill serves them all
-                logits, req.kv, req.next_pos = fresh[same]
+            leader = leaders[(tuple(req.prompt_ids), tuple(req.image_keys))]
+            if leader is not req:
+                req.kv, req.next_pos, req.kv_version = leader.kv, leader.next_pos, leader.kv_version
                 req.reused = len(req.prompt_ids) - 1  # counted as vLLM does: the last prompt token is computed
-            else:
-                logits = self._prefill(req)
-                fresh[same] = (logits, req.kv, req.next_pos)
             if req.sampling.max_tokens == 0:
                 if req.score_ids:
-                    logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+                    logprobs = torch.log_softmax(logits[leader.id][0].float(), dim=-1)
                     req.scores = tuple(logprobs[list(req.score_ids)].tolist())
                 self._keep_prefix(req.cache_key, req.prompt_ids, req.image_keys, req.kv)
                 req.finish = "length"
                 continue
-            (tok,), (lp,) = sample_next(logits, [req.sampling], [req.generator], [req.suppress])
+            (tok,), (lp,) = sample_next(logits[leader.id], [req.sampling], [req.generator], [req.suppress])
             results.append((req, tok, lp, self.version))
             joining.append(req)
         self._batch.join(joining)
         return results
 
-    def _prefill(self, req: _Request) -> torch.Tensor:
-        """Run the prompt (or the part of it not cached) and return the next-token logits."""
+    def _prefill_all(self, reqs: list[_Request]) -> dict[str, torch.Tensor]:
+        """Run every request's uncached prompt, several rows to a forward; each request's next-token logits (1, V).
+
+        Requests of similar uncached lengths share a forward (a verifier's chunks from many
+        trajectories become one multi-row prefill); each forward stays under
+        ``max_prefill_tokens`` padded tokens and wastes at most a third of them on padding.
+        """
+        works = sorted((self._uncached(req) for req in reqs), key=lambda w: len(w.ids))
+        for covered in [w for w in works if not w.ids]:  # a verifier's piece whose KV is all cached: nothing to run
+            works.remove(covered)
+        logits: dict[str, torch.Tensor] = {}
+        bucket: list[_Prefill] = []
+        for work in [*works, None]:
+            if work is not None and bucket:
+                padded = (len(bucket) + 1) * len(work.ids)  # sorted: the newcomer is the longest
+                real = sum(len(w.ids) for w in bucket) + len(work.ids)
+                if padded <= self.max_prefill_tokens and 2 * padded <= 3 * real:
+                    bucket.append(work)
+                    continue
+            if bucket:
+                logits.update(zip((w.req.id for w in bucket), self._forward_prefill(bucket)))
+            bucket = [work] if work is not None else []
+        return logits
+
+    def _uncached(self, req: _Request) -> _Prefill:
+        """What the request's prefill must compute: the prompt after its longest cached prefix (kept or running)."""
         ids = req.prompt_ids
         positions = mrope_positions(self.model, torch.tensor([ids]), self.vision.grid(req.images))
         runs = self.vision.pad_runs(ids)
         start, kv = self._reuse_prefix(req, runs)
+        req.next_pos = int(positions.max()) + 1
+        req.reused = start
+        req.kv_version = self.version
         # only the images the reused prefix does not cover go through the processor
-        pixels = self.vision.encode([im for im, (s, _) in zip(req.images, runs) if s >= start])
-        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.model.config)
+        images = [im for im, (s, _) in zip(req.images, runs) if s >= start]
+        return _Prefill(req, ids[start:], positions[:, 0, start:], kv, images)
+
+    def _forward_prefill(self, works: list[_Prefill]) -> list[torch.Tensor]:
+        """One forward over ``works``: each row's reused KV left-padded to the longest, its new ids right-padded.
+
+        Sets each request's full KV; returns each one's next-token logits (1, V). A single
+        row runs unpadded and unmasked.
+        """
+        past = [w.kv[0][0].shape[2] if w.kv else 0 for w in works]
+        new = [len(w.ids) for w in works]
+        width, length = max(past), max(new)
+        template = next((w.kv for w in works if w.kv), None)
+        if template is None:
+            cache = DynamicCache(config=self.model.config)
+        else:
+            layers = []
+            for layer, (k0, v0) in enumerate(template):
+                keys, values = [], []
+                for w, n in zip(works, past):
+                    k, v = w.kv[layer] if w.kv else (k0[:, :, :0], v0[:, :, :0])
+                    keys.append(F.pad(k, (0, 0, width - n, 0)))
+                    values.append(F.pad(v, (0, 0, width - n, 0)))
+                layers.append((torch.cat(keys), torch.cat(values)))
+            cache = DynamicCache(ddp_cache_data=layers)
+        filler = self.eos_ids[0]  # padding never reads an image: it is no <|image_pad|>
+        input_ids = torch.tensor([w.ids + [filler] * (length - len(w.ids)) for w in works])
+        positions = torch.stack([torch.cat([w.positions, w.positions[:, -1:].expand(3, length - len(w.ids))], 1)
+                                 for w in works], 1)  # padding repeats the last position
+        mask = torch.tensor([[0] * (width - p) + [1] * (p + n) + [0] * (length - n) for p, n in zip(past, new)])
+        pixels = self.vision.encode([im for w in works for im in w.images])
         out = self.model(
-            input_ids=torch.tensor([ids[start:]], device=self.device),
-            position_ids=positions[:, :, start:].to(self.device),
+            input_ids=input_ids.to(self.device),
+            position_ids=positions.to(self.device),
+            attention_mask=mask.to(self.device) if len(works) > 1 else None,
             past_key_values=cache,
             pixel_values=pixels.pixel_values.to(self.device, self.model.dtype) if pixels is not None else None,
             image_grid_thw=pixels.grid_thw.to(self.device) if pixels is not None else None,
             use_cache=True,
         )
-        req.kv = [(k, v) for k, v, *_ in out.past_key_values]
-        req.next_pos = int(positions.max()) + 1
-        req.reused = start
-        return out.logits[:, -1]
+        self._prefills["prefill_forwards"] += 1
+        self._prefills["prefill_rows"] += len(works)
+        kv = [(k, v) for k, v, *_ in out.past_key_values]
+        logits = []
+        for i, (w, p, n) in enumerate(zip(works, past, new)):
+            keep = slice(width - p, width + n)
+            w.req.kv = kv if len(works) == 1 else [(k[i: i + 1, :, keep].clone(), v[i: i + 1, :, keep].clone())
+                                                   for k, v in kv]
+            logits.append(out.logits[i: i + 1, n - 1])
+        return logits
 
     def _decode(self) -> list[tuple[_Request, int, float, int]]:
         batch = self._batch
@@ -458,16 +580,31 @@ class HFEngine(Engine):
         written in place (a cache grows by concatenation), so no copy is needed.
         """
         ids = torch.tensor(req.prompt_ids)
-        limit = len(req.prompt_ids) - 1  # at least one token must run to produce logits
+        limit = len(req.prompt_ids) - (1 if req.wants_logits else 0)  # logits need one token to run
         best, best_entry = 0, None
         own = self._prefixes.get(req.cache_key)
-        for entry in ([own] if own is not None else []) + list(reversed(self._prefixes.values())):
+        kept = ([own] if own is not None else []) + list(reversed(self._prefixes.values()))
+        for entry in kept + self._running_prefixes(req.cache_key):
             n = self._usable_prefix(entry, ids, limit, req.image_keys, runs)
             if n > best:
                 best, best_entry = n, entry
         if best_entry is None:
             return 0, None
         return best, [(k[:, :, :best], v[:, :, :best]) for k, v in best_entry.kv]
+
+    def _running_prefixes(self, key: str) -> list[_Prefix]:
+        """The KV of the running requests of ``key``'s conversation (its first path part), as prefixes: a verifier
+        streamed while its trajectory decodes reads the turn's KV instead of computing it again (vLLM's prefix
+        cache shares a running request's full blocks the same way). Only KV computed at the current weights."""
+        conversation = key.split("/")[0]
+        out = []
+        for i, row in enumerate(self._batch.rows):
+            if row.id.split("/")[0] != conversation or row.kv_version != self.version:
+                continue
+            pad = int((self._batch.mask[i] == 0).sum())
+            kv = [(k[i: i + 1, :, pad:], v[i: i + 1, :, pad:]) for k, v, *_ in self._batch.cache]
+            out.append(_Prefix(torch.tensor(row.prompt_ids + row.out_ids), row.image_keys, kv, self.version))
+        return out
 
     def _usable_prefix(
         self, entry: _Prefix, ids: torch.Tensor, limit: int, image_keys: list[str], runs: list[tuple[int, int]]

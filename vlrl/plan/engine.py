@@ -2,11 +2,15 @@
 
 Every step decodes one token for each running request and prefills what joined since the
 last step (new requests' uncached prompt tokens, verifier pieces), then sleeps the step's
-cost on the loop's clock: under ``vlrl.plan.clock`` that is simulated time. How many
+cost on the loop's clock: under ``vlrl.plan.clock`` that is simulated time. With ``tick``
+above 1 it runs up to that many steps between joins and hands each request its tokens in
+one delta (at the step a request ends, if it ends among them). How many
 tokens each policy turn writes comes from a ``Script`` (trajectory id -> tokens per turn),
 counted across the requests a pause splits it into, so an answer keeps its length however
 it is scheduled. The KV cache is modelled as the HF engine keeps it: a trajectory's prefix
-(and its group's shared prompt) is reused at the weight version it was computed with.
+(and its group's shared prompt) is reused at the weight version it was computed with, by
+its next turn and by its verifier alike (the verifier reads the trajectory's own ids), and
+a running turn's KV by its verifier's streamed pieces.
 """
 
 from __future__ import annotations
@@ -37,28 +41,37 @@ class _Request:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     made: int = 0
     gone: bool = False
+    version: int = 0  # the weights its prompt was computed with
 
 
 class CostEngine(Engine):
     """See the module docstring. ``shared_prompt``: leading prompt tokens a group's trajectories share."""
 
-    def __init__(self, costs: Costs, script: Script, eos_id: int, shared_prompt: int = 0):
+    def __init__(self, costs: Costs, script: Script, eos_id: int, shared_prompt: int = 0, max_batch: int = 0,
+                 tick: int = 1):
+        """``max_batch``: requests decoded together (0: all; the rest wait to join, as in a real engine).
+        ``tick``: decode steps per emitted delta at most (1: a delta per token; more: a simulation of thousands of
+        requests runs fast, joins and aborts land on a tick's boundary)."""
+        if max_batch < 0 or tick < 1:
+            raise ValueError(f"max_batch must be >= 0 and tick >= 1, got {max_batch} and {tick}")
         self.costs, self.script, self.eos_ids, self.version = costs, script, (eos_id,), 0
-        self.shared_prompt = shared_prompt
+        self.shared_prompt, self.max_batch, self.tick = shared_prompt, max_batch, tick
         self._running: list[_Request] = []
         self._joining: list[_Request] = []
         self._work: list[tuple[int, asyncio.Future[None]]] = []  # prefill-only pieces: tokens, done
         self._made: dict[tuple[str, int], int] = {}  # (trajectory, turn) -> tokens written, across requests
         self._cached: dict[str, tuple[int, int]] = {}  # cache key -> (tokens, version)
+        self._live: dict[str, _Request] = {}  # trajectory -> its running request
         self._loop: asyncio.Task[None] | None = None
 
     async def generate(self, prompt_ids: Sequence[int], images: Sequence[Image.Image], sampling: SamplingParams,
                        request_id: str) -> AsyncIterator[Delta]:
         traj, turn = _turn_of(request_id)
         group = traj.rsplit("-", 1)[0]
-        reused = max(self._hit(traj), min(self._hit(group), self.shared_prompt))
+        reused = max(self._reuse(traj, len(prompt_ids)), min(self._hit(group), self.shared_prompt))
         req = _Request(request_id, traj, turn, sampling.max_tokens, max(len(prompt_ids) - reused, 1),
-                       len(prompt_ids))
+                       len(prompt_ids), version=self.version)
+        self._live[traj] = req
         self._joining.append(req)
         self._wake()
         try:
@@ -68,6 +81,8 @@ class CostEngine(Engine):
                     return
         finally:
             req.gone = True
+            if self._live.get(traj) is req:
+                del self._live[traj]
             self._cached[traj] = (req.prompt + req.made, self.version)
             self._cached[group] = (self.shared_prompt, self.version)
 
@@ -79,7 +94,7 @@ class CostEngine(Engine):
         return Completion(request_id, (), (), (), "abort")
 
     async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
-        reused = self._hit(request_key)
+        reused = self._reuse(request_key.split("/")[0], len(prompt_ids))
         await self._compute(len(prompt_ids) - reused)
         self._cached[request_key] = (len(prompt_ids), self.version)
         return reused
@@ -101,6 +116,13 @@ class CostEngine(Engine):
         if self._loop is not None:
             self._loop.cancel()
 
+    def _reuse(self, traj: str, tokens: int) -> int:
+        """Cached tokens a request of the trajectory reuses: its turns' or its verifier's (both hold its ids, as the
+        HF engine's content-addressed cache finds), or its running turn's, all but the last of ``tokens`` at most."""
+        live = self._live.get(traj)
+        running = live.prompt + live.made if live is not None and live.version == self.version else 0
+        return min(max(self._hit(traj), self._hit(f"{traj}/verify"), running), tokens - 1)
+
     def _hit(self, key: str) -> int:
         tokens, version = self._cached.get(key, (0, -1))
         return tokens if version == self.version else 0
@@ -118,28 +140,53 @@ class CostEngine(Engine):
     async def _run(self) -> None:
         while self._running or self._joining or self._work:
             await settle()  # what joins or leaves at this instant does so before this step
-            joining, self._joining = [r for r in self._joining if not r.gone], []
+            running = [r for r in self._running if not r.gone]
+            waiting = [r for r in self._joining if not r.gone]
+            room = self.max_batch - len(running) if self.max_batch else len(waiting)
+            joining, self._joining = waiting[:max(room, 0)], waiting[max(room, 0):]
             work, self._work = self._work, []
-            batch = [r for r in self._running if not r.gone] + joining
-            prefill = sum(r.prefill for r in joining) + sum(n for n, _ in work)
-            context = sum(r.prompt + r.made for r in batch)
-            await asyncio.sleep((self.costs.decode_step_s(len(batch), context) if batch else 0.0)
-                                + self.costs.prefill_per_token_s * prefill)
+            self._running = batch = running + joining
+            prefill_s = self.costs.prefill_per_token_s * (sum(r.prefill for r in joining) + sum(n for n, _ in work))
+            await self._tick(batch, prefill_s, work)
+            self._running = [r for r in batch if not r.gone]
+
+    async def _tick(self, batch: list[_Request], prefill_s: float,
+                    work: list[tuple[int, asyncio.Future[None]]]) -> None:
+        """Up to ``tick`` decode steps of ``batch`` (after ``prefill_s`` of prefill): a request that ends within them
+        gets its tokens at the step it ends, the others theirs at the tick's end; what joins waits for that end."""
+        spans = [min(self._left(r), self.tick) for r in batch]
+        done_steps, alive = 0, len(batch)
+        context = sum(r.prompt + r.made for r in batch)
+        for end in sorted(set(spans)) or [0]:
+            steps = end - done_steps
+            await asyncio.sleep(steps * self.costs.decode_step_s(alive, context) + prefill_s
+                                + self.costs.decode_per_context_token_s * alive * steps * (steps - 1) / 2)
             for _, done in work:
                 done.set_result(None)
-            self._running = [r for r in batch if not r.gone]
-            for req in self._running:
-                self._emit(req)
-            self._running = [r for r in self._running if not r.gone]
+            work, prefill_s = [], 0.0
+            context += alive * steps
+            done_steps = end
+            for req, span in zip(batch, spans):
+                if span == end and not req.gone:
+                    self._emit(req, span)
+            alive -= spans.count(end)
 
-    def _emit(self, req: _Request) -> None:
+    def _left(self, req: _Request) -> int:
+        """Tokens until the request ends: its turn's scripted length or its cap."""
+        turns = self.script(req.traj)
+        turn_left = turns[min(req.turn, len(turns) - 1)] - self._made.get((req.traj, req.turn), 0)
+        return max(min(turn_left, req.max_tokens - req.made), 1)
+
+    def _emit(self, req: _Request, steps: int) -> None:
+        """``steps`` tokens for the request (its last one the end of the turn if the script says so)."""
         key = (req.traj, req.turn)
-        self._made[key] = self._made.get(key, 0) + 1
-        req.made += 1
+        self._made[key] = self._made.get(key, 0) + steps
+        req.made += steps
         turns = self.script(req.traj)
         ended = self._made[key] >= turns[min(req.turn, len(turns) - 1)]
         reason = "stop" if ended else ("length" if req.made >= req.max_tokens else None)
-        req.queue.put_nowait(Delta(req.id, (self.eos_ids[0] if ended else FILLER,), (-1.0,), self.version, reason))
+        ids = (FILLER,) * (steps - 1) + (self.eos_ids[0] if ended else FILLER,)
+        req.queue.put_nowait(Delta(req.id, ids, (-1.0,) * steps, self.version, reason))
         if reason is not None:
             req.gone = True
 

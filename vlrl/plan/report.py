@@ -13,8 +13,11 @@ from vlrl.bench.overlap import GROUP_SIZE, GROUPS, SCHEDULES, schedule_overrides
 from vlrl.config import TrainConfig, load_config
 from vlrl.plan.clock import simulate
 from vlrl.plan.costs import Placements
+from vlrl.plan.presets import Preset
 from vlrl.plan.twin import Plan, TwinStep, simulate_steps
 from vlrl.plan.workloads import Workload, from_run
+
+PRESET_TICK = 64  # at a preset's scale (thousands of requests) the cost engine emits a delta per 64 tokens at most
 
 
 def predict(plan: Plan, costs: Any, workload: Workload, steps: int, tokenizer: Any, eos_id: int) -> dict[str, float]:
@@ -41,32 +44,45 @@ def efficiency(figures: dict[str, float], costs: Any, slots: int) -> float:
 
 
 def schedules(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
-              max_tokens: int) -> dict[str, dict[str, float]]:
-    """Every schedule of `vlrl bench overlap` (its own configs), predicted on ``workload``."""
+              max_tokens: int, preset: Preset | None = None) -> dict[str, dict[str, float]]:
+    """Every schedule of `vlrl bench overlap` (its own configs; under a preset, at the preset's batch), predicted on
+    ``workload``."""
     out = {}
     for name in SCHEDULES:
         cfg = load_config(TrainConfig, None, [*workload_overrides("longtail-cot"), *schedule_overrides(name, "cpu"),
                                               f"rollout.max_new_tokens={max_tokens}"])
         plan, placement = plan_of(cfg)
-        out[name] = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
+        out[name] = predict(at_scale(plan, preset, placement), placements[placement], workload, steps, tokenizer,
+                            eos_id)
     return out
 
 
+def at_scale(plan: Plan, preset: Preset | None, placement: str) -> Plan:
+    """``plan`` at the preset's batch (Δ in proportion, the engines' slots under ``placement``); as is without one."""
+    if preset is None:
+        return plan
+    return replace(plan, groups=preset.groups, group_size=preset.group_size,
+                   extra=round(plan.extra * preset.groups / plan.groups), slots=preset.slots(placement),
+                   tick=PRESET_TICK)
+
+
 def recommend(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
-              max_tokens: int, groups: int = GROUPS, group_size: int = GROUP_SIZE) -> dict[str, Any]:
-    """The fastest of a sweep over Δ (0 to B), the verifier's chunk and the placement."""
-    best: dict[str, Any] = {}
-    for placement in ("colocated", "disaggregated"):
-        for extra in sorted({0, max(groups // 4, 1), max(groups // 2, 1), groups}):
-            for chunk in (0, 32, 128):
-                keep = placement == "disaggregated" and extra > 0
-                plan = Plan("overlap" if extra else ("async" if chunk else "sync"), groups, group_size, extra, keep,
-                            verifier=True, chunk_tokens=chunk, max_tokens=max_tokens)
-                figures = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
-                if not best or figures["step_s"] < best["step_s"]:
-                    best = {"placement": placement, "extra_groups": extra, "chunk_tokens": chunk,
-                            "decode_during_update": keep, **figures}
-    return best
+              max_tokens: int, preset: Preset | None = None) -> dict[str, Any]:
+    """The fastest setting found: first the placement (colocated, or the engines' share of the devices) and Δ (0 to
+    B) with the verifier streamed in chunks of 32, then the chunk (whole, 32, 128) at the best of those."""
+    def run(placement: str, fraction: float, chunk: int) -> dict[str, Any]:
+        extra = max(round(GROUPS * fraction), 1) if fraction else 0
+        plan = at_scale(Plan("overlap" if extra else ("async" if chunk else "sync"), GROUPS, GROUP_SIZE, extra,
+                             placement.startswith("disaggregated") and extra > 0, verifier=True, chunk_tokens=chunk,
+                             max_tokens=max_tokens), preset, placement)
+        figures = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
+        return {"placement": placement, "extra_fraction": fraction, "extra_groups": plan.extra,
+                "chunk_tokens": chunk, "decode_during_update": plan.keep_decoding, "slots": plan.capacity, **figures}
+
+    best = min((run(placement, fraction, 32) for placement in placements for fraction in (0, 0.25, 0.5, 1)),
+               key=lambda r: r["step_s"])
+    return min([best, *(run(best["placement"], best["extra_fraction"], chunk) for chunk in (0, 128))],
+               key=lambda r: r["step_s"])
 
 
 def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
