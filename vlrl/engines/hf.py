@@ -473,9 +473,8 @@ class HFEngine(Engine):
         trajectories become one multi-row prefill); each forward stays under
         ``max_prefill_tokens`` padded tokens and wastes at most a third of them on padding.
         """
-        works = sorted((self._uncached(req) for req in reqs), key=lambda w: len(w.ids))
-        for covered in [w for w in works if not w.ids]:  # a verifier's piece whose KV is all cached: nothing to run
-            works.remove(covered)
+        # a verifier's piece whose KV is all cached has nothing to run
+        works = sorted((w for w in map(self._uncached, reqs) if w.ids), key=lambda w: len(w.ids))
         logits: dict[str, torch.Tensor] = {}
         bucket: list[_Prefill] = []
         for work in [*works, None]:

@@ -75,26 +75,23 @@ class Preset:
             source=f"preset {name}: {self.source} (a projection from published figures; see vlrl/plan/presets.py)",
         )
 
-    def placements(self, name: str) -> Placements:
-        """``colocated`` (the engines and the trainer take turns on all GPUs), ``disaggregated`` (half each) and
-        ``disaggregated E:T`` for every other split in whole replicas."""
-        out = {"colocated": self.costs(self.gpus, self.gpus, WAKE_SYNC_S, name)}
+    def splits(self) -> dict[str, int]:
+        """Placement name -> the GPUs the engines hold: ``colocated`` (the engines and the trainer take turns on
+        all GPUs), ``disaggregated`` (half each) and ``disaggregated E:T`` for every other split in whole replicas."""
+        out = {"colocated": self.gpus}
         for engine in range(self.tensor_parallel, self.gpus, self.tensor_parallel):
-            key = "disaggregated" if 2 * engine == self.gpus else f"disaggregated {engine}:{self.gpus - engine}"
-            out[key] = self.costs(engine, self.gpus - engine, NCCL_SYNC_S, name)
+            out["disaggregated" if 2 * engine == self.gpus else f"disaggregated {engine}:{self.gpus - engine}"] = engine
         return out
 
-    def engine_gpus(self, placement: str) -> int:
-        """The GPUs the engines hold under a placement of ``placements``."""
-        if placement == "colocated":
-            return self.gpus
-        if placement == "disaggregated":
-            return self.gpus // 2
-        return int(placement.split()[1].split(":")[0])
+    def placements(self, name: str) -> Placements:
+        """The costs of every placement of ``splits``."""
+        return {placement: self.costs(engine, self.gpus, WAKE_SYNC_S, name) if placement == "colocated"
+                else self.costs(engine, self.gpus - engine, NCCL_SYNC_S, name)
+                for placement, engine in self.splits().items()}
 
     def slots(self, placement: str) -> int:
         """Requests the engines decode together under ``placement``: vLLM's default batch per replica."""
-        return self.engine_gpus(placement) // self.tensor_parallel * REPLICA_MAX_SEQS
+        return self.splits()[placement] // self.tensor_parallel * REPLICA_MAX_SEQS
 
 
 PRESETS = {
