@@ -367,6 +367,14 @@ class AlgoConfig:
     mini_batches: int = 1  # optimizer steps per pass; the step's trajectories must divide evenly
     loss: LossConfig = field(default_factory=LossConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)  # (ppo) the value model, GAE's gamma and lambda
+    # the KL reference's logprobs and (ppo) the critic's values computed on the trainer's thread in pieces of this
+    # many policy tokens while each trajectory decodes, as OPPO streams to every downstream model (0: after the
+    # rollout, whole). Same numbers either way; it pays where the trainer's device idles during the rollout
+    stream_chunk_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stream_chunk_tokens < 0:
+            raise ValueError(f"algo.stream_chunk_tokens must be >= 0, got {self.stream_chunk_tokens}")
 
 
 @dataclass
@@ -492,6 +500,10 @@ class TrainConfig:
                 and not self.distributed.rank_resources.get("GPU"):
             raise ValueError(f"model.device {self.model.device!r} puts the trainer on GPUs: distributed.rank_resources "
                              f"must give each rank one ({{GPU: 1}}), got {self.distributed.rank_resources}")
+        if self.algo.stream_chunk_tokens and self.distributed.strategy == "fsdp" and self.distributed.world_size > 1:
+            raise ValueError(f"algo.stream_chunk_tokens = {self.algo.stream_chunk_tokens} runs the reference and the "
+                             f"critic on rank 0 alone, which cannot hold a sharded model (distributed.strategy fsdp); "
+                             f"use strategy dp or algo.stream_chunk_tokens 0")
         if self.distributed.strategy == "fsdp" and self.optim.lora_rank > 0:
             raise ValueError(f"distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = "
                              f"{self.optim.lora_rank}); use strategy dp, whose ranks each hold the adapters")

@@ -128,7 +128,10 @@ class AlgoFigures(Section):
 
     NAMESPACE = "algo"
     prepared: dict[str, float] = family("count", "the algorithm's own counts (GRPO: uniform_groups_dropped, groups "
-                                        "whose rewards all agree, when algo.drop_uniform_groups)", "<count>")
+                                        "whose rewards all agree, when algo.drop_uniform_groups); with "
+                                        "algo.stream_chunk_tokens, <model>_streamed_tokens and <model>_late_tokens "
+                                        "for the KL reference and the critic: tokens computed while the trajectories "
+                                        "decoded, and after the rollout", "<count>")
 
 
 @dataclass
@@ -156,7 +159,9 @@ class PerfFigures(Section):
     step_s: float = figure("s", "the whole step")
     rollout_s: float = figure("s", "generation: decoding and tool calls, to the last trajectory's end")
     reward_s: float = figure("s", "rewarding after generation (sync schedule; else hidden in rollout_s)")
-    forward_s: float = figure("s", "the trainer's logprob forwards")
+    prepare_s: float = figure("s", "the algorithm's prepare after the rollout: advantages and a critic's values "
+                                   "(with algo.stream_chunk_tokens, only what was not streamed)")
+    forward_s: float = figure("s", "the trainer's logprob forwards (the KL reference's too, unless streamed)")
     update_s: float = figure("s", "forward, backward and optimizer steps")
     critic_s: float = figure("s", "the critic's step (PPO)")
     sync_s: float = figure("s", "gathering the weights and loading them into the engine")

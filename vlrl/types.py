@@ -180,6 +180,8 @@ class Trajectory:
     actions: list[ActionRecord] = field(default_factory=list)
     deferred_steps: int = 0
     timings: Timings = field(default_factory=Timings)
+    # per-token scores of other models computed while it decoded (``vlrl.trainer.streamed``): name -> (version, scores)
+    streamed: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def token_ids(self) -> list[int]:

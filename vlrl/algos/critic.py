@@ -3,7 +3,9 @@
 V(s_t) is read at the position before token t, aligned like the logprobs (entry t-1 of
 a sequence of L ids belongs to token t), so GAE, the policy loss and the value loss all
 index the same (B, L - 1) grid. The critic has its own optimizer; it never sends
-weights to the engine.
+weights to the engine. Its values can be streamed (``streamed``, ``vlrl.trainer.streamed``):
+computed piece by piece while a trajectory decodes, under the weights of the step they are
+read at (``version`` counts the critic's optimizer steps).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from vlrl.algos.ppo import clipped_value_loss
 from vlrl.config import CriticConfig
 from vlrl.trainer.batches import micro_batches, pad
 from vlrl.trainer.logprobs import forward
+from vlrl.trainer.streamed import Reading, StreamedScores
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
 
@@ -35,6 +38,13 @@ class Critic(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
         self.vision, self.cfg = vision, cfg
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr)
+        self.version = 0  # optimizer steps taken (a loaded state counts as one): streamed values of another are stale
+        self.streamed = StreamedScores("critic", self.backbone, vision, Reading(self._rows, _same, hidden_states=True),
+                                       lambda: self.version)
+
+    def _rows(self, out: object) -> torch.Tensor:
+        """V at every position of one sequence's forward."""
+        return self.head(out.hidden_states[-1][0]).squeeze(-1).float()  # type: ignore[attr-defined]
 
     def _values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
         out, _, lengths = forward(self.backbone, self.vision, [(t.token_ids, t.images) for t in trajectories],
@@ -44,10 +54,17 @@ class Critic(torch.nn.Module):
 
     @torch.no_grad()
     def values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        """V per token (length L - 1 each), without gradient: the values GAE uses."""
+        """V per token (length L - 1 each), without gradient: the values GAE uses (those streamed while a
+        trajectory decoded, its rest computed now; the others in micro-batches)."""
         self.eval()
         out: dict[int, torch.Tensor] = {}  # id(trajectory) -> its values (micro-batches sort them by length)
-        for batch in micro_batches(trajectories, self.cfg.micro_batch_tokens):
+        for traj in trajectories:
+            streamed = self.streamed.take(traj)
+            if streamed is not None:
+                out[id(traj)] = streamed
+        rest = [t for t in trajectories if id(t) not in out]
+        self.streamed.computed(sum(len(t.token_ids) - 1 for t in rest))
+        for batch in micro_batches(rest, self.cfg.micro_batch_tokens):
             out |= {id(t): v.cpu() for t, v in zip(batch, self._values(batch))}
         return [out[id(t)] for t in trajectories]
 
@@ -72,4 +89,10 @@ class Critic(torch.nn.Module):
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
         return {"value_loss": loss_sum, "value_grad_norm": grad_norm, "critic_s": time.perf_counter() - start}
+
+
+def _same(rows: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+    """A value belongs to its position, whatever token follows."""
+    return rows

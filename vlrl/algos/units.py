@@ -29,6 +29,7 @@ from vlrl.config import AlgoConfig
 from vlrl.trainer.batches import TrainItem, pad
 from vlrl.trainer.objective import Objective
 from vlrl.trainer.policy import PolicyTrainer
+from vlrl.trainer.streamed import StreamedScores
 from vlrl.types import Group
 from vlrl.vision import VisionInputs
 
@@ -75,6 +76,10 @@ class Algorithm(Protocol):
     def state(self) -> dict[str, Any] | None:
         """What a checkpoint keeps of the algorithm's own (a critic's weights and optimizer), or None."""
 
+    def streamed(self) -> list[StreamedScores]:
+        """The models of its own whose per-token scores ``prepare`` reads and can be fed while trajectories decode
+        (``algo.stream_chunk_tokens``): a critic's values."""
+
     def load_state(self, state: dict[str, Any] | None, where: str) -> None:
         """Restore ``state(``) from the checkpoint at ``where``."""
 
@@ -114,6 +119,9 @@ class GRPO:
     def state(self) -> dict[str, Any] | None:
         return None
 
+    def streamed(self) -> list[StreamedScores]:
+        return []
+
     def load_state(self, state: dict[str, Any] | None, where: str) -> None:
         """GRPO keeps nothing of its own."""
 
@@ -139,11 +147,15 @@ class PPO(GRPO):
     def state(self) -> dict[str, Any] | None:
         return {"weights": self.critic.state_dict(), "optimizer": self.critic.optimizer.state_dict()}
 
+    def streamed(self) -> list[StreamedScores]:
+        return [self.critic.streamed]
+
     def load_state(self, state: dict[str, Any] | None, where: str) -> None:
         if state is None:
             raise ValueError(f"{where}: the run uses a critic (PPO) but the checkpoint has none")
         self.critic.load_state_dict(state["weights"])
         self.critic.optimizer.load_state_dict(state["optimizer"])
+        self.critic.version += 1
 
 
 ALGORITHMS: dict[str, Callable[[Setting], Algorithm]] = {"grpo": GRPO, "ppo": PPO}  # algo.name -> its unit

@@ -23,10 +23,11 @@ import sys
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
+from vlrl.algos.units import Batch
 from vlrl.clock import now
 from vlrl.config import TrainConfig
 from vlrl.distributed import TrainerRankLost, cluster
@@ -45,13 +46,15 @@ from vlrl.recipes.checkpoint import latest_checkpoint, save_checkpoint
 from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, task_stream
 from vlrl.recipes.summary import HELDOUT_MARKS, PAIRED, heldout_after, heldout_before, peak_rss_gb, print_summary
 from vlrl.rollout.chunks import ChunkTuner
+from vlrl.rollout.feed import OnThread
 from vlrl.rollout.figures import rollout_record
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.rollout.play import play_agent
 from vlrl.rollout.scheduler import OverlapScheduler
 from vlrl.rollout.timeline import TRAINER
 from vlrl.trainer.policy import PolicyTrainer
-from vlrl.types import Sample, Trajectory
+from vlrl.trainer.streamed import StreamedScores
+from vlrl.types import Group, Sample, Trajectory
 from vlrl.worker_thread import WorkerThread
 
 
@@ -131,9 +134,12 @@ async def rl_steps(run: Run, env: Env) -> None:
     v = cfg.verifier
     tuner = ChunkTuner(tuple(v.chunk_candidates), v.chunk_window, v.chunk_retry_every) \
         if v.chunk_tokens == "auto" else None
+    streams = [OnThread(scores, run.compute) for scores in streamed_models(run)] if cfg.algo.stream_chunk_tokens \
+        else []
     manager = RolloutManager(run.engine, env, run.tokenizer, run.reward, cfg.rollout.sampling(),
                              cfg.rollout.group_size, "async" if overlap else cfg.rollout.schedule, run.verifier,
-                             cfg.verifier.weight, tuner.current if tuner else int(cfg.verifier.chunk_tokens))
+                             cfg.verifier.weight, tuner.current if tuner else int(cfg.verifier.chunk_tokens),
+                             streams=streams, stream_chunk=cfg.algo.stream_chunk_tokens)
     scheduler = make_scheduler(cfg, manager, state) if overlap else None
     stream = islice(task_stream(cfg, run.first_epoch), state.cursor, None)
     progress = progress_bar(cfg, cfg.steps, state.step, cfg.name)
@@ -162,8 +168,9 @@ async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: Overl
     manager.timeline.mark(f"step {step}", began)
     result, record = await collect(run.cfg, step, manager, scheduler, stream)
     rolled = now()
-    batch = await run.compute.run(run.algo.prepare, result.groups)
+    batch = await run.compute.run(prepare, run, result.groups)
     record.algo = AlgoFigures(prepared=batch.metrics)
+    record.perf = dataclasses.replace(record.perf, prepare_s=now() - rolled)
     if batch.items:
         with manager.timeline.span(TRAINER, "update"):
             record.loss, times = update_figures(await run.compute.run(run.algo.update, run.trainer, batch, step))
@@ -172,6 +179,24 @@ async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: Overl
                                               sync_s=await sync_weights(run.trainer, run.engine, run.compute))
     log_step(run, step, manager, scheduler, result, record, (began, rolled, now()))
     return record
+
+
+def streamed_models(run: Run) -> list[StreamedScores]:
+    """The trainer-side models whose per-token scores the step reads: the KL reference, the algorithm's own."""
+    reference = run.trainer.reference_scores if run.algo.objective.needs_reference else None
+    return [*([reference] if reference is not None else []), *run.algo.streamed()]
+
+
+def prepare(run: Run, groups: Sequence[Group]) -> Batch:
+    """The algorithm's batch, each item with the reference's logprobs where they were streamed while it decoded;
+    the streamed and late tokens of every such model in the batch's figures."""
+    batch = run.algo.prepare(groups)
+    if run.algo.objective.needs_reference:
+        batch.items = run.trainer.with_reference(batch.items)
+    if run.cfg.algo.stream_chunk_tokens:
+        for scores in streamed_models(run):
+            batch.metrics |= scores.take_stats()
+    return batch
 
 
 async def collect(cfg: TrainConfig, step: int, manager: RolloutManager, scheduler: OverlapScheduler | None,
@@ -192,6 +217,10 @@ async def collect(cfg: TrainConfig, step: int, manager: RolloutManager, schedule
                                               chunk_tokens=manager.chunk_tokens)
     for message in result.errors:
         print(f"step {step}: dropped: {message}")
+    for sink in manager.streams:
+        for message in sink.errors:
+            print(f"step {step}: streaming failed, computed after the rollout instead: {message}")
+        sink.errors.clear()
     return result, record
 
 

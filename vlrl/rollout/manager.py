@@ -13,6 +13,8 @@ the reward part ``verifier`` and weighs ``verifier_weight`` in the total. Under 
 with ``chunk_tokens`` > 0 each trajectory streams to it while decoding (``VerifierFeed``:
 every ``chunk_tokens`` policy tokens and each observation), so the verifier's prefill
 hides under the policy's decoding; under ``sync`` it reads each whole trajectory at the end.
+``streams`` (the trainer's KL reference, PPO's critic) are fed the same way under either
+schedule, every ``stream_chunk`` policy tokens, so their forwards run while decoding goes on.
 
 Nothing is lost: a trajectory whose engine request, episode or reward raises is recorded
 in ``RolloutResult.dropped`` with the reason, and its group is not trained (GRPO trains
@@ -31,7 +33,7 @@ from vlrl.engines.base import Engine, collect
 from vlrl.engines.sampling import continued
 from vlrl.env import Env
 from vlrl.rewards.verifier import Verdict, Verifier
-from vlrl.rollout.feed import VerifierFeed
+from vlrl.rollout.feed import Feed, OnThread, StreamedFeed, VerifierFeed
 from vlrl.rollout.timeline import Timeline
 from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Timings, Trajectory
 
@@ -98,7 +100,8 @@ class RolloutManager:
 
     def __init__(self, engine: Engine, env: Env, tokenizer: Any, reward: Reward, sampling: SamplingParams,
                  group_size: int, schedule: Schedule = "sync", verifier: Verifier | None = None,
-                 verifier_weight: float = 0.0, chunk_tokens: int = 0, timeline: bool = True):
+                 verifier_weight: float = 0.0, chunk_tokens: int = 0, timeline: bool = True,
+                 streams: Sequence[OnThread] = (), stream_chunk: int = 0):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if schedule not in ("sync", "async"):
@@ -111,6 +114,7 @@ class RolloutManager:
         self.sampling, self.group_size, self.schedule = sampling, group_size, schedule
         self.verifier, self.verifier_weight = verifier, verifier_weight
         self.chunk_tokens = chunk_tokens  # the overlap scheduler may retune it between rollouts
+        self.streams, self.stream_chunk = list(streams), stream_chunk
         self._open = asyncio.Event()  # cleared while paused: no trajectory starts or resumes decoding
         self._open.set()
         self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
@@ -205,6 +209,8 @@ class RolloutManager:
         traj = episode.trajectory
         feed = VerifierFeed(self.verifier, traj_id, self.chunk_tokens, self.timeline) \
             if self.verifier is not None and reward_now else None
+        streamed = [StreamedFeed(sink, traj_id, self.stream_chunk) for sink in self.streams]
+        feeds: list[Feed] = [*([feed] if feed is not None else []), *streamed]
         traj.timings = Timings()
         start = now()
         self._live[traj_id] = traj
@@ -218,12 +224,12 @@ class RolloutManager:
                     await episode.step(completion)
                     turn += 1
             while not episode.done:
-                if feed is not None:
-                    feed.catch_up(traj)
+                for each in feeds:
+                    each.catch_up(traj)
                 await self._wait_if_paused(traj)
                 head = kept.partial if kept is not None and turn == len(kept.turns) else None
                 completion = await self._turn(traj, _with_seed(self.sampling, seed * 64 + turn), f"{traj_id}/t{turn}",
-                                              feed, head)
+                                              feeds, head)
                 work.turns.append(completion)
                 work.partial = None
                 t1 = now()
@@ -234,20 +240,22 @@ class RolloutManager:
                     self.timeline.add(traj_id, "tool", t1, t2)
                 turn += 1
         except BaseException:
-            if feed is not None:
-                feed.cancel()
+            for each in feeds:
+                each.cancel()
             raise
         finally:
             self._live.pop(traj_id, None)
             self._work.pop(traj_id, None)
             await episode.close()
         traj.timings.wall_s = now() - start
+        for each in streamed:
+            each.seal(traj)
         if reward_now:
             await self._reward(traj, sample, feed)
         return traj
 
     async def _turn(self, traj: Trajectory, sampling: SamplingParams, request: str,
-                    feed: VerifierFeed | None, head: Completion | None = None) -> Completion:
+                    feeds: Sequence[Feed], head: Completion | None = None) -> Completion:
         """One policy turn. A request aborted by ``pause`` resumes after it from the tokens it had:
         the turn's tokens are the pre-pause ones followed by the post-resume ones, each with the
         logprob and weight version that produced it. ``head``: tokens a checkpoint kept of this
@@ -255,8 +263,9 @@ class RolloutManager:
         ids: list[int] = list(head.token_ids) if head else []
         logprobs: list[float] = list(head.logprobs) if head else []
         versions: list[int] = list(head.versions) if head else []
-        if head and feed is not None:
-            feed.tokens(head.token_ids)
+        if head:
+            for feed in feeds:
+                feed.tokens(head.token_ids)
         part = 1 if head else 0
         while True:
             rid = request if part == 0 else f"{request}/resumed-{part}"
@@ -267,7 +276,7 @@ class RolloutManager:
             try:
                 try:
                     stream = self.engine.generate(traj.token_ids + ids, traj.images, params, rid)
-                    piece = await collect(rid, _tap(stream, feed) if feed is not None else stream)
+                    piece = await collect(rid, _tap(stream, feeds) if feeds else stream)
                 finally:
                     self._running.pop(traj.id, None)
                     paused = rid in self._paused
@@ -330,10 +339,11 @@ def _name(outcome: Trajectory | BaseException) -> str:
     return outcome.id if isinstance(outcome, Trajectory) else f"ended with {type(outcome).__name__}"
 
 
-async def _tap(stream: AsyncIterator[Delta], feed: VerifierFeed) -> AsyncIterator[Delta]:
-    """``stream`` unchanged, with each delta's tokens handed to ``feed`` on the way."""
+async def _tap(stream: AsyncIterator[Delta], feeds: Sequence[Feed]) -> AsyncIterator[Delta]:
+    """``stream`` unchanged, with each delta's tokens handed to ``feeds`` on the way."""
     async for delta in stream:
-        feed.tokens(delta.token_ids)
+        for feed in feeds:
+            feed.tokens(delta.token_ids)
         yield delta
 
 

@@ -20,6 +20,7 @@ class TrainItem:
     trajectory: Trajectory
     advantage: float | torch.Tensor
     old_logprobs: torch.Tensor | None = None  # pi_old per token (L - 1); None: this step's own forward, detached
+    ref_logprobs: torch.Tensor | None = None  # pi_ref per token (L - 1), streamed while it decoded; None: computed
 
 
 # a micro-batch of a rank that has run out of its share (sharded): two prompt tokens, nothing to learn

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Trajectory
@@ -58,6 +58,29 @@ def forward(model: PreTrainedModel, vision: VisionInputs, sequences: Sequence[tu
         output_hidden_states=hidden_states,
     )
     return out, input_ids.to(device), lengths
+
+
+def forward_from(model: PreTrainedModel, vision: VisionInputs, ids: Sequence[int], images: Sequence[Image.Image],
+                 start: int, past: Any = None, hidden_states: bool = False) -> Any:
+    """The model's forward over ``ids[start:]`` of one sequence whose first ``start`` ids are in ``past`` (its KV
+    cache, None when ``start`` is 0); the output's ``past_key_values`` covers all of ``ids``. No image run may
+    straddle ``start``: the images before it are in ``past``, those after it go through the vision tower."""
+    prepared = vision.prepare_for(ids, images, where="sequence")
+    runs = vision.pad_runs(ids)
+    if any(s < start < e for s, e in runs):
+        raise ValueError(f"sequence: position {start} cuts an image run; a piece must hold whole images")
+    positions = mrope_positions(model, torch.tensor([list(ids)]), vision.grid(prepared))[:, :, start:]
+    batch = vision.encode([im for im, (s, _) in zip(images, runs) if s >= start])
+    device = next(model.parameters()).device
+    return model(
+        input_ids=torch.tensor([list(ids[start:])], device=device),
+        position_ids=positions.to(device),
+        past_key_values=past if past is not None else DynamicCache(config=model.config),
+        pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
+        image_grid_thw=batch.grid_thw.to(device) if batch is not None else None,
+        use_cache=True,
+        output_hidden_states=hidden_states,
+    )
 
 
 def sequence_logprobs(

@@ -17,6 +17,7 @@ strategy's (``vlrl.trainer.parallel``): the default, ``Local``, is one process.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -42,6 +43,7 @@ from vlrl.trainer.parallel import (
     vision_tower,
     whole,
 )
+from vlrl.trainer.streamed import LOGPROBS, StreamedScores
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
 
@@ -58,6 +60,10 @@ class PolicyTrainer:
             raise ValueError("the loss has a KL term (loss.kl_coef > 0): it needs a reference model")
         self.model, self.vision, self.optim_cfg, self.objective = model, vision, optim, objective
         self.reference = reference
+        self.reference_version = 0  # bumped when the reference is reset: its streamed logprobs are then stale
+        # the reference's logprobs streamed while trajectories decode (algo.stream_chunk_tokens)
+        self.reference_scores = StreamedScores("reference", reference, vision, LOGPROBS,
+                                               lambda: self.reference_version) if reference is not None else None
         self.parallel = parallel or Local()
         self.name = name  # remote ranks find this trainer by it (the warm start's sibling has another)
         if optim.lora_rank > 0:
@@ -108,7 +114,21 @@ class PolicyTrainer:
             raise ValueError("this trainer has no reference model (loss.kl_coef is 0)")
         sharded = self.parallel.sharded
         self.reference.load_state_dict(self.model.state_dict() if sharded else merged_state_dict(self.model))
+        self.reference_version += 1
         self.parallel.reset_reference()
+
+    def with_reference(self, items: Sequence[TrainItem]) -> list[TrainItem]:
+        """``items``, each with the reference's logprobs where they were streamed while it decoded (the rest of
+        the trajectory computed now); the others are left to each step's forward."""
+        if self.reference_scores is None:
+            return list(items)
+        out = []
+        for item in items:
+            logprobs = self.reference_scores.take(item.trajectory)
+            if logprobs is None:
+                self.reference_scores.computed(length(item) - 1)
+            out.append(dataclasses.replace(item, ref_logprobs=logprobs))
+        return out
 
     def step(self, items: Sequence[TrainItem], total: float | None = None) -> dict[str, float]:
         """One optimizer step over ``items``; returns the step's training metrics.
@@ -166,7 +186,10 @@ class PolicyTrainer:
             advantages = pad([torch.as_tensor(it.advantage, dtype=torch.float32).expand(length(it) - 1)
                               for it in batch]).to(device)
         ref = None
-        if self.reference is not None and self.objective.needs_reference:
+        if self.reference is not None and self.objective.needs_reference and all(
+                it.ref_logprobs is not None for it in batch):
+            ref = pad([it.ref_logprobs for it in batch]).to(device)  # type: ignore[misc]
+        elif self.reference is not None and self.objective.needs_reference:
             with torch.no_grad():
                 ref = pad([s.logprobs for s in sequence_logprobs(self.reference, self.vision,
                                                                   [(t.token_ids, t.images) for t in trajs])])
