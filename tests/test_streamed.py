@@ -119,8 +119,8 @@ def test_a_rollout_streams_to_the_trainers_models_and_they_need_nothing_after_it
     worker = WorkerThread("test-trainer")
     reference = StreamedScores("reference", trainer_model, vision, LOGPROBS, lambda: 0)
     samples = list(islice(synthetic_charts(seed=2), 2))
-    result = rollout_with(run, hf_engine, tokenizer, vision,
-                          [OnThread(reference, worker), OnThread(critic.streamed, worker)], samples)
+    sinks = [OnThread(reference, worker), OnThread(critic.streamed, worker)]
+    result = rollout_with(run, hf_engine, tokenizer, vision, sinks, samples)
     trajs = result.trajectories
     assert len(trajs) == 4 and not result.dropped
 
@@ -129,6 +129,7 @@ def test_a_rollout_streams_to_the_trainers_models_and_they_need_nothing_after_it
 
     logprobs, values = run(worker.run(read))
     worker.close()
+    assert not any(sink._fed or sink.scores._progress for sink in sinks)  # nothing is left behind
     whole = critic.values(trajs)
     for traj, lp, v, w in zip(trajs, logprobs, values, whole):
         assert torch.allclose(lp, one_shot_logprobs(trainer_model, vision, traj), atol=1e-4)

@@ -117,17 +117,21 @@ class OnThread:
         images.extend(new_images)
         try:
             await self.worker.run(self.scores.advance, traj_id, list(ids), list(images))
-        except Exception as e:  # noqa: BLE001 -- the scores are recomputed whole; the trajectory goes on
+        except Exception as e:  # the scores are computed whole after the rollout; the trajectory goes on
             self.errors.append(f"{self.scores.name} {traj_id}: {type(e).__name__}: {e}")
             self.discard(traj_id)
 
     def seal(self, traj: Trajectory) -> None:
         """``traj`` ended: its rest is computed on the worker in the background (the algorithm waits for it by
         running on the same thread)."""
-        self._fed.pop(traj.id, None)
-        task = asyncio.create_task(self.worker.run(self.scores.seal, traj))
+        task = asyncio.create_task(self._seal(traj))
         self._sealing.add(task)
         task.add_done_callback(self._sealed)
+
+    async def _seal(self, traj: Trajectory) -> None:
+        # a task, so that it starts after the pieces sent before it (tasks start in the order they were made)
+        self._fed.pop(traj.id, None)
+        await self.worker.run(self.scores.seal, traj)
 
     def discard(self, traj_id: str) -> None:
         self._fed.pop(traj_id, None)
