@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -72,6 +73,22 @@ def test_the_twin_reproduces_the_hand_computed_disaggregated_schedule(tokenizer)
     # step 0's 8 slots over its 19.5 s: 8 requests until 2 s, then 7, 6, 5 at 2, 3, 4 s, 4 from 5 s, 3 from 9 s
     # and s0-1-0 alone from 12 s: (1 + 2 + 3 + 4 x 4 + 5 x 3 + 7 x 7.5) / (8 x 19.5) slots empty
     assert round(steps[0].bubble_ratio, 4) == round(89.5 / 156, 4)
+
+
+def test_a_slower_rollout_and_a_small_sandbox_cost_what_they_cost_by_hand(tokenizer):
+    """Two trajectories of a 2-token turn, a tool call (1 s) and a 3-token turn. Alone: the calls run together at
+    2 s and both turns end at 6 s. A rollout twice as slow as its engine (decode steps of 2 s) and one sandbox
+    worker: the first turns end at 4 s, the calls run 4-5 s and 5-6 s, A's turn decodes from 5 s, B joins at the
+    step's end at 7 s, A ends at 11 s and B at 13 s."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    plan = Plan("sync", groups=1, group_size=2, max_tokens=100, prompt_tokens=10)
+    costs = Costs(**{**TICKS, "tool_s": 1.0})
+
+    def rollout_s(plan, costs):
+        return simulate(simulate_steps(plan, costs, lambda traj: [2, 3], 1, tokenizer, eos))[0].rollout_s
+
+    assert rollout_s(plan, costs) == 6.0
+    assert rollout_s(replace(plan, tool_workers=1), replace(costs, rollout_factor=2.0)) == 13.0
 
 
 def test_a_capped_cost_engine_queues_and_its_ticks_keep_every_length(tokenizer):
@@ -172,6 +189,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         # a CPU pays for every request it decodes (per request, or through the context the batch attends to)
         assert costs.decode_step_s(64, 64 * 200) > costs.decode_step_s(1, 200) > 0
         assert costs.update_per_token_s > 0 and costs.tool_s > 0 and "calibrate" in costs.source
+        assert costs.rollout_factor > 0  # measured against the same runs' rollouts
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))
     assert "recommended: " in result.stdout

@@ -11,6 +11,9 @@
   update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64 and 256
               tokens: each step's perf/update_s after the first against the tokens it trained
               (``lengths.jsonl``), a line through them; the weight sync is perf/sync_s;
+  rollout  -- the same runs' perf/rollout_s over what the twin, with the costs above, predicts for
+              their configs and lengths: the factor by which a real rollout (the event loop's work
+              per delta, the GIL it shares with the engine's thread) is slower than its engine;
 each twice: with every core for everything (``colocated``), and with one torch thread for the
 engine and one for the trainer (``disaggregated``: the split of `vlrl bench overlap`'s
 disaggregated schedule, whose engine runs in a one-core Ray replica).
@@ -23,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -95,22 +99,44 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float]:
         await engine.close()
 
 
-def update_costs(model_dir: Path, overrides: list[str]) -> tuple[float, float, float]:
-    """(update base s, update s per trained token, weight sync s) from short `vlrl train` runs."""
+def train_runs(model_dir: Path, overrides: list[str], root: Path) -> list[Path]:
+    """Short `vlrl train` runs at each answer cap, in ``root``."""
+    return [asyncio.run(train(load_config(TrainConfig, None, [
+        *TRAIN, *overrides, f"model.path={model_dir}", f"log.dir={root}", f"rollout.max_new_tokens={cap}",
+        f"name=calibrate-{cap}"]))) for cap in CAPS]
+
+
+def records(run: Path, name: str) -> list[dict]:
+    """A run's ``name``.jsonl after its first step (the warm-up)."""
+    return [json.loads(line) for line in (run / f"{name}.jsonl").read_text().splitlines()][1:]
+
+
+def update_costs(runs: list[Path]) -> tuple[float, float, float]:
+    """(update base s, update s per trained token, weight sync s) of ``runs``."""
     tokens, seconds, syncs = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for cap in CAPS:
-            cfg = load_config(TrainConfig, None, [*TRAIN, *overrides, f"model.path={model_dir}", f"log.dir={tmp}",
-                                                  f"rollout.max_new_tokens={cap}", f"name=calibrate-{cap}"])
-            run = asyncio.run(train(cfg))
-            metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
-            lengths = [json.loads(line) for line in (run / "lengths.jsonl").read_text().splitlines()][1:]
-            for record, shapes in zip(metrics, lengths):
-                tokens.append(float(sum(p + sum(turns) + o for p, turns, o in shapes["trajectories"])))
-                seconds.append(record["perf/update_s"])
-                syncs.append(record["perf/sync_s"])
+    for run in runs:
+        for record, shapes in zip(records(run, "metrics"), records(run, "lengths")):
+            tokens.append(float(sum(p + sum(turns) + o for p, turns, o in shapes["trajectories"])))
+            seconds.append(record["perf/update_s"])
+            syncs.append(record["perf/sync_s"])
     base, per_token = line(tokens, seconds)
     return base, per_token, statistics.median(syncs)
+
+
+def rollout_factor(runs: list[Path], costs: Costs, model_dir: Path) -> float:
+    """The runs' measured rollout seconds over the twin's prediction for them (their configs and lengths)."""
+    from vlrl.plan.report import plan_of, predict
+    from vlrl.plan.workloads import from_run
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    measured = predicted = 0.0
+    for run in runs:
+        steps = records(run, "metrics")
+        plan, _ = plan_of(load_config(TrainConfig, run / "config.yaml"))
+        measured += statistics.mean(r["perf/rollout_s"] for r in steps)
+        predicted += predict(plan, costs, from_run(run), len(steps), tokenizer, eos)["rollout_s"]
+    return measured / predicted
 
 
 def calibrate(model_dir: Path) -> dict[str, Costs]:
@@ -123,9 +149,12 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
         torch.set_num_threads(n)
         try:
             decode_base, per_request, per_context, prefill = asyncio.run(engine_costs(model_dir))
-            update_base, per_token, sync = update_costs(model_dir, [f"distributed.trainer_threads={n}"])
+            with tempfile.TemporaryDirectory() as tmp:
+                runs = train_runs(model_dir, [f"distributed.trainer_threads={n}"], Path(tmp))
+                update_base, per_token, sync = update_costs(runs)
+                costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
+                              source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
+                out[placement] = replace(costs, rollout_factor=rollout_factor(runs, costs, model_dir))
         finally:
             torch.set_num_threads(threads)
-        out[placement] = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
-                               f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
     return out

@@ -4,7 +4,8 @@
 from published figures. The decode step grows with the batch (linear in the requests
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
-trainer's forward and backward read them all).
+trainer's forward and backward read them all). Inside a rollout the engine's work is
+scaled by ``rollout_factor``, what a real rollout adds to the engine's own time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Costs:
     update_per_token_s: float  # per trained token: logprob forward, backward
     sync_s: float  # pushing the weights to the engine
     decode_per_context_token_s: float = 0.0  # ... and per token of context the batch's requests attend to
+    # a real rollout's engine time over the engine's measured alone: the event loop's work per delta (the manager,
+    # the environment) and the GIL it shares with the engine's thread; scales decode and prefill
+    rollout_factor: float = 1.0
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:

@@ -159,8 +159,9 @@ class CostEngine(Engine):
         context = sum(r.prompt + r.made for r in batch)
         for end in sorted(set(spans)) or [0]:
             steps = end - done_steps
-            await asyncio.sleep(steps * self.costs.decode_step_s(alive, context) + prefill_s
-                                + self.costs.decode_per_context_token_s * alive * steps * (steps - 1) / 2)
+            await asyncio.sleep(self.costs.rollout_factor * (
+                steps * self.costs.decode_step_s(alive, context) + prefill_s
+                + self.costs.decode_per_context_token_s * alive * steps * (steps - 1) / 2))
             for _, done in work:
                 done.set_result(None)
             work, prefill_s = [], 0.0

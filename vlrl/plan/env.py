@@ -1,4 +1,5 @@
-"""A cost-model environment: every turn but a trajectory's last calls a tool that takes ``Costs.tool_s``.
+"""A cost-model environment: every turn but a trajectory's last calls a tool that takes ``Costs.tool_s`` on one
+of ``workers`` sandbox workers (0: as many as there are calls), waiting for a free one as the sandbox's queue does.
 
 It keeps the environment protocol (``vlrl.env``) the rollout manager drives: a prompt of
 ``prompt_tokens``, then per policy turn either an observation of ``observation_tokens``
@@ -9,6 +10,7 @@ or a turn cut at its token cap).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from vlrl.env import Observation, Step, TranscriptEntry
@@ -34,7 +36,8 @@ class CostEpisode:
             traj.finish_reason = "length" if turn.finish_reason == "length" else "answer"
             traj.answer = ""
             return Step(None, done=True, reason=traj.finish_reason)
-        await asyncio.sleep(self.env.costs.tool_s)
+        async with self.env.workers:
+            await asyncio.sleep(self.env.costs.tool_s)
         ids = (FILLER,) * self.env.observation_tokens
         traj.add_observation(ids)
         return Step(Observation(ids, (), ""), done=False)
@@ -46,9 +49,11 @@ class CostEpisode:
 class CostEnv:
     """Episodes whose turns follow ``script`` (trajectory id -> tokens per policy turn)."""
 
-    def __init__(self, costs: Costs, script: Script, prompt_tokens: int, observation_tokens: int):
+    def __init__(self, costs: Costs, script: Script, prompt_tokens: int, observation_tokens: int, workers: int = 0):
         self.costs, self.script = costs, script
         self.prompt_tokens, self.observation_tokens = prompt_tokens, observation_tokens
+        self.workers: contextlib.AbstractAsyncContextManager[Any] = \
+            asyncio.Semaphore(workers) if workers else contextlib.nullcontext()
 
     async def __aenter__(self) -> CostEnv:
         return self

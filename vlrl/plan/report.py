@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vlrl.bench.overlap import GROUP_SIZE, GROUPS, SCHEDULES, schedule_overrides, workload_overrides
+from vlrl.bench.overlap import SCHEDULES, schedule_overrides, workload_overrides
 from vlrl.config import TrainConfig, load_config
 from vlrl.plan.clock import simulate
 from vlrl.plan.costs import Placements
@@ -63,18 +63,20 @@ def at_scale(plan: Plan, preset: Preset | None, placement: str) -> Plan:
         return plan
     return replace(plan, groups=preset.groups, group_size=preset.group_size,
                    extra=round(plan.extra * preset.groups / plan.groups), slots=preset.slots(placement),
-                   tick=PRESET_TICK)
+                   tick=PRESET_TICK, tool_workers=0)  # a cluster's sandboxes grow with its batch
 
 
 def recommend(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
               max_tokens: int, preset: Preset | None = None) -> dict[str, Any]:
     """The fastest setting found: first the placement (colocated, or the engines' share of the devices) and Δ (0 to
     B) with the verifier streamed in chunks of 32, then the chunk (whole, 32, 128) at the best of those."""
+    base, _ = plan_of(load_config(TrainConfig, None, workload_overrides("longtail-cot")))  # its batch, sandbox
+
     def run(placement: str, fraction: float, chunk: int) -> dict[str, Any]:
-        extra = max(round(GROUPS * fraction), 1) if fraction else 0
-        plan = at_scale(Plan("overlap" if extra else ("async" if chunk else "sync"), GROUPS, GROUP_SIZE, extra,
-                             placement.startswith("disaggregated") and extra > 0, verifier=True, chunk_tokens=chunk,
-                             max_tokens=max_tokens), preset, placement)
+        extra = max(round(base.groups * fraction), 1) if fraction else 0
+        plan = at_scale(replace(base, schedule="overlap" if extra else ("async" if chunk else "sync"), extra=extra,
+                                keep_decoding=placement.startswith("disaggregated") and extra > 0, verifier=True,
+                                chunk_tokens=chunk, max_tokens=max_tokens, slots=0), preset, placement)
         figures = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
         return {"placement": placement, "extra_fraction": fraction, "extra_groups": plan.extra,
                 "chunk_tokens": chunk, "decode_during_update": plan.keep_decoding, "slots": plan.capacity, **figures}
@@ -95,7 +97,7 @@ def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
     plan = Plan(rollout.schedule, rollout.prompts_per_step, rollout.group_size, int(extra) if overlap else 0,
                 rollout.decode_during_update, rollout.max_staleness, bool(verifier.model),
                 int(chunk) if chunk != "auto" else verifier.chunk_candidates[0], rollout.max_new_tokens,
-                slots=cfg.engine.max_num_seqs)
+                slots=cfg.engine.max_num_seqs, tool_workers=cfg.env.sandbox.workers)
     split = distributed.backend == "ray" and distributed.trainer_threads == 1
     return plan, "disaggregated" if split else "colocated"
 

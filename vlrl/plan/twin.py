@@ -43,6 +43,7 @@ class Plan:
     observation_tokens: int = 60
     slots: int = 0  # the engine's batch, the bubble's unit (0: every request in flight)
     tick: int = 1  # the cost engine's decode steps per delta at most (see ``CostEngine``)
+    tool_workers: int = 0  # the sandbox's workers, tool calls queue for them (0: one per call)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("sync", "async", "overlap"):
@@ -75,7 +76,7 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
                          eos_id: int) -> list[TwinStep]:
     """``steps`` steps of ``plan`` on the simulated clock (run it under ``vlrl.plan.clock.simulate``)."""
     engine = CostEngine(costs, script, eos_id, shared_prompt=plan.prompt_tokens, max_batch=plan.slots, tick=plan.tick)
-    env = CostEnv(costs, script, plan.prompt_tokens, plan.observation_tokens)
+    env = CostEnv(costs, script, plan.prompt_tokens, plan.observation_tokens, plan.tool_workers)
     verifier = Verifier(engine, tokenizer) if plan.verifier else None
     manager = RolloutManager(engine, env, tokenizer, _reward, SamplingParams(max_tokens=plan.max_tokens),
                              plan.group_size, "sync" if plan.schedule == "sync" else "async", verifier,
