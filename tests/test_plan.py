@@ -45,9 +45,10 @@ def test_the_clock_jumps_to_the_next_timer():
 
 
 def test_the_twin_trains_the_hand_computed_groups_of_the_paused_schedule(tokenizer):
-    """test_scheduler's first schedule (pause at the close, a staleness cap of 2), with a 0.5 s update."""
+    """test_scheduler's first schedule (pause at the close, a staleness cap of 2), with a 0.5 s update: nothing
+    decodes beside it, so the engine's contention does not slow it."""
     plan = Plan("overlap", groups=2, group_size=2, extra=2, max_staleness=2, max_tokens=100, prompt_tokens=10)
-    costs = Costs(**{**TICKS, "update_base_s": 0.5})
+    costs = Costs(**{**TICKS, "update_base_s": 0.5, "update_contention": 3.0})
     steps = simulate(simulate_steps(plan, costs, scripted(LENGTHS), 3, tokenizer,
                                     tokenizer.convert_tokens_to_ids("<|im_end|>")))
     assert [s.trained for s in steps] == [["s0-0", "s0-2"], ["s1-0", "s1-1"], ["s0-1", "s2-0"]]
@@ -56,13 +57,15 @@ def test_the_twin_trains_the_hand_computed_groups_of_the_paused_schedule(tokeniz
     # step 0 closes at the 9th token; the resumed and new requests join the step after the update (at 9.5 s),
     # so s1-1's 5th token comes at 14.5 s and s2-0's 30th at 45 s
     assert [round(s.rollout_s, 3) for s in steps] == [9.0, 5.0, 30.0]
+    assert [s.update_s for s in steps] == [0.5, 0.5, 0.5]
     assert all(s.update_s == 0.5 for s in steps)
 
 
 def test_the_twin_reproduces_the_hand_computed_disaggregated_schedule(tokenizer):
-    """test_scheduler's disaggregated schedule: the engine decodes through a 10.5 s update."""
+    """test_scheduler's disaggregated schedule: the engine decodes through a 10.5 s update (5.25 s alone, twice that
+    beside the engine)."""
     plan = Plan("overlap", groups=2, group_size=2, extra=2, keep_decoding=True, max_tokens=100, prompt_tokens=10)
-    costs = Costs(**{**TICKS, "update_base_s": 10.5})
+    costs = Costs(**{**TICKS, "update_base_s": 5.25, "update_contention": 2.0})
     steps = simulate(simulate_steps(plan, costs, scripted(KEEP_DECODING), 3, tokenizer,
                                     tokenizer.convert_tokens_to_ids("<|im_end|>")))
     assert [s.trained for s in steps] == [["s0-0", "s0-2"], ["s0-3", "s1-0"], ["s0-1", "s1-1"]]
@@ -190,6 +193,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         assert costs.decode_step_s(64, 64 * 200) > costs.decode_step_s(1, 200) > 0
         assert costs.update_per_token_s > 0 and costs.tool_s > 0 and "calibrate" in costs.source
         assert costs.rollout_factor > 0  # measured against the same runs' rollouts
+        assert costs.update_contention > 0  # a run with the engine decoding beside its updates
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))
     assert "recommended: " in result.stdout

@@ -13,10 +13,14 @@
               (``lengths.jsonl``), a line through them; the weight sync is perf/sync_s;
   rollout  -- the same runs' perf/rollout_s over what the twin, with the costs above, predicts for
               their configs and lengths: the factor by which a real rollout (the event loop's work
-              per delta, the GIL it shares with the engine's thread) is slower than its engine;
-each twice: with every core for everything (``colocated``), and with one torch thread for the
-engine and one for the trainer (``disaggregated``: the split of `vlrl bench overlap`'s
-disaggregated schedule, whose engine runs in a one-core Ray replica).
+              per delta, the GIL it shares with the engine's thread, a Ray replica's calls) is
+              slower than its engine;
+  contention -- one more run at a cap of 64 under the disaggregated mode (overlap, the engine
+              decoding through the update): its perf/update_s over the update line's prediction
+              for the tokens it trained, what an update pays for the engine beside it;
+each twice: with every core for everything (``colocated``), and as `vlrl bench overlap`'s split
+schedules place them (``disaggregated``: the engine in a one-core Ray replica, the trainer on
+one torch thread; the engine's own steps measured on one thread of this process).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from vlrl.bench.overlap import SPLIT
 from vlrl.bench.tools import measure as tool_latency
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
@@ -48,6 +53,8 @@ TRAIN = [
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1.0e-6",
     "steps=4", "log.progress=false", "log.transcripts_every=0", "log.plots_every=0", "checkpoint_every=0",
 ]
+DECODING_BESIDE = ["rollout.schedule=overlap", "rollout.extra_groups=4", "rollout.decode_during_update=true"]
+CONTENTION_CAP = 64
 
 
 def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -99,11 +106,11 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float]:
         await engine.close()
 
 
-def train_runs(model_dir: Path, overrides: list[str], root: Path) -> list[Path]:
-    """Short `vlrl train` runs at each answer cap, in ``root``."""
-    return [asyncio.run(train(load_config(TrainConfig, None, [
+def train_run(model_dir: Path, overrides: list[str], root: Path, cap: int, name: str) -> Path:
+    """A short `vlrl train` run (``TRAIN``) at answer cap ``cap``, in ``root``."""
+    return asyncio.run(train(load_config(TrainConfig, None, [
         *TRAIN, *overrides, f"model.path={model_dir}", f"log.dir={root}", f"rollout.max_new_tokens={cap}",
-        f"name=calibrate-{cap}"]))) for cap in CAPS]
+        f"name={name}"])))
 
 
 def records(run: Path, name: str) -> list[dict]:
@@ -111,16 +118,28 @@ def records(run: Path, name: str) -> list[dict]:
     return [json.loads(line) for line in (run / f"{name}.jsonl").read_text().splitlines()][1:]
 
 
+def trained_tokens(run: Path) -> list[float]:
+    """Tokens each step after the first trained (prompt, observations and answers)."""
+    return [float(sum(p + sum(turns) + o for p, turns, o in shapes["trajectories"]))
+            for shapes in records(run, "lengths")]
+
+
 def update_costs(runs: list[Path]) -> tuple[float, float, float]:
     """(update base s, update s per trained token, weight sync s) of ``runs``."""
     tokens, seconds, syncs = [], [], []
     for run in runs:
-        for record, shapes in zip(records(run, "metrics"), records(run, "lengths")):
-            tokens.append(float(sum(p + sum(turns) + o for p, turns, o in shapes["trajectories"])))
-            seconds.append(record["perf/update_s"])
-            syncs.append(record["perf/sync_s"])
+        steps = records(run, "metrics")
+        tokens += trained_tokens(run)
+        seconds += [r["perf/update_s"] for r in steps]
+        syncs += [r["perf/sync_s"] for r in steps]
     base, per_token = line(tokens, seconds)
     return base, per_token, statistics.median(syncs)
+
+
+def update_contention(run: Path, costs: Costs) -> float:
+    """A run's measured update seconds (the engine decoding beside them) over ``costs``' for its tokens alone."""
+    measured = sum(r["perf/update_s"] for r in records(run, "metrics"))
+    return measured / sum(costs.update_s(int(n)) for n in trained_tokens(run))
 
 
 def rollout_factor(runs: list[Path], costs: Costs, model_dir: Path) -> float:
@@ -145,16 +164,20 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
     out = {}
     threads = torch.get_num_threads()
     stamp = time.strftime("%Y-%m-%d")
-    for placement, n in (("colocated", threads), ("disaggregated", 1)):
+    for placement, n, overrides in (("colocated", threads, [f"distributed.trainer_threads={threads}"]),
+                                    ("disaggregated", 1, SPLIT)):
         torch.set_num_threads(n)
         try:
             decode_base, per_request, per_context, prefill = asyncio.run(engine_costs(model_dir))
             with tempfile.TemporaryDirectory() as tmp:
-                runs = train_runs(model_dir, [f"distributed.trainer_threads={n}"], Path(tmp))
+                runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
                 update_base, per_token, sync = update_costs(runs)
                 costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
-                out[placement] = replace(costs, rollout_factor=rollout_factor(runs, costs, model_dir))
+                beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
+                                   "calibrate-beside")
+                out[placement] = replace(costs, rollout_factor=rollout_factor(runs, costs, model_dir),
+                                         update_contention=update_contention(beside, costs))
         finally:
             torch.set_num_threads(threads)
     return out

@@ -5,7 +5,9 @@ from published figures. The decode step grows with the batch (linear in the requ
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
 trainer's forward and backward read them all). Inside a rollout the engine's work is
-scaled by ``rollout_factor``, what a real rollout adds to the engine's own time.
+scaled by ``rollout_factor``, what a real rollout adds to the engine's own time; an update
+the engine decodes beside (``decode_during_update``) by ``update_contention``, what sharing
+the machine with it costs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Costs:
     # a real rollout's engine time over the engine's measured alone: the event loop's work per delta (the manager,
     # the environment) and the GIL it shares with the engine's thread; scales decode and prefill
     rollout_factor: float = 1.0
+    # an update's time while the engine decodes beside it (the disaggregated mode) over its time alone: the memory
+    # bandwidth, caches and (on 2 vCPUs) the physical core they share
+    update_contention: float = 1.0
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
@@ -42,8 +47,10 @@ class Costs:
         """One decode step of ``batch`` requests holding ``context`` tokens between them."""
         return self.decode_base_s + self.decode_per_request_s * batch + self.decode_per_context_token_s * context
 
-    def update_s(self, tokens: int) -> float:
-        return self.update_base_s + self.update_per_token_s * tokens
+    def update_s(self, tokens: int, beside_decoding: bool = False) -> float:
+        """The update of ``tokens`` trained tokens, alone or with the engine decoding beside it."""
+        alone = self.update_base_s + self.update_per_token_s * tokens
+        return alone * self.update_contention if beside_decoding else alone
 
 
 

@@ -4,9 +4,10 @@ Each simulated step is the recipe's (``vlrl.recipes.train.rl_step``) with the mo
 replaced by its cost: collect (``RolloutManager.rollout`` for sync, ``OverlapScheduler.step``
 otherwise, with the cost engine, the cost environment and, when asked, the real
 ``Verifier`` on the cost engine), then the update (``Costs.update_s`` of the trained
-tokens) and the weight push (``Costs.sync_s``), during which the engine decodes only under
-``keep_decoding``. Lengths come from a ``Script``, so the twin faces the work a measured
-run faced; its figures are the ones the recipe logs.
+tokens, slowed by the engine beside it under ``keep_decoding``) and the weight push
+(``Costs.sync_s``), during which the engine decodes only under ``keep_decoding``. Lengths
+come from a ``Script``, so the twin faces the work a measured run faced; its figures are
+the ones the recipe logs.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
             staleness = stats.staleness
         rolled = now()
         tokens = sum(len(t.token_ids) for t in result.trajectories)
-        await asyncio.sleep(costs.update_s(tokens) + costs.sync_s if result.groups else 0.0)
+        await asyncio.sleep(costs.update_s(tokens, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
         await engine.update_weights({}, engine.version + 1)
         end = now()
         close = end if plan.keep_decoding else rolled
