@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlrl.allocator import keep_freed_memory
+
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+keep_freed_memory()  # as the vlrl command does (vlrl/allocator.py)
 
 
 

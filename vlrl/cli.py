@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from vlrl.allocator import keep_freed_memory
 from vlrl.commands import bench, data, env, eval, generate, model, plan, tools, train
 
 # subcommand modules in the order `vlrl --help` lists them; each declares its arguments and runs itself
@@ -15,6 +16,7 @@ COMMANDS = (model, generate, train, eval, env, tools, data, bench, plan)
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    keep_freed_memory()  # before any thread allocates: see vlrl/allocator.py
     parser = argparse.ArgumentParser(prog="vlrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

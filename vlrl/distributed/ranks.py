@@ -39,6 +39,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForImageTextToText
 
+from vlrl.allocator import keep_freed_memory
 from vlrl.config import DistributedConfig, OptimConfig
 from vlrl.distributed import TrainerRankLost
 from vlrl.distributed.cluster import actor_options, placed
@@ -67,6 +68,7 @@ class TrainerRank:
     """The actor class of ranks 1..W-1; ``ray.remote(TrainerRank)`` makes it one."""
 
     def __init__(self, rank: int, world_size: int, init_method: str, spec: RankSpec, state: dict[str, Any]):
+        keep_freed_memory()  # a process of its own (vlrl/allocator.py)
         dist.init_process_group(_backend(spec.device), init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=spec.timeout_s))
         model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype).to(spec.device)

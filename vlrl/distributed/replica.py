@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from PIL import Image
 
+from vlrl.allocator import keep_freed_memory
 from vlrl.config import EngineConfig, ModelConfig
 from vlrl.engines import make_engine
 from vlrl.engines.base import Engine
@@ -26,6 +27,7 @@ class EngineReplica:
     """The actor class; ``ray.remote(EngineReplica)`` makes it one (see ``vlrl.distributed.router``)."""
 
     def __init__(self, model: ModelConfig, engine: EngineConfig, index: int):
+        keep_freed_memory()  # a process of its own (vlrl/allocator.py)
         self.model_cfg, self.engine_cfg, self.index = model, engine, index
         self.engine: Engine | None = None
         self.served: deque[str] = deque(maxlen=SERVED_KEPT)
