@@ -50,3 +50,27 @@ def test_errors_reach_the_caller_and_a_closed_worker_starts_again():
     worker.close()
     assert asyncio.run(worker.run(lambda x: x + 1, 1)) == 2
     worker.close()
+
+
+def test_threads_here_sets_the_calling_threads_torch_threads_and_no_other():
+    import torch
+
+    from vlrl.worker_thread import threads_here
+
+    seen: dict[str, int | None] = {}
+
+    def limited() -> None:
+        seen["before"] = threads_here(1)
+        seen["here"] = torch.get_num_threads()
+        other = threading.Thread(target=lambda: seen.__setitem__("other", torch.get_num_threads()))
+        other.start()
+        other.join()
+        threads_here(seen["before"])
+        seen["restored"] = torch.get_num_threads()
+
+    thread = threading.Thread(target=limited)
+    thread.start()
+    thread.join()
+    everywhere = torch.get_num_threads()
+    assert everywhere > 1  # this suite runs on 2+ cores, where torch runs ops on every core
+    assert seen == {"before": everywhere, "here": 1, "other": everywhere, "restored": everywhere}

@@ -202,7 +202,7 @@ class HFEngine(Engine):
         self._gone: set[str] = set()
         self._done: OrderedDict[str, Completion] = OrderedDict()  # recently ended, for late aborts
         self._ids = itertools.count()
-        self._worker = WorkerThread("vlrl-hf-engine")
+        self.worker = WorkerThread("vlrl-hf-engine")  # its forwards; a colocated CPU trainer shares it (recipes.parts)
 
     # ----------------------------------------------------------------- public API
 
@@ -287,7 +287,7 @@ class HFEngine(Engine):
             except asyncio.CancelledError:
                 pass
             self._loop_task = None
-        self._worker.close()
+        self.worker.close()
 
     # ------------------------------------------------------------- event-loop side
 
@@ -354,7 +354,7 @@ class HFEngine(Engine):
                 admit, self._waiting = self._admissible()
                 gone, self._gone = self._gone, set()
                 try:
-                    results = await self._worker.run(self._step, admit, gone)
+                    results = await self.worker.run(self._step, admit, gone)
                 except Exception as e:  # a failed forward must not leave consumers waiting forever
                     self._fail_running(admit, e)
                     continue

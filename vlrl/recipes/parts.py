@@ -16,6 +16,7 @@ from vlrl.algos.units import Algorithm, Setting, make_algorithm
 from vlrl.config import TrainConfig, to_dict
 from vlrl.distributed import open_engine
 from vlrl.engines.base import Engine, check_model_dir
+from vlrl.engines.hf import HFEngine
 from vlrl.eval.judges import open_model_verifier
 from vlrl.recipes.checkpoint import RunState, load_checkpoint
 from vlrl.recipes.summary import heldout_samples
@@ -28,7 +29,7 @@ from vlrl.task import open_task
 from vlrl.trainer.policy import PolicyTrainer
 from vlrl.types import Sample
 from vlrl.vision import VisionInputs
-from vlrl.worker_thread import WorkerThread
+from vlrl.worker_thread import WorkerThread, threads_here
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Run:
     verifier_engine: Engine | None = None  # the verifier's own engine (None: none, or the policy's)
     ranks: Any = None  # trainer ranks 1.. (None: one rank)
     started: float = 0.0  # perf_counter when the engine was up
+    loop_threads: int | None = None  # the event loop thread's torch threads before the run kept it to one
 
     async def close(self) -> None:
         """Close the engines, the other trainer ranks and the trainer's thread."""
@@ -63,6 +65,8 @@ class Run:
         if self.ranks is not None:
             self.ranks.close()
         self.compute.close()
+        if self.loop_threads is not None:
+            threads_here(self.loop_threads)
 
 
 def build(cfg: TrainConfig) -> Run:
@@ -107,12 +111,22 @@ async def start(run: Run) -> None:
     """Open the policy's engine, the other trainer ranks and the verifier (inside the run's cluster)."""
     cfg = run.cfg
     run.engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
+    if shares_engine_thread(cfg, run.engine):  # one OpenMP team for both (vlrl/worker_thread.py)
+        run.compute = run.engine.worker
+        run.loop_threads = threads_here(1)  # the event loop's own torch ops (weights copied in, images) stay on it
     run.started = time.perf_counter()
     if cfg.distributed.world_size > 1:
         from vlrl.distributed.ranks import RemoteRanks
 
         run.ranks = await RemoteRanks.start(run.trainer, run.model_dir, cfg.distributed, run.compute)
     run.verifier, run.verifier_engine = await open_verifier(cfg, run.engine, run.tokenizer)
+
+
+def shares_engine_thread(cfg: TrainConfig, engine: Engine) -> bool:
+    """Whether the trainer's calls run on the HF engine's own thread: both compute on this process's CPU and take
+    turns (no decoding through the update)."""
+    return (isinstance(engine, HFEngine) and engine.device.type == "cpu" and cfg.model.device == "cpu"
+            and not cfg.rollout.decode_during_update)
 
 
 async def open_verifier(cfg: TrainConfig, policy_engine: Engine, tokenizer: Any) -> tuple[Verifier | None,
