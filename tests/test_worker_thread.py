@@ -57,6 +57,8 @@ def test_threads_here_sets_the_calling_threads_torch_threads_and_no_other():
 
     from vlrl.worker_thread import threads_here
 
+    # as a run's distributed.trainer_threads does: a new thread's first torch call applies it, which must not undo ours
+    torch.set_num_threads(torch.get_num_threads())
     seen: dict[str, int | None] = {}
 
     def limited() -> None:

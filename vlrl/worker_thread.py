@@ -55,6 +55,7 @@ def threads_here(n: int) -> int | None:
     if not path.is_file():
         return None
     libgomp = ctypes.CDLL(str(path))
+    torch.get_num_threads()  # torch's first call on a thread sets its threads to torch's global: let it come first
     before = libgomp.omp_get_max_threads()
     libgomp.omp_set_num_threads(n)
     return before
