@@ -110,6 +110,11 @@ class RunDir:
             self._wandb.finish()
 
 
+def read_log(run: Path, name: str = "metrics") -> list[dict[str, Any]]:
+    """A run directory's ``name``.jsonl (metrics, lengths, ...) as written by ``RunDir.log``: a record per step."""
+    return [json.loads(line) for line in (Path(run) / f"{name}.jsonl").read_text().splitlines()]
+
+
 def write_trajectory(traj: Trajectory, tokenizer: Any, folder: Path) -> None:
     """transcript.md: every segment decoded from its ids (image runs shown as their image), plus image_K.png."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
 from vlrl.recipes.train import train
+from vlrl.runlog import read_log
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -170,7 +171,7 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, 
                                           f"log.dir={root}", f"name={schedule.replace('+', '-')}",
                                           f"steps={steps + 1}", "log.timeline=3"])
     run = asyncio.run(train(cfg))
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
+    records = read_log(run)[1:]
     staleness = [(int(k), n) for r in records for k, n in (r.get("sched/staleness") or {"0": 1}).items()]
     tokens = [r["rollout/response_length"] * r["rollout/trajectories"] for r in records]
     return {

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from vlrl.config import TrainConfig, load_config
 from vlrl.recipes.train import train
+from vlrl.runlog import read_log
 
 WORKLOAD = [
     "env.tools=[chart_table_focus]", "env.action_formats=[code]", "env.max_turns=2", "env.sandbox.workers=2",
@@ -34,7 +35,7 @@ def measure(model_dir: Path, engine: str, overrides: Sequence[str] = ()) -> list
         cfg = load_config(TrainConfig, None, [*WORKLOAD, f"model.path={model_dir}", f"engine.kind={engine}",
                                               f"log.dir={tmp}", *overrides])
         run = asyncio.run(train(cfg))
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return read_log(run)
 
 
 def run(model_dir: Path, engine: str, as_json: bool) -> dict[str, float]:

@@ -26,7 +26,6 @@ one torch thread; the engine's own steps measured on one thread of this process)
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -43,6 +42,7 @@ from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
 from vlrl.plan.costs import Costs
 from vlrl.recipes.train import train
+from vlrl.runlog import read_log
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
@@ -115,7 +115,7 @@ def train_run(model_dir: Path, overrides: list[str], root: Path, cap: int, name:
 
 def records(run: Path, name: str) -> list[dict]:
     """A run's ``name``.jsonl after its first step (the warm-up)."""
-    return [json.loads(line) for line in (run / f"{name}.jsonl").read_text().splitlines()][1:]
+    return read_log(run, name)[1:]
 
 
 def trained_tokens(run: Path) -> list[float]:

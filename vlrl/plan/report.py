@@ -3,7 +3,6 @@ against the runs `vlrl bench overlap` measured."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from vlrl.plan.costs import Placements
 from vlrl.plan.presets import Preset
 from vlrl.plan.twin import Plan, TwinStep, simulate_steps
 from vlrl.plan.workloads import Workload, from_run
+from vlrl.runlog import read_log
 
 PRESET_TICK = 64  # at a preset's scale (thousands of requests) the cost engine emits a delta per 64 tokens at most
 
@@ -107,7 +107,7 @@ def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int) ->
     --keep` folder), each predicted from its own config and trained lengths."""
     cases = []
     for run_dir in sorted(p for p in runs.iterdir() if (p / "lengths.jsonl").is_file()):
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_log(run_dir)
         if len(metrics) < 2 or run_dir.name in ("latest",) or run_dir.name.startswith("warmstart"):
             continue  # runs/latest is a copy of the last run (copytree follows links)
         plan, placement = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
