@@ -37,7 +37,9 @@ from vlrl.engines.base import (
     model_eos_ids,
     remember,
 )
+from vlrl.engines.kv_cache import GrowingCache
 from vlrl.engines.sampling import sample_next, stop_reached
+from vlrl.model.attention import attention_for
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
@@ -110,7 +112,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.rows: list[_Request] = []
-        self.cache: DynamicCache | None = None
+        self.cache: GrowingCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)
 
     def drop(self, gone: set[str]) -> list[tuple[_Request, KV]]:
@@ -132,7 +134,7 @@ class _Batch:
         self.mask = self.mask[idx]
         lead = int((self.mask == 0).long().cumprod(dim=1).sum(dim=1).min())  # padding every row shares
         layers = [(k[idx, :, lead:], v[idx, :, lead:]) for k, v, *_ in self.cache]
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.cache = GrowingCache(layers)
         self.mask = self.mask[:, lead:]
         return out
 
@@ -154,7 +156,7 @@ class _Batch:
             keys = [F.pad(kv[layer][0], (0, 0, total - n, 0)) for kv, n in parts]
             values = [F.pad(kv[layer][1], (0, 0, total - n, 0)) for kv, n in parts]
             layers.append((torch.cat(keys), torch.cat(values)))
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.cache = GrowingCache(layers)
         masks = [F.pad(self.mask, (total - width, 0))] if self.rows else []
         masks += [torch.cat([torch.zeros(total - n, dtype=torch.long), torch.ones(n, dtype=torch.long)])[None]
                   for n in lengths]
@@ -179,7 +181,8 @@ class HFEngine(Engine):
         model_dir = check_model_dir(model_dir)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=DTYPES[dtype], attn_implementation=attention_for(device)).to(device).eval()
         self.device = torch.device(device)
         self.vision = VisionInputs(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -575,8 +578,8 @@ class HFEngine(Engine):
         """The longest kept prefix of the prompt (its length, and its KV cropped to it).
 
         Content-addressed like vLLM's prefix cache: any kept entry may serve, the
-        request's own key first on ties. Entries stay shared: cache tensors are never
-        written in place (a cache grows by concatenation), so no copy is needed.
+        request's own key first on ties. Entries stay shared, no copy needed: a position
+        a cache tensor holds is never written again (caches only append; see kv_cache).
         """
         ids = torch.tensor(req.prompt_ids)
         limit = len(req.prompt_ids) - (1 if req.wants_logits else 0)  # logits need one token to run
