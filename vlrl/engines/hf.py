@@ -37,7 +37,7 @@ from vlrl.engines.base import (
     model_eos_ids,
     remember,
 )
-from vlrl.engines.kv_cache import GrowingCache
+from vlrl.engines.kv_cache import GrowingCache, left_padded, select_rows
 from vlrl.engines.sampling import sample_next, stop_reached
 from vlrl.model.attention import attention_for
 from vlrl.model.rope import mrope_positions
@@ -133,8 +133,7 @@ class _Batch:
         idx = torch.tensor(keep)
         self.mask = self.mask[idx]
         lead = int((self.mask == 0).long().cumprod(dim=1).sum(dim=1).min())  # padding every row shares
-        layers = [(k[idx, :, lead:], v[idx, :, lead:]) for k, v, *_ in self.cache]
-        self.cache = GrowingCache(layers)
+        self.cache = select_rows(self.cache, idx, lead)
         self.mask = self.mask[:, lead:]
         return out
 
@@ -150,13 +149,7 @@ class _Batch:
         lengths = [kv[0][0].shape[2] for kv in kvs]
         width = self.mask.shape[1] if self.rows else 0
         total = max(width, *lengths)
-        parts = ([([(k, v) for k, v, *_ in self.cache], width)] if self.rows else []) + list(zip(kvs, lengths))
-        layers = []
-        for layer in range(len(kvs[0])):
-            keys = [F.pad(kv[layer][0], (0, 0, total - n, 0)) for kv, n in parts]
-            values = [F.pad(kv[layer][1], (0, 0, total - n, 0)) for kv, n in parts]
-            layers.append((torch.cat(keys), torch.cat(values)))
-        self.cache = GrowingCache(layers)
+        self.cache = left_padded(([[(k, v) for k, v, *_ in self.cache]] if self.rows else []) + kvs)
         masks = [F.pad(self.mask, (total - width, 0))] if self.rows else []
         masks += [torch.cat([torch.zeros(total - n, dtype=torch.long), torch.ones(n, dtype=torch.long)])[None]
                   for n in lengths]
