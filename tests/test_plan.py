@@ -125,6 +125,37 @@ def test_a_capped_cost_engine_queues_and_its_ticks_keep_every_length(tokenizer):
     assert [t for _, t in finished[8]] == [3.0, 10.0, 28.0, 21.0]
 
 
+def test_a_padded_batch_costs_every_request_the_longest_context(tokenizer):
+    """A second per token of context, nothing else. A (prompt 10, answer 2) and B (prompt 2, answer 6) together: summed,
+    steps of 12 and 14 s end A at 26 s, then B alone 4 + 5 + 6 + 7 s ends at 48 s; left-padded to the longest (the
+    HF engine), 2 x 10 and 2 x 11 end A at 42 s and B at 64 s. The same in ticks of 8 steps."""
+    from vlrl.plan.engine import CostEngine
+    from vlrl.types import SamplingParams
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers, prompts = {"g-0": 2, "g-1": 6}, {"g-0": [1] * 10, "g-1": [1, 2]}
+    context = Costs(**{**TICKS, "decode_base_s": 0.0, "decode_per_context_token_s": 1.0})
+    ends = {}
+
+    async def main():
+        for padded in (False, True):
+            for tick in (1, 8):
+                engine = CostEngine(replace(context, padded_batch=padded), lambda traj: [answers[traj]], eos, tick=tick)
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+
+                async def one(traj):
+                    await engine.complete(prompts[traj], [], SamplingParams(max_tokens=100), f"{traj}/t0")
+                    return loop.time() - began
+
+                ends[padded, tick] = await asyncio.gather(*(one(t) for t in answers))
+                await engine.close()
+
+    simulate(main())
+    assert ends[False, 1] == ends[False, 8] == [26.0, 48.0]
+    assert ends[True, 1] == ends[True, 8] == [42.0, 64.0]
+
+
 def cost_file(path, decode_per_request_s=0.0):
     """GPU-like costs: a decode step costs about the same at 1 request as at 64."""
     costs = {"decode_base_s": 0.02, "decode_per_request_s": decode_per_request_s, "prefill_per_token_s": 2e-5,
@@ -193,6 +224,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         assert costs.update_per_token_s > 0 and costs.tool_s > 0 and "calibrate" in costs.source
         assert costs.rollout_factor > 0  # measured against the same runs' rollouts
         assert costs.update_contention > 0  # a run with the engine decoding beside its updates
+        assert costs.padded_batch  # the HF engine's batch: every row attends to the longest one's length
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))
     assert "recommended: " in result.stdout

@@ -16,11 +16,13 @@ The workloads (``WORKLOADS``):
   longtail-charts -- 15% of answers open with a THOUGHT of 1-40 sentences (uniform), a 256-token
                      cap: mostly ~15-token answers, and the update is most of the step;
   longtail-cot    -- every answer opens with a chain of thought whose length in sentences is
-                     lognormal (median 4, log-scale sigma 1.5, at most 80): the heavy right tail
+                     lognormal (median 4, log-scale sigma 1.8, at most 80): the heavy right tail
                      of RL response lengths (a lognormal is the usual fit of LLM output lengths;
-                     sigma 1.5 puts the longest of 32 answers near 16x the median), a
-                     1,024-token cap (cap / median about 25, as a 16k cap over answers of a
-                     few hundred tokens): the rollout is most of the step.
+                     5% of the teacher's answers reach 80 sentences, so 4 steps in 5 hold one),
+                     a 1,024-token cap (cap / median about 17; RL runs cap at 8-16k tokens over
+                     answers of a few hundred): the rollout is most of the step. (Sigma was 1.5
+                     until the HF engine's decode got cheaper on long batches; the rollout
+                     then fell to 59% of sync's step.)
 The schedules, all from the same weights and seed:
   sync          -- generate everything, then score everything with the verifier, then train;
   intra         -- each trajectory streams to the verifier every 32 tokens while decoding;
@@ -80,7 +82,7 @@ WORKLOADS = {
     "longtail-charts": Workload("{p_tool: 0.8, p_correct: 0.5, brief: true, confusion: neighbor, p_verbose: 0.15, "
                                 "verbose_lines: 40}", 256),
     "longtail-cot": Workload("{p_tool: 0.8, p_correct: 0.5, brief: true, confusion: neighbor, cot_median: 4, "
-                             "cot_sigma: 1.5, cot_cap: 80}", 1024),
+                             "cot_sigma: 1.8, cot_cap: 80}", 1024),
 }
 COMMON = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",

@@ -3,8 +3,9 @@
   decode   -- the HF engine decoding N requests together (N = 1, 8, 32, 64), end-of-sequence
               suppressed, to 16, 80 and 400 tokens: differences are decode steps alone (the
               prefill drops out); the later steps cost more by the longer context they
-              attend to (per context token), and a line through (N, seconds per step) gives
-              base + per request;
+              attend to (per context token: its batch is left-padded, so every request
+              attends to the longest one's, ``padded_batch``), and a line through (N,
+              seconds per step) gives base + per request;
   prefill  -- the engine's prefill of fresh prompts of 256, 512 and 1,024 tokens (the median of
               3 each): seconds per token;
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
@@ -173,6 +174,7 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
                 runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
                 update_base, per_token, sync = update_costs(runs)
                 costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
+                              padded_batch=True,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
                 beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
                                    "calibrate-beside")

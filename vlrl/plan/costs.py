@@ -35,6 +35,9 @@ class Costs:
     # an update's time while the engine decodes beside it (the disaggregated mode) over its time alone: the memory
     # bandwidth, caches and (on 2 vCPUs) the physical core they share
     update_contention: float = 1.0
+    # the engine's batch is left-padded to its longest request (the HF engine), so a step attends to (requests x the
+    # longest context) tokens; else (vLLM's paged KV) to the sum of the requests' contexts
+    padded_batch: bool = False
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
@@ -44,7 +47,7 @@ class Costs:
                 raise ValueError(f"cost {f.name} must be >= 0 seconds, got {value}")
 
     def decode_step_s(self, batch: int, context: int = 0) -> float:
-        """One decode step of ``batch`` requests holding ``context`` tokens between them."""
+        """One decode step of ``batch`` requests attending to ``context`` tokens between them."""
         return self.decode_base_s + self.decode_per_request_s * batch + self.decode_per_context_token_s * context
 
     def update_s(self, tokens: int, beside_decoding: bool = False) -> float:

@@ -155,22 +155,22 @@ class CostEngine(Engine):
         """Up to ``tick`` decode steps of ``batch`` (after ``prefill_s`` of prefill): a request that ends within them
         gets its tokens at the step it ends, the others theirs at the tick's end; what joins waits for that end."""
         spans = [min(self._left(r), self.tick) for r in batch]
-        done_steps, alive = 0, len(batch)
-        context = sum(r.prompt + r.made for r in batch)
+        done_steps = 0
         for end in sorted(set(spans)) or [0]:
             steps = end - done_steps
+            alive = [r for r, span in zip(batch, spans) if span >= end]  # those still decoding through this stretch
+            lengths = [r.prompt + r.made + done_steps for r in alive]
+            context = len(alive) * max(lengths, default=0) if self.costs.padded_batch else sum(lengths)
             await asyncio.sleep(self.costs.rollout_factor * (
-                steps * self.costs.decode_step_s(alive, context) + prefill_s
-                + self.costs.decode_per_context_token_s * alive * steps * (steps - 1) / 2))
+                steps * self.costs.decode_step_s(len(alive), context) + prefill_s
+                + self.costs.decode_per_context_token_s * len(alive) * steps * (steps - 1) / 2))
             for _, done in work:
                 done.set_result(None)
             work, prefill_s = [], 0.0
-            context += alive * steps
             done_steps = end
             for req, span in zip(batch, spans):
                 if span == end and not req.gone:
                     self._emit(req, span)
-            alive -= spans.count(end)
 
     def _left(self, req: _Request) -> int:
         """Tokens until the request ends: its turn's scripted length or its cap."""
