@@ -156,6 +156,32 @@ def test_a_padded_batch_costs_every_request_the_longest_context(tokenizer):
     assert ends[True, 1] == ends[True, 8] == [42.0, 64.0]
 
 
+def test_a_prefill_encodes_the_images_it_brings_and_again_after_an_update(tokenizer):
+    """Ten seconds an image, one a decode step. Turn 0 (the chart) ends at 11 s; turn 1 reuses it and encodes only the
+    tool's image (22 s); after a weight update nothing is reused and turn 2 encodes all three again, the chart and two
+    tool images (53 s)."""
+    from vlrl.plan.engine import FILLER, IMAGE, CostEngine
+    from vlrl.types import SamplingParams
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ends = []
+
+    async def main():
+        engine = CostEngine(replace(Costs(**TICKS), prefill_per_image_s=10.0), lambda traj: [1, 1, 1], eos)
+        loop = asyncio.get_running_loop()
+        began, ids = loop.time(), [IMAGE, FILLER, FILLER]
+        for turn in range(3):
+            if turn == 2:
+                await engine.update_weights({}, 1)
+            done = await engine.complete(ids, [], SamplingParams(max_tokens=100), f"g-0/t{turn}")
+            ends.append(loop.time() - began)
+            ids = ids + list(done.token_ids) + [IMAGE, FILLER]
+        await engine.close()
+
+    simulate(main())
+    assert ends == [11.0, 22.0, 53.0]
+
+
 def cost_file(path, decode_per_request_s=0.0):
     """GPU-like costs: a decode step costs about the same at 1 request as at 64."""
     costs = {"decode_base_s": 0.02, "decode_per_request_s": decode_per_request_s, "prefill_per_token_s": 2e-5,
@@ -225,6 +251,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         assert costs.rollout_factor > 0  # measured against the same runs' rollouts
         assert costs.update_contention > 0  # a run with the engine decoding beside its updates
         assert costs.padded_batch  # the HF engine's batch: every row attends to the longest one's length
+        assert costs.prefill_per_image_s > 0  # a chart through the processor and the vision encoder
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))
     assert "recommended: " in result.stdout

@@ -62,9 +62,10 @@ def calibrate(model: Path, out: Path) -> int:
     save(placements, out)
     for name, costs in placements.items():
         print(f"{name:13s} decode {1000 * costs.decode_base_s:.2f} ms + {1000 * costs.decode_per_request_s:.3f} ms "
-              f"per request + {1e6 * costs.decode_per_context_token_s:.3f} us per context token; prefill {1e6 * costs.prefill_per_token_s:.1f} us/token; tool {1000 * costs.tool_s:.0f} "
-              f"ms; update {costs.update_base_s:.2f} s + {1e6 * costs.update_per_token_s:.1f} us/token; sync "
-              f"{1000 * costs.sync_s:.0f} ms; a rollout {costs.rollout_factor:.2f}x its engine's time; an update "
+              f"per request + {1e6 * costs.decode_per_context_token_s:.3f} us per context token; prefill "
+              f"{1e6 * costs.prefill_per_token_s:.1f} us/token + {1000 * costs.prefill_per_image_s:.1f} ms/image; "
+              f"tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
+              f"{1e6 * costs.update_per_token_s:.1f} us/token; sync {1000 * costs.sync_s:.0f} ms; a rollout {costs.rollout_factor:.2f}x its engine's time; an update "
               f"{costs.update_contention:.2f}x its own beside the engine decoding")
     print(f"written to {out}")
     return 0

@@ -7,7 +7,9 @@
               attends to the longest one's, ``padded_batch``), and a line through (N,
               seconds per step) gives base + per request;
   prefill  -- the engine's prefill of fresh prompts of 256, 512 and 1,024 tokens (the median of
-              3 each): seconds per token;
+              3 each): seconds per token; and of a question with a chart never seen before
+              against text of its length, right after it (the median of 7 differences):
+              seconds per image (the processor, the vision encoder);
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
   update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64 and 256
               tokens: each step's perf/update_s after the first against the tokens it trained
@@ -48,6 +50,7 @@ from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
 BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 256), 3
+IMAGE_PAIRS = 7  # a small chart costs a few ms: the median of paired differences, not of separate medians
 TRAIN = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
     "task.name=synthetic_charts", "task.args={kinds: [v_bar], families: [largest], difficulty: starter}",
@@ -66,9 +69,9 @@ def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return max(my - slope * mx, 0.0), slope
 
 
-async def engine_costs(model_dir: Path) -> tuple[float, float, float, float]:
-    """(decode base s, s per request, s per context token, prefill s per token) of the HF engine on this process's
-    threads."""
+async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, float]:
+    """(decode base s, s per request, s per context token, prefill s per token, prefill s per image) of the HF engine
+    on this process's threads."""
     engine = await make_engine(ModelConfig(str(model_dir)), EngineConfig(kind="hf", max_num_seqs=max(BATCHES)))
     try:
         tokenizer, vision = AutoTokenizer.from_pretrained(model_dir), VisionInputs(model_dir)
@@ -93,16 +96,24 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float]:
         per_context = max(sum((b - a) * m for a, b, m in zip(early, late, more)) / sum(m * m for m in more), 0.0)
         at_early = [s - per_context * n * (len(prompt) + (short + mid) / 2) for s, n in zip(early, BATCHES)]
         base, per_request = line([float(n) for n in BATCHES], at_early)
-        fills = []
-        for size in FILLS:  # fresh keys and ids each time: nothing is served from the cache
-            seconds = []
-            for repeat in range(REPEATS):
-                ids = [40 + (k * (repeat + 1)) % 500 for k in range(size)]
-                began = time.perf_counter()
-                await engine.prefill(f"fill-{size}-{repeat}", ids, [])
-                seconds.append(time.perf_counter() - began)
-            fills.append(statistics.median(seconds))
-        return base, per_request, per_context, line([float(n) for n in FILLS], fills)[1]
+        async def prefill(key: str, ids: list[int], images: list) -> float:
+            began = time.perf_counter()
+            await engine.prefill(key, ids, images)
+            return time.perf_counter() - began
+
+        def fresh(size: int, repeat: int) -> list[int]:  # text ids no prefill computed before
+            return [40 + (k * (repeat + 1)) % 500 for k in range(size)]
+
+        fills = [statistics.median([await prefill(f"fill-{size}-{r}", fresh(size, r), []) for r in range(REPEATS)])
+                 for size in FILLS]
+        extra = []
+        for r in range(IMAGE_PAIRS):  # a chart never seen before, then text of the same length: the difference
+            image = bar_chart([3.0 + r, 7.0, 5.0 - r / 2])
+            ids = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
+            with_image = await prefill(f"image-{r}", ids, [image])
+            extra.append(with_image - await prefill(f"text-{r}", fresh(len(ids), 9 + r), []))
+        per_image = max(statistics.median(extra), 0.0)
+        return base, per_request, per_context, line([float(n) for n in FILLS], fills)[1], per_image
     finally:
         await engine.close()
 
@@ -169,12 +180,12 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
                                     ("disaggregated", 1, SPLIT)):
         torch.set_num_threads(n)
         try:
-            decode_base, per_request, per_context, prefill = asyncio.run(engine_costs(model_dir))
+            decode_base, per_request, per_context, prefill, per_image = asyncio.run(engine_costs(model_dir))
             with tempfile.TemporaryDirectory() as tmp:
                 runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
                 update_base, per_token, sync = update_costs(runs)
                 costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
-                              padded_batch=True,
+                              padded_batch=True, prefill_per_image_s=per_image,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
                 beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
                                    "calibrate-beside")

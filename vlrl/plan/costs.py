@@ -38,6 +38,7 @@ class Costs:
     # the engine's batch is left-padded to its longest request (the HF engine), so a step attends to (requests x the
     # longest context) tokens; else (vLLM's paged KV) to the sum of the requests' contexts
     padded_batch: bool = False
+    prefill_per_image_s: float = 0.0  # an image a prefill brings: the processor and the vision encoder's pass
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
@@ -49,6 +50,10 @@ class Costs:
     def decode_step_s(self, batch: int, context: int = 0) -> float:
         """One decode step of ``batch`` requests attending to ``context`` tokens between them."""
         return self.decode_base_s + self.decode_per_request_s * batch + self.decode_per_context_token_s * context
+
+    def prefill_s(self, tokens: int, images: int = 0) -> float:
+        """A prefill of ``tokens`` uncached tokens, ``images`` of their images new to the engine."""
+        return self.prefill_per_token_s * tokens + self.prefill_per_image_s * images
 
     def update_s(self, tokens: int, beside_decoding: bool = False) -> float:
         """The update of ``tokens`` trained tokens, alone or with the engine decoding beside it."""

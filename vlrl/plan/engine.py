@@ -28,6 +28,7 @@ from vlrl.types import Completion, Delta, NextTokenScores, SamplingParams
 
 Script = Callable[[str], Sequence[int]]  # trajectory id -> policy tokens of each of its turns
 FILLER = 40  # the token every simulated turn writes (its text plays no part in the twin)
+IMAGE = 41  # marks where a simulated prompt's or observation's image is: a prefill from before it encodes it
 
 
 @dataclass
@@ -37,6 +38,7 @@ class _Request:
     turn: int
     max_tokens: int
     prefill: int  # tokens to compute when it joins
+    images: int  # images among them (each through the vision encoder)
     prompt: int
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     made: int = 0
@@ -58,7 +60,7 @@ class CostEngine(Engine):
         self.shared_prompt, self.max_batch, self.tick = shared_prompt, max_batch, tick
         self._running: list[_Request] = []
         self._joining: list[_Request] = []
-        self._work: list[tuple[int, asyncio.Future[None]]] = []  # prefill-only pieces: tokens, done
+        self._work: list[tuple[float, asyncio.Future[None]]] = []  # prefill-only pieces: seconds, done
         self._made: dict[tuple[str, int], int] = {}  # (trajectory, turn) -> tokens written, across requests
         self._cached: dict[str, tuple[int, int]] = {}  # cache key -> (tokens, version)
         self._live: dict[str, _Request] = {}  # trajectory -> its running request
@@ -70,7 +72,7 @@ class CostEngine(Engine):
         group = traj.rsplit("-", 1)[0]
         reused = max(self._reuse(traj, len(prompt_ids)), min(self._hit(group), self.shared_prompt))
         req = _Request(request_id, traj, turn, sampling.max_tokens, max(len(prompt_ids) - reused, 1),
-                       len(prompt_ids), version=self.version)
+                       list(prompt_ids[reused:]).count(IMAGE), len(prompt_ids), version=self.version)
         self._live[traj] = req
         self._joining.append(req)
         self._wake()
@@ -95,7 +97,7 @@ class CostEngine(Engine):
 
     async def prefill(self, request_key: str, prompt_ids: Sequence[int], images: Sequence[Image.Image]) -> int:
         reused = self._reuse(request_key.split("/")[0], len(prompt_ids))
-        await self._compute(len(prompt_ids) - reused)
+        await self._compute(len(prompt_ids) - reused, list(prompt_ids[reused:]).count(IMAGE))
         self._cached[request_key] = (len(prompt_ids), self.version)
         return reused
 
@@ -127,9 +129,9 @@ class CostEngine(Engine):
         tokens, version = self._cached.get(key, (0, -1))
         return tokens if version == self.version else 0
 
-    async def _compute(self, tokens: int) -> None:
+    async def _compute(self, tokens: int, images: int) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._work.append((max(tokens, 0), done))
+        self._work.append((self.costs.prefill_s(max(tokens, 0), images), done))
         self._wake()
         await done
 
@@ -146,12 +148,12 @@ class CostEngine(Engine):
             joining, self._joining = waiting[:max(room, 0)], waiting[max(room, 0):]
             work, self._work = self._work, []
             self._running = batch = running + joining
-            prefill_s = self.costs.prefill_per_token_s * (sum(r.prefill for r in joining) + sum(n for n, _ in work))
+            prefill_s = sum(self.costs.prefill_s(r.prefill, r.images) for r in joining) + sum(s for s, _ in work)
             await self._tick(batch, prefill_s, work)
             self._running = [r for r in batch if not r.gone]
 
     async def _tick(self, batch: list[_Request], prefill_s: float,
-                    work: list[tuple[int, asyncio.Future[None]]]) -> None:
+                    work: list[tuple[float, asyncio.Future[None]]]) -> None:
         """Up to ``tick`` decode steps of ``batch`` (after ``prefill_s`` of prefill): a request that ends within them
         gets its tokens at the step it ends, the others theirs at the tick's end; what joins waits for that end."""
         spans = [min(self._left(r), self.tick) for r in batch]

@@ -4,7 +4,8 @@ of ``workers`` sandbox workers (0: as many as there are calls), waiting for a fr
 It keeps the environment protocol (``vlrl.env``) the rollout manager drives: a prompt of
 ``prompt_tokens``, then per policy turn either an observation of ``observation_tokens``
 after the tool's time, or the end of the episode (its last turn, as the ``Script`` says,
-or a turn cut at its token cap).
+or a turn cut at its token cap). The prompt and every observation open with an image (the
+chart, the tool's edit of it): ``IMAGE`` marks it for the cost engine's prefill.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 
 from vlrl.env import Observation, Step, TranscriptEntry
 from vlrl.plan.costs import Costs
-from vlrl.plan.engine import FILLER, Script
+from vlrl.plan.engine import FILLER, IMAGE, Script
 from vlrl.types import Completion, Sample, Segment, Trajectory
 
 
 class CostEpisode:
     def __init__(self, env: CostEnv, sample: Sample, episode_id: str):
         self.env, self.turns = env, len(env.script(episode_id))
-        self.trajectory = Trajectory(episode_id, sample.id, [Segment("prompt", (FILLER,) * env.prompt_tokens)])
+        self.trajectory = Trajectory(episode_id, sample.id, [Segment("prompt", with_image(env.prompt_tokens))])
         self.transcript: list[TranscriptEntry] = []
 
     @property
@@ -38,7 +39,7 @@ class CostEpisode:
             return Step(None, done=True, reason=traj.finish_reason)
         async with self.env.workers:
             await asyncio.sleep(self.env.costs.tool_s)
-        ids = (FILLER,) * self.env.observation_tokens
+        ids = with_image(self.env.observation_tokens)
         traj.add_observation(ids)
         return Step(Observation(ids, (), ""), done=False)
 
@@ -63,3 +64,8 @@ class CostEnv:
 
     def reset(self, sample: Sample, episode_id: str) -> CostEpisode:
         return CostEpisode(self, sample, episode_id)
+
+
+def with_image(tokens: int) -> tuple[int, ...]:
+    """``tokens`` ids that open with an image."""
+    return ((IMAGE,) + (FILLER,) * (tokens - 1)) if tokens > 0 else ()
