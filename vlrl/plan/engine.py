@@ -1,7 +1,8 @@
 """A cost-model engine: the engine protocol with no model, decoding in steps whose length the cost model gives.
 
 Every step decodes one token for each running request and prefills what joined since the
-last step (new requests' uncached prompt tokens, verifier pieces), then sleeps the step's
+last step (new requests' uncached prompt tokens and the images among them, verifier
+pieces), then sleeps the step's
 cost on the loop's clock: under ``vlrl.plan.clock`` that is simulated time. With ``tick``
 above 1 it runs up to that many steps between joins and hands each request its tokens in
 one delta (at the step a request ends, if it ends among them). How many
