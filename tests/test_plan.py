@@ -182,6 +182,46 @@ def test_a_prefill_encodes_the_images_it_brings_and_again_after_an_update(tokeni
     assert ends == [11.0, 22.0, 53.0]
 
 
+def test_a_replayed_run_gives_each_trajectory_the_shape_it_had_there(tmp_path, tokenizer):
+    """lengths.jsonl names each trained trajectory; the twin of the run's config gives each id its own turns, so
+    every simulated step faces the work the measured step did (a draw from the pool could put a step's longest
+    answer in another step)."""
+    from vlrl.plan.workloads import from_run
+
+    steps = [{"trajectories": [[10, [3], 0], [10, [40], 0], [10, [5], 0], [10, [6], 0]],
+              "ids": ["s0-0-0", "s0-0-1", "s0-1-0", "s0-1-1"]},
+             {"trajectories": [[10, [2, 7], 5], [10, [4], 0], [10, [9], 0], [10, [8], 0]],
+              "ids": ["s1-0-0", "s1-0-1", "s1-1-0", "s1-1-1"]}]
+    (tmp_path / "lengths.jsonl").write_text("".join(json.dumps({"step": k, **r}) + "\n" for k, r in enumerate(steps)))
+    workload = from_run(tmp_path)
+    plan = Plan("sync", groups=2, group_size=2, max_tokens=100, prompt_tokens=10)
+    out = simulate(simulate_steps(plan, Costs(**TICKS), workload.script(), 3, tokenizer,
+                                  tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    assert [s.policy_tokens for s in out[:2]] == [3 + 40 + 5 + 6, 2 + 7 + 4 + 9 + 8]
+    assert [s.rollout_s for s in out[:2]] == [40.0, 9.0]  # a decode step a second: the longest answer
+    assert workload.script()("s2-0-0") in [list(t) for t in workload.turns]  # not in the run: drawn from its shapes
+
+
+def test_an_update_costs_what_the_trainers_micro_batches_compute():
+    costs = Costs(0.0, 0.0, 0.0, 0.0, update_base_s=0.5, update_per_token_s=1e-3, sync_s=0.0,
+                  update_per_pair_s=1e-5)
+    # a budget of 40 tokens cuts [19, 20] and [100]; padded, the 19-token row costs as a 20-token one
+    assert replace(costs, padded_update=True).update_shape([100, 19, 20], 40) == (140, 2 * 210 + 5050)
+    assert costs.update_shape([100, 19, 20], 40) == (139, 190 + 210 + 5050)  # packed: only real positions
+    assert costs.update_s(139, 5450) == pytest.approx(0.5 + 0.139 + 0.0545)
+    assert costs.update_s(139, 5450, beside_decoding=True) == costs.update_s(139, 5450)  # no contention measured
+
+
+def test_calibrations_fit_keeps_every_cost_non_negative():
+    from vlrl.plan.calibrate import fit, line
+
+    xs = [1.0, 2.0, 3.0, 4.0]
+    assert fit([[1.0, x, x * x] for x in xs], [2 + 3 * x + 0.5 * x * x for x in xs]) == pytest.approx([2, 3, 0.5])
+    # a line that would cross below zero at no work: no negative fixed cost, the slope through the origin instead
+    assert line(xs, [3 * x - 1 for x in xs]) == pytest.approx((0.0, sum(x * (3 * x - 1) for x in xs) / 30))
+    assert fit([[1.0, x] for x in xs], [-x for x in xs]) == [0.0, 0.0]  # costs that shrink with work: none
+
+
 def cost_file(path, decode_per_request_s=0.0):
     """GPU-like costs: a decode step costs about the same at 1 request as at 64."""
     costs = {"decode_base_s": 0.02, "decode_per_request_s": decode_per_request_s, "prefill_per_token_s": 2e-5,
@@ -251,6 +291,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         assert costs.rollout_factor > 0  # measured against the same runs' rollouts
         assert costs.update_contention > 0  # a run with the engine decoding beside its updates
         assert costs.padded_batch  # the HF engine's batch: every row attends to the longest one's length
+        assert costs.padded_update and costs.update_per_pair_s >= 0  # the trainer pads its micro-batches
         assert costs.prefill_per_image_s > 0  # a chart through the processor and the vision encoder
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))

@@ -121,12 +121,22 @@ def test_first_step_is_on_policy_then_weights_move_and_reach_the_engine(run, eng
 
 
 def test_micro_batches_group_similar_lengths_so_a_long_tail_pads_little():
-    lengths = [900, 10, 12, 11, 880, 9]
+    lengths = [900, 10, 10, 11, 880, 10]
     trajectories = [Trajectory(f"t{k}", "s", [Segment("prompt", (1,) * n)]) for k, n in enumerate(lengths)]
     batches = micro_batches(trajectories, 2000)
-    assert [[len(t.token_ids) for t in b] for b in batches] == [[9, 10, 11, 12], [880, 900]]
-    # cut in batch order, 10 and 9 would be padded to 900 and 880: [900, 10], [12, 11], [880, 9], 3,584 tokens
-    assert sum(max(len(t.token_ids) for t in b) * len(b) for b in batches) == 4 * 12 + 2 * 900
+    assert [[len(t.token_ids) for t in b] for b in batches] == [[10, 10, 10, 11], [880, 900]]
+    # cut in batch order, two 10s would be padded to 900 and 880: [900, 10], [10, 11], [880, 10], 3,582 tokens
+    assert sum(max(len(t.token_ids) for t in b) * len(b) for b in batches) == 4 * 11 + 2 * 900
+
+
+def test_micro_batches_leave_at_most_a_tenth_of_a_forward_to_padding():
+    lengths = [420, 100, 400, 100, 100]
+    trajectories = [Trajectory(f"t{k}", "s", [Segment("prompt", (1,) * n)]) for k, n in enumerate(lengths)]
+    # the budget holds all five (2,100 padded positions), but 980 of them would be padding: 400 starts a new one
+    batches = micro_batches(trajectories, 10_000)
+    assert [[len(t.token_ids) for t in b] for b in batches] == [[100, 100, 100], [400, 420]]
+    with pytest.raises(ValueError, match="need budget >= 1 and 0 <= max_padding < 1, got 0 and"):
+        micro_batches(trajectories, 0)
 
 
 def test_micro_batches_give_the_same_gradient_as_one_batch(run, engine, tokenizer, vision, tiny_dir):

@@ -1,7 +1,7 @@
 """A run's directory: the resolved config, metrics.jsonl, curves, transcripts, and Weights & Biases.
 
 ``runs/NAME-YYYYmmdd-HHMMSS/`` holds ``config.yaml``, one ``metrics.jsonl`` line per step (and one
-``lengths.jsonl`` line: each trained trajectory's prompt, turn and observation tokens),
+``lengths.jsonl`` line: each trained trajectory's prompt, turn and observation tokens, and its id),
 ``reward.png`` / ``accuracy.png`` rewritten as the run goes, ``transcripts/step-K/`` (each
 trajectory as Markdown with its images, decoded from the very ids that were trained),
 ``checkpoints/`` and ``summary.json``; ``runs/latest`` points at the newest run. W&B logs

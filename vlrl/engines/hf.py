@@ -40,6 +40,7 @@ from vlrl.engines.base import (
 from vlrl.engines.kv_cache import GrowingCache, left_padded, select_rows
 from vlrl.engines.sampling import sample_next, stop_reached
 from vlrl.model.attention import attention_for
+from vlrl.model.batching import padded_runs
 from vlrl.model.rope import mrope_positions
 from vlrl.types import Completion, Delta, FinishReason, NextTokenScores, SamplingParams
 from vlrl.vision import VisionInputs
@@ -470,19 +471,10 @@ class HFEngine(Engine):
         ``max_prefill_tokens`` padded tokens and wastes at most a third of them on padding.
         """
         # a verifier's piece whose KV is all cached has nothing to run
-        works = sorted((w for w in map(self._uncached, reqs) if w.ids), key=lambda w: len(w.ids))
+        works = [w for w in map(self._uncached, reqs) if w.ids]
         logits: dict[str, torch.Tensor] = {}
-        bucket: list[_Prefill] = []
-        for work in [*works, None]:
-            if work is not None and bucket:
-                padded = (len(bucket) + 1) * len(work.ids)  # sorted: the newcomer is the longest
-                real = sum(len(w.ids) for w in bucket) + len(work.ids)
-                if padded <= self.max_prefill_tokens and 2 * padded <= 3 * real:
-                    bucket.append(work)
-                    continue
-            if bucket:
-                logits.update(zip((w.req.id for w in bucket), self._forward_prefill(bucket)))
-            bucket = [work] if work is not None else []
+        for run in padded_runs(works, self.max_prefill_tokens, lambda w: len(w.ids)):
+            logits.update(zip((w.req.id for w in run), self._forward_prefill(run)))
         return logits
 
     def _uncached(self, req: _Request) -> _Prefill:

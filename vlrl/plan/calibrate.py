@@ -11,9 +11,11 @@
               against text of its length, right after it (the median of 7 differences):
               seconds per image (the processor, the vision encoder);
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
-  update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64 and 256
-              tokens: each step's perf/update_s after the first against the tokens it trained
-              (``lengths.jsonl``), a line through them; the weight sync is perf/sync_s;
+  update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64, 128 and 256
+              tokens (trajectories of about 200 to 950): each step's perf/update_s after the
+              first against what it trained (``lengths.jsonl``, cut and padded into micro-batches
+              as the trainer does): a fixed part, a part per position and a part per pair of
+              positions its attention relates, fitted together; the weight sync is perf/sync_s;
   rollout  -- the same runs' perf/rollout_s over what the twin, with the costs above, predicts for
               their configs and lengths: the factor by which a real rollout (the event loop's work
               per delta, the GIL it shares with the engine's thread, a Ray replica's calls) is
@@ -33,8 +35,10 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer
 
@@ -49,7 +53,7 @@ from vlrl.runlog import read_log
 from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
-BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 256), 3
+BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 128, 256), 3
 IMAGE_PAIRS = 7  # a small chart costs a few ms: the median of paired differences, not of separate medians
 TRAIN = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
@@ -61,12 +65,25 @@ DECODING_BESIDE = ["rollout.schedule=overlap", "rollout.extra_groups=4", "rollou
 CONTENTION_CAP = 64
 
 
+def fit(rows: list[list[float]], ys: list[float]) -> list[float]:
+    """Least-squares coefficients of ``ys`` over the columns of ``rows``, every one >= 0 (a cost never shrinks with
+    more work): the best fit among those of every subset of the columns, the others held at 0."""
+    x, y = np.asarray(rows, dtype=float), np.asarray(ys, dtype=float)
+    best, best_residual = np.zeros(x.shape[1]), float(np.sum(y * y))
+    for size in range(1, x.shape[1] + 1):
+        for columns in combinations(range(x.shape[1]), size):
+            coef = np.linalg.lstsq(x[:, columns], y, rcond=None)[0]
+            residual = float(np.sum((x[:, columns] @ coef - y) ** 2))
+            if (coef >= 0).all() and residual < best_residual - 1e-15:
+                best, best_residual = np.zeros(x.shape[1]), residual
+                best[list(columns)] = coef
+    return [float(c) for c in best]
+
+
 def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares intercept and slope (both >= 0: a cost never shrinks with more work)."""
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
-    slope = max(slope, 0.0)
-    return max(my - slope * mx, 0.0), slope
+    """Least-squares intercept and slope, both >= 0."""
+    base, slope = fit([[1.0, x] for x in xs], ys)
+    return base, slope
 
 
 async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, float]:
@@ -130,28 +147,31 @@ def records(run: Path, name: str) -> list[dict]:
     return read_log(run, name)[1:]
 
 
-def trained_tokens(run: Path) -> list[float]:
-    """Tokens each step after the first trained (prompt, observations and answers)."""
-    return [float(sum(p + sum(turns) + o for p, turns, o in shapes["trajectories"]))
+def update_shapes(run: Path) -> list[tuple[int, int]]:
+    """(positions, attention pairs) each step after the first trained (prompt, observations and answers, padded as
+    the trainer pads its micro-batches: ``Costs.update_shape``)."""
+    budget = load_config(TrainConfig, run / "config.yaml").optim.micro_batch_tokens
+    padded = Costs(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, padded_update=True)
+    return [padded.update_shape([p + sum(turns) + o for p, turns, o in shapes["trajectories"]], budget)
             for shapes in records(run, "lengths")]
 
 
-def update_costs(runs: list[Path]) -> tuple[float, float, float]:
-    """(update base s, update s per trained token, weight sync s) of ``runs``."""
-    tokens, seconds, syncs = [], [], []
+def update_costs(runs: list[Path]) -> tuple[float, float, float, float]:
+    """(update base s, s per trained position, s per attention pair, weight sync s) of ``runs``."""
+    shapes, seconds, syncs = [], [], []
     for run in runs:
         steps = records(run, "metrics")
-        tokens += trained_tokens(run)
+        shapes += update_shapes(run)
         seconds += [r["perf/update_s"] for r in steps]
         syncs += [r["perf/sync_s"] for r in steps]
-    base, per_token = line(tokens, seconds)
-    return base, per_token, statistics.median(syncs)
+    base, per_token, per_pair = fit([[1.0, float(n), float(pairs)] for n, pairs in shapes], seconds)
+    return base, per_token, per_pair, statistics.median(syncs)
 
 
 def update_contention(run: Path, costs: Costs) -> float:
-    """A run's measured update seconds (the engine decoding beside them) over ``costs``' for its tokens alone."""
+    """A run's measured update seconds (the engine decoding beside them) over ``costs``' for its shapes alone."""
     measured = sum(r["perf/update_s"] for r in records(run, "metrics"))
-    return measured / sum(costs.update_s(int(n)) for n in trained_tokens(run))
+    return measured / sum(costs.update_s(*shape) for shape in update_shapes(run))
 
 
 def rollout_factor(runs: list[Path], costs: Costs, model_dir: Path) -> float:
@@ -183,9 +203,10 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
             decode_base, per_request, per_context, prefill, per_image = asyncio.run(engine_costs(model_dir))
             with tempfile.TemporaryDirectory() as tmp:
                 runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
-                update_base, per_token, sync = update_costs(runs)
+                update_base, per_token, per_pair, sync = update_costs(runs)
                 costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
-                              padded_batch=True, prefill_per_image_s=per_image,
+                              padded_batch=True, prefill_per_image_s=per_image, update_per_pair_s=per_pair,
+                              padded_update=True,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
                 beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
                                    "calibrate-beside")

@@ -4,7 +4,8 @@
 from published figures. The decode step grows with the batch (linear in the requests
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
-trainer's forward and backward read them all). Inside a rollout the engine's work is
+trainer's forward and backward read them all) and per pair of positions its attention
+relates, over the micro-batches the trainer cuts (``update_shape``). Inside a rollout the engine's work is
 scaled by ``rollout_factor``, what a real rollout adds to the engine's own time; an update
 the engine decodes beside (``decode_during_update``) by ``update_contention``, what sharing
 the machine with it costs.
@@ -15,6 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Sequence
+
+from vlrl.trainer.batches import micro_batches
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class Costs:
     prefill_per_token_s: float  # prompt, observation or verifier tokens not already in the engine's cache
     tool_s: float  # one tool call, as the trajectory waits for it
     update_base_s: float  # one optimizer step's fixed part (optimizer, scheduling)
-    update_per_token_s: float  # per trained token: logprob forward, backward
+    update_per_token_s: float  # per trained token: logprob forward, backward (per padded one if ``padded_update``)
     sync_s: float  # pushing the weights to the engine
     decode_per_context_token_s: float = 0.0  # ... and per token of context the batch's requests attend to
     # a real rollout's engine time over the engine's measured alone: the event loop's work per delta (the manager,
@@ -39,6 +43,12 @@ class Costs:
     # longest context) tokens; else (vLLM's paged KV) to the sum of the requests' contexts
     padded_batch: bool = False
     prefill_per_image_s: float = 0.0  # an image a prefill brings: the processor and the vision encoder's pass
+    # per pair of positions the update's causal attention relates (a row of L positions: L (L + 1) / 2), the part of
+    # its cost that grows with the square of a trajectory's length
+    update_per_pair_s: float = 0.0
+    # the trainer right-pads each micro-batch to its longest row (vlrl's trainer), so padded positions cost as trained
+    # ones; else (packed sequences, as verl's remove-padding) only the real tokens count
+    padded_update: bool = False
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:
@@ -55,10 +65,21 @@ class Costs:
         """A prefill of ``tokens`` uncached tokens, ``images`` of their images new to the engine."""
         return self.prefill_per_token_s * tokens + self.prefill_per_image_s * images
 
-    def update_s(self, tokens: int, beside_decoding: bool = False) -> float:
-        """The update of ``tokens`` trained tokens, alone or with the engine decoding beside it."""
-        alone = self.update_base_s + self.update_per_token_s * tokens
+    def update_s(self, tokens: int, pairs: int = 0, beside_decoding: bool = False) -> float:
+        """The update of ``tokens`` trained positions relating ``pairs`` (``update_shape``), alone or with the engine
+        decoding beside it."""
+        alone = self.update_base_s + self.update_per_token_s * tokens + self.update_per_pair_s * pairs
         return alone * self.update_contention if beside_decoding else alone
+
+    def update_shape(self, lengths: Sequence[int], micro_batch_tokens: int) -> tuple[int, int]:
+        """(positions, attention pairs) an update of trajectories of ``lengths`` computes: cut as the trainer cuts
+        them (``micro_batches``), each row padded to its micro-batch's longest when ``padded_update``."""
+        tokens = pairs = 0
+        for batch in micro_batches(lengths, micro_batch_tokens, size=int):
+            rows = [max(batch)] * len(batch) if self.padded_update else batch
+            tokens += sum(rows)
+            pairs += sum(n * (n + 1) // 2 for n in rows)
+        return tokens, pairs
 
 
 

@@ -97,7 +97,8 @@ def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
     plan = Plan(rollout.schedule, rollout.prompts_per_step, rollout.group_size, int(extra) if overlap else 0,
                 rollout.decode_during_update, rollout.max_staleness, bool(verifier.model),
                 int(chunk) if chunk != "auto" else verifier.chunk_candidates[0], rollout.max_new_tokens,
-                slots=cfg.engine.max_num_seqs, tool_workers=cfg.env.sandbox.workers)
+                slots=cfg.engine.max_num_seqs, tool_workers=cfg.env.sandbox.workers,
+                micro_batch_tokens=cfg.optim.micro_batch_tokens)
     split = distributed.backend == "ray" and distributed.trainer_threads == 1
     return plan, "disaggregated" if split else "colocated"
 

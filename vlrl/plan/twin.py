@@ -4,8 +4,9 @@ Each simulated step is the recipe's (``vlrl.recipes.train.rl_step``) with the mo
 replaced by its cost: collect (``RolloutManager.rollout`` for sync, ``OverlapScheduler.step``
 otherwise, with the cost engine, the cost environment and, when asked, the real
 ``Verifier`` on the cost engine), then the update (``Costs.update_s`` of the trained
-tokens, slowed by the engine beside it under ``keep_decoding``) and the weight push
-(``Costs.sync_s``), during which the engine decodes only under ``keep_decoding``. Lengths
+trajectories as the trainer cuts them into micro-batches, slowed by the engine beside it
+under ``keep_decoding``) and the weight push (``Costs.sync_s``), during which the engine
+decodes only under ``keep_decoding``. Lengths
 come from a ``Script``, so the twin faces the work a measured run faced; its figures are
 the ones the recipe logs.
 """
@@ -45,6 +46,7 @@ class Plan:
     slots: int = 0  # the engine's batch, the bubble's unit (0: every request in flight)
     tick: int = 1  # the cost engine's decode steps per delta at most (see ``CostEngine``)
     tool_workers: int = 0  # the sandbox's workers, tool calls queue for them (0: one per call)
+    micro_batch_tokens: int = 8192  # the trainer's micro-batches (``optim.micro_batch_tokens``)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("sync", "async", "overlap"):
@@ -96,15 +98,16 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
                                                  tag=f"s{step}")
             staleness = stats.staleness
         rolled = now()
-        tokens = sum(len(t.token_ids) for t in result.trajectories)
-        await asyncio.sleep(costs.update_s(tokens, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
+        lengths = [len(t.token_ids) for t in result.trajectories]
+        shape = costs.update_shape(lengths, plan.micro_batch_tokens)
+        await asyncio.sleep(costs.update_s(*shape, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
         await engine.update_weights({}, engine.version + 1)
         end = now()
         close = end if plan.keep_decoding else rolled
         figures = manager.timeline.engine_figures(began, close, end, plan.capacity)
         out.append(TwinStep(end - began, rolled - began, end - rolled, figures["engine_busy_fraction"],
                             figures["bubble_ratio"], [g.trajectories[0].id.rsplit("-", 1)[0] for g in result.groups],
-                            dict(staleness), tokens, sum(result.dropped.values()),
+                            dict(staleness), sum(lengths), sum(result.dropped.values()),
                             sum(sum(t.loss_mask) for t in result.trajectories)))
         manager.timeline.prune(end)
     if scheduler is not None:

@@ -1,7 +1,8 @@
 """What the twin's trajectories look like: a pool of shapes (prompt tokens, tokens of each policy turn,
 observation tokens) to draw each simulated trajectory from.
 
-From a finished run (``lengths.jsonl``, what its trained trajectories were), or from a
+From a finished run (``lengths.jsonl``, what its trained trajectories were, by id: a twin
+of that run's config gives each trajectory the shape it had), or from a
 named workload of `vlrl bench overlap`: there the shapes follow its teacher's
 distribution (the shape a warm-started policy imitates; a measured run is the better
 source, since a small model imitates a tail only roughly).
@@ -33,10 +34,17 @@ class Workload:
     prompt_tokens: int
     observation_tokens: int  # per tool observation
     source: str
+    # (trajectory id, its turns) of a run that recorded its ids: the twin, whose ids follow the recipe's, gives each
+    # of them the shape it had there, so a replay faces the same work step by step
+    known: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def script(self, seed: int = 0) -> Script:
-        """Trajectory id -> its turns: the same id always draws the same shape."""
+        """Trajectory id -> its turns: a known id's own; any other always draws the same shape from ``turns``."""
+        known = dict(self.known)
+
         def turns(traj_id: str) -> list[int]:
+            if traj_id in known:
+                return list(known[traj_id])
             return list(self.turns[zlib.crc32(f"{seed}/{traj_id}".encode()) % len(self.turns)])
 
         return turns
@@ -47,13 +55,16 @@ def from_run(path: str | Path) -> Workload:
     file = Path(path) / "lengths.jsonl"
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: --lengths takes a run directory of `vlrl train`")
-    shapes = [shape for line in file.read_text().splitlines() for shape in json.loads(line)["trajectories"]]
+    steps = [json.loads(line) for line in file.read_text().splitlines()]
+    shapes = [shape for step in steps for shape in step["trajectories"]]
     if not shapes:
         raise ValueError(f"{file}: no trained trajectory to draw lengths from")
     tool_turns = sum(len(turns) - 1 for _, turns, _ in shapes)
+    known = tuple((traj_id, tuple(turns)) for step in steps
+                  for traj_id, (_, turns, _) in zip(step.get("ids", ()), step["trajectories"]))
     return Workload(tuple(tuple(turns) for _, turns, _ in shapes),
                     round(sum(p for p, _, _ in shapes) / len(shapes)),
-                    round(sum(o for _, _, o in shapes) / max(tool_turns, 1)), str(file))
+                    round(sum(o for _, _, o in shapes) / max(tool_turns, 1)), str(file), known)
 
 
 def named(name: str, prompt_tokens: int = 300, observation_tokens: int = 60, draws: int = 4096,

@@ -243,7 +243,8 @@ def log_step(run: Run, step: int, manager: RolloutManager, scheduler: OverlapSch
     if scheduler is not None:
         scheduler.tune(record.reward.mean if record.reward is not None else 0.0)
     run.out.log(step, record.flat())
-    run.out.log(step, {"trajectories": [shape(t) for t in result.trajectories]}, phase="lengths")
+    run.out.log(step, {"trajectories": [shape(t) for t in result.trajectories],
+                       "ids": [t.id for t in result.trajectories]}, phase="lengths")
     if cfg.log.transcripts_every and step % cfg.log.transcripts_every == 0:
         run.out.transcripts(step, result.trajectories, run.tokenizer)
 
