@@ -195,4 +195,4 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
                "--json").stdout
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["cases"] == 3 and 0 <= figures["mean_rel_error"] <= figures["max_rel_error"]
-    assert "measured s | predicted s" in out
+    assert "measured s | predicted s" in out and "rollout s measured / predicted" in out

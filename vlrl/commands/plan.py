@@ -121,10 +121,12 @@ def validate(runs: Path, placements: Any, model: Path, as_json: bool) -> int:
 
     tokenizer, eos = _tokenizer(model)
     cases = cases_of(runs, placements, tokenizer, eos)
-    print("run                                   | placement     | measured s | predicted s | error")
+    print("run                                   | placement     | measured s | predicted s | error | rollout s "
+          "measured / predicted | update s measured / predicted")
     for c in cases:
         print(f"{c['run']:37s} | {c['placement']:13s} | {c['measured_s']:10.2f} | {c['predicted_s']:11.2f} | "
-              f"{100 * c['rel_error']:4.0f}%")
+              f"{100 * c['rel_error']:4.0f}% | {c['measured_rollout_s']:15.2f} / {c['predicted_rollout_s']:5.2f} | "
+              f"{c['measured_update_s']:14.2f} / {c['predicted_update_s']:5.2f}")
     errors = [c["rel_error"] for c in cases]
     figures = {"cases": len(cases), "max_rel_error": round(max(errors), 3),
                "mean_rel_error": round(sum(errors) / len(errors), 3)}

@@ -105,18 +105,23 @@ def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
 
 def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int) -> list[dict[str, Any]]:
     """Measured vs predicted mean step time (after the first step) for every run in ``runs`` (a `vlrl bench overlap
-    --keep` folder), each predicted from its own config and trained lengths."""
+    --keep` folder), each predicted from its own config and trained trajectories; and the step's two parts, the
+    rollout (generation and reward, until the batch closes) and the update (with the weight push)."""
     cases = []
     for run_dir in sorted(p for p in runs.iterdir() if (p / "lengths.jsonl").is_file()):
         metrics = read_log(run_dir)
         if len(metrics) < 2 or run_dir.name in ("latest",) or run_dir.name.startswith("warmstart"):
             continue  # runs/latest is a copy of the last run (copytree follows links)
         plan, placement = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
-        measured = statistics.mean(r["perf/step_s"] for r in metrics[1:])
-        predicted = predict(plan, placements[placement], from_run(run_dir), len(metrics) - 1, tokenizer,
-                            eos_id)["step_s"]
-        cases.append({"run": run_dir.name, "placement": placement, "measured_s": measured, "predicted_s": predicted,
-                      "rel_error": abs(predicted - measured) / measured})
+        steps = metrics[1:]
+        measured = statistics.mean(r["perf/step_s"] for r in steps)
+        predicted = predict(plan, placements[placement], from_run(run_dir), len(steps), tokenizer, eos_id)
+        cases.append({"run": run_dir.name, "placement": placement, "measured_s": measured,
+                      "predicted_s": predicted["step_s"], "rel_error": abs(predicted["step_s"] - measured) / measured,
+                      "measured_rollout_s": statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps),
+                      "predicted_rollout_s": predicted["rollout_s"],
+                      "measured_update_s": statistics.mean(r["perf/update_s"] + r["perf/sync_s"] for r in steps),
+                      "predicted_update_s": predicted["update_s"]})
     if not cases:
         raise ValueError(f"{runs}: no `vlrl train` run with lengths.jsonl and 2+ steps (run `vlrl bench overlap "
                          f"--keep {runs}` first)")
