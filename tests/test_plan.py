@@ -62,19 +62,20 @@ def test_the_twin_trains_the_hand_computed_groups_of_the_paused_schedule(tokeniz
 
 def test_the_twin_reproduces_the_hand_computed_disaggregated_schedule(tokenizer):
     """test_scheduler's disaggregated schedule: the engine decodes through a 10.5 s update (5.25 s alone, twice that
-    beside the engine)."""
+    beside the engine), the next step's groups among what it decodes."""
     plan = Plan("overlap", groups=2, group_size=2, extra=2, keep_decoding=True, max_tokens=100, prompt_tokens=10)
     costs = Costs(**{**TICKS, "update_base_s": 5.25, "update_contention": 2.0})
-    steps = simulate(simulate_steps(plan, costs, scripted(KEEP_DECODING), 3, tokenizer,
+    steps = simulate(simulate_steps(plan, costs, scripted(KEEP_DECODING), 4, tokenizer,
                                     tokenizer.convert_tokens_to_ids("<|im_end|>")))
-    assert [s.trained for s in steps] == [["s0-0", "s0-2"], ["s0-3", "s1-0"], ["s0-1", "s1-1"]]
-    assert [s.staleness for s in steps] == [{0: 2}, {1: 1, 0: 1}, {2: 1, 1: 1}]
-    # closes at 9 s, 23 s (s1-0, joined at 19.5 s, writes its 3rd token at the next whole second after 20) and 40 s
-    assert [round(s.rollout_s, 3) for s in steps] == [9.0, 3.5, 6.5]
-    assert [s.engine_busy_fraction for s in steps] == [1.0, 1.0, 1.0]  # decoding through every update
-    # step 0's 8 slots over its 19.5 s: 8 requests until 2 s, then 7, 6, 5 at 2, 3, 4 s, 4 from 5 s, 3 from 9 s
-    # and s0-1-0 alone from 12 s: (1 + 2 + 3 + 4 x 4 + 5 x 3 + 7 x 7.5) / (8 x 19.5) slots empty
-    assert round(steps[0].bubble_ratio, 4) == round(89.5 / 156, 4)
+    assert [s.trained for s in steps] == [["s0-0", "s0-2"], ["s0-3", "s0-4"], ["s1-0", "s1-1"], ["s0-1", "s0-5"]]
+    assert [s.staleness for s in steps] == [{0: 2}, {1: 1, 0: 1}, {0: 2}, {3: 1, 2: 1}]
+    # closes at 9 s; then each batch is whole when its step begins (s0-1-0's 40th token comes at 40 s, before 40.5)
+    assert [round(s.rollout_s, 3) for s in steps] == [9.0, 0.0, 0.0, 0.0]
+    assert [s.engine_busy_fraction for s in steps] == [1.0, 1.0, 1.0, 1.0]  # decoding through every update
+    # step 0's 8 slots over its 19.5 s: 8 requests until 2 s, then 7, 6, 5 at 2, 3, 4 s, 4 from 5 s; at 9 s s0-2-1
+    # leaves and s0-4, s0-5 join: 7; 4 from 12 s, 3 from 14 s, 2 from 15 s:
+    # (1 + 2 + 3 + 4 x 4 + 1 x 3 + 4 x 2 + 5 x 1 + 6 x 4.5) / (8 x 19.5) slots empty
+    assert round(steps[0].bubble_ratio, 4) == round(65 / 156, 4)
 
 
 def test_a_slower_rollout_and_a_small_sandbox_cost_what_they_cost_by_hand(tokenizer):

@@ -154,16 +154,17 @@ def test_a_checkpoint_keeps_the_paused_tokens_and_the_resumed_run_decodes_only_t
     assert engine.made["s0-1-0"] == sum(resumed.loss_mask) == 40  # not one token decoded twice
 
 
-# the disaggregated mode (B = 2, Δ = 2, G = 2): the engine decodes through each 10-tick update
-#   step 0: s0-0 ends at tick 5, s0-2 at 9 -> trains them; s0-1, s0-3 go on decoding (no pause);
-#           the update runs ticks 10-19 at version 0, in which s0-3 ends (tick 12); version 1 from tick 20
-#   step 1: + s1-0 (ends tick 22), s1-1 (tick 24) -> closes at 22 on s0-3 (carried once) and s1-0;
-#           the update runs ticks 23-32 at version 1, in which s1-1 ends; version 2 from tick 33
-#   step 2: + s2-0, s2-1 (30, 50 ticks) -> s0-1-0 reaches 40 tokens at tick 40: trains s0-1 (carried twice), s1-1
+# the disaggregated mode (B = 2, Δ = 2, G = 2): the engine decodes through each 10-tick update, and the flight is
+# topped up at each close, so the next step's groups decode through the update too
+#   step 0: s0-0 ends at tick 5, s0-2 at 9 -> trains them; s0-1, s0-3 go on decoding (no pause), s0-4 and s0-5
+#           start at 9; the update runs ticks 10-19 at version 0, in which s0-3 (12) and s0-4 (15) end
+#   step 1: closes at once (tick 19) on s0-3 (carried once) and s0-4; s1-0, s1-1 start and end in the update
+#   step 2: closes at once (tick 29) on s1-0, s1-1: s0-1 (40) and s0-5 (34) are still decoding
+#   step 3: s0-1-0 reaches 40 tokens at tick 40: trains s0-1 (carried three times) and s0-5 (twice)
 KEEP_DECODING = {
-    "s0-0": (3, 5), "s0-1": (40, 2), "s0-2": (4, 9), "s0-3": (12, 12),
+    "s0-0": (3, 5), "s0-1": (40, 2), "s0-2": (4, 9), "s0-3": (12, 12), "s0-4": (5, 6), "s0-5": (25, 3),
     "s1-0": (2, 3), "s1-1": (5, 1),
-    "s2-0": (30, 30), "s2-1": (50, 50),
+    "s2-0": (30, 30), "s2-1": (50, 50), "s3-0": (60, 60), "s3-1": (60, 60),
 }
 
 
@@ -173,14 +174,14 @@ def test_the_disaggregated_schedule_under_known_lengths_is_the_hand_computed_one
         return KEEP_DECODING[group][int(member)]
 
     engine = ScriptedEngine(lengths, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    samples = iter(charts())
+    samples = iter(charts() * 2)
 
     async def go():
         async with VisualToolEnv(NO_TOOLS, tokenizer, vision) as env:
             manager = scripted_manager(engine, env, tokenizer)
             scheduler = OverlapScheduler(manager, groups=2, extra=2, keep_decoding=True)
             steps = []
-            for step in range(3):
+            for step in range(4):
                 result, stats = await scheduler.step(lambda n: list(islice(samples, n)), seed=step, tag=f"s{step}")
                 steps.append((result, stats, engine.ticks))
                 await engine.advance(10)  # the update, while the engine decodes
@@ -190,15 +191,18 @@ def test_the_disaggregated_schedule_under_known_lengths_is_the_hand_computed_one
 
     steps = run(go())
     trained = [[t.id.rsplit("-", 1)[0] for t in r.trajectories[::2]] for r, _, _ in steps]
-    assert trained == [["s0-0", "s0-2"], ["s0-3", "s1-0"], ["s0-1", "s1-1"]]
-    assert [ticks for _, _, ticks in steps] == [9, 22, 40]
-    assert [s.paused for _, s, _ in steps] == [0, 0, 0]  # nothing was aborted
-    assert [dict(s.staleness) for _, s, _ in steps] == [{0: 2}, {1: 1, 0: 1}, {2: 1, 1: 1}]
-    s0_1 = next(t for t in steps[2][0].trajectories if t.id == "s0-1-0")
-    assert s0_1.deferred_steps == 2
-    assert [v for v in s0_1.versions if v >= 0] == [0] * 19 + [1] * 13 + [2] * 8
-    # s0-1's 19 + 2 tokens two versions back; its 13 and s1-1's 6 one back; its last 8 by the policy trained
-    assert dict(steps[2][1].token_staleness) == {0: 8, 1: 19, 2: 21}
+    assert trained == [["s0-0", "s0-2"], ["s0-3", "s0-4"], ["s1-0", "s1-1"], ["s0-1", "s0-5"]]
+    assert [ticks for _, _, ticks in steps] == [9, 19, 29, 40]  # steps 1 and 2 find their batch already whole
+    assert [s.started for _, s, _ in steps] == [6, 2, 2, 2]  # topped up at each close
+    assert [s.paused for _, s, _ in steps] == [0, 0, 0, 0]  # nothing was aborted
+    assert [dict(s.staleness) for _, s, _ in steps] == [{0: 2}, {1: 1, 0: 1}, {0: 2}, {3: 1, 2: 1}]
+    s0_1 = next(t for t in steps[3][0].trajectories if t.id == "s0-1-0")
+    assert s0_1.deferred_steps == 3
+    assert [v for v in s0_1.versions if v >= 0] == [0] * 19 + [1] * 10 + [2] * 10 + [3]
+    s0_4 = next(t for t in steps[1][0].trajectories if t.id == "s0-4-1")
+    assert [v for v in s0_4.versions if v >= 0] == [0] * 6  # decoded in step 0's update, trained a version on
+    # step 3 trains at version 3: s0-1's 19 + 2 tokens, s0-5's 10 + 3 three versions back, then 10 + 10, 10 + 5, 1
+    assert dict(steps[3][1].token_staleness) == {0: 1, 1: 15, 2: 20, 3: 34}
 
 
 @pytest.fixture(params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])

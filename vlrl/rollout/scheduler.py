@@ -4,10 +4,11 @@ Each step keeps ``groups + extra`` prompt groups in flight (B + Δ). As soon as 
 have ended whole, the step's batch is closed: those B are trained, and every other
 trajectory is carried over. By default it is paused (``RolloutManager.pause``: its engine
 request is aborted and its tokens kept; one inside a tool call finishes the call first),
-and after the weight update ``step`` resumes it under the new weights; with
-``keep_decoding`` (an engine with resources of its own: the disaggregated mode) it goes on
-decoding through the update and the new weights reach it between two of its tokens. Either
-way ``step`` tops the flight up with new groups, so a step never waits for the long tail.
+and after the weight update ``step`` resumes it under the new weights, and tops the flight
+up with new groups, so a step never waits for the long tail. With ``keep_decoding`` (an
+engine with resources of its own: the disaggregated mode) it goes on decoding through the
+update, the flight is topped up right at the close, so the engine decodes the next step's
+groups through the update too, and the new weights reach them between two of their tokens.
 Tokens sampled before a weight update keep the version that produced it; the loss
 corrects them with the importance ratio against their behavior logprobs.
 
@@ -113,11 +114,7 @@ class OverlapScheduler:
         start = now()
         stats = StepStats(extra=self.extra)
         self.manager.resume()
-        for k, sample in enumerate(draw(max(self.groups + self.extra - len(self.flights), 0))):
-            tasks = self.manager.start_group(sample, f"{tag}-{k}", seed * 7_919 + k)
-            self.flights.append(Flight(sample, tasks, self._admitted))
-            self._admitted += 1
-            stats.started += 1
+        self._top_up(draw, seed, tag, stats)
         while sum(f.done for f in self.flights) < min(self.groups, len(self.flights)):
             pending = [t for f in self.flights for t in f.tasks if not t.done()]
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -145,9 +142,19 @@ class OverlapScheduler:
             result.dropped["staleness"] += len(flight.tasks)
             self.flights.remove(flight)
         stats.carried = len(self.flights)
+        if self.keep_decoding:  # the engine decodes new groups through the update too, not only the carried ones
+            self._top_up(draw, seed, tag, stats)
         end = now()
         result.seconds = Seconds(wall=end - start, generate=generated - start)
         return result, stats
+
+    def _top_up(self, draw: Callable[[int], Sequence[Sample]], seed: int, tag: str, stats: StepStats) -> None:
+        """Start ``draw(n)`` new groups, so ``groups + extra`` are in flight."""
+        for k, sample in enumerate(draw(max(self.groups + self.extra - len(self.flights), 0)), start=stats.started):
+            tasks = self.manager.start_group(sample, f"{tag}-{k}", seed * 7_919 + k)
+            self.flights.append(Flight(sample, tasks, self._admitted))
+            self._admitted += 1
+            stats.started += 1
 
     def tune(self, mean_reward: float) -> None:
         """After a step: let the tuner (if any) set Δ from the reward's trend."""
