@@ -13,7 +13,7 @@ import pytest
 from test_cli import vlrl
 from test_scheduler import KEEP_DECODING, LENGTHS
 from vlrl.plan.clock import simulate
-from vlrl.plan.costs import Costs, load
+from vlrl.plan.costs import Costs, load, update_shape
 from vlrl.plan.twin import Plan, simulate_steps
 
 # one decode step a second, whatever the batch; nothing else costs but the update
@@ -207,8 +207,8 @@ def test_an_update_costs_what_the_trainers_micro_batches_compute():
     costs = Costs(0.0, 0.0, 0.0, 0.0, update_base_s=0.5, update_per_token_s=1e-3, sync_s=0.0,
                   update_per_pair_s=1e-5)
     # a budget of 40 tokens cuts [19, 20] and [100]; padded, the 19-token row costs as a 20-token one
-    assert replace(costs, padded_update=True).update_shape([100, 19, 20], 40) == (140, 2 * 210 + 5050)
-    assert costs.update_shape([100, 19, 20], 40) == (139, 190 + 210 + 5050)  # packed: only real positions
+    assert update_shape([100, 19, 20], 40, padded=True) == (140, 2 * 210 + 5050)
+    assert update_shape([100, 19, 20], 40, padded=False) == (139, 190 + 210 + 5050)  # packed: only real positions
     assert costs.update_s(139, 5450) == pytest.approx(0.5 + 0.139 + 0.0545)
     assert costs.update_s(139, 5450, beside_decoding=True) == costs.update_s(139, 5450)  # no contention measured
 

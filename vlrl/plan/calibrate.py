@@ -47,7 +47,7 @@ from vlrl.bench.tools import measure as tool_latency
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
-from vlrl.plan.costs import Costs
+from vlrl.plan.costs import Costs, update_shape
 from vlrl.recipes.train import train
 from vlrl.runlog import read_log
 from vlrl.types import SamplingParams
@@ -149,10 +149,9 @@ def records(run: Path, name: str) -> list[dict]:
 
 def update_shapes(run: Path) -> list[tuple[int, int]]:
     """(positions, attention pairs) each step after the first trained (prompt, observations and answers, padded as
-    the trainer pads its micro-batches: ``Costs.update_shape``)."""
+    the trainer pads its micro-batches: ``update_shape``)."""
     budget = load_config(TrainConfig, run / "config.yaml").optim.micro_batch_tokens
-    padded = Costs(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, padded_update=True)
-    return [padded.update_shape([p + sum(turns) + o for p, turns, o in shapes["trajectories"]], budget)
+    return [update_shape([p + sum(turns) + o for p, turns, o in shapes["trajectories"]], budget, padded=True)
             for shapes in records(run, "lengths")]
 
 

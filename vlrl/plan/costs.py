@@ -5,10 +5,10 @@ from published figures. The decode step grows with the batch (linear in the requ
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
 trainer's forward and backward read them all) and per pair of positions its attention
-relates, over the micro-batches the trainer cuts (``update_shape``). Inside a rollout the engine's work is
-scaled by ``rollout_factor``, what a real rollout adds to the engine's own time; an update
-the engine decodes beside (``decode_during_update``) by ``update_contention``, what sharing
-the machine with it costs.
+relates, over the micro-batches the trainer cuts (``update_shape``). Inside a rollout the
+engine's work is scaled by ``rollout_factor``, what a real rollout adds to the engine's own
+time; an update the engine decodes beside (``decode_during_update``) by
+``update_contention``, what sharing the machine with it costs.
 """
 
 from __future__ import annotations
@@ -71,16 +71,16 @@ class Costs:
         alone = self.update_base_s + self.update_per_token_s * tokens + self.update_per_pair_s * pairs
         return alone * self.update_contention if beside_decoding else alone
 
-    def update_shape(self, lengths: Sequence[int], micro_batch_tokens: int) -> tuple[int, int]:
-        """(positions, attention pairs) an update of trajectories of ``lengths`` computes: cut as the trainer cuts
-        them (``micro_batches``), each row padded to its micro-batch's longest when ``padded_update``."""
-        tokens = pairs = 0
-        for batch in micro_batches(lengths, micro_batch_tokens, size=int):
-            rows = [max(batch)] * len(batch) if self.padded_update else batch
-            tokens += sum(rows)
-            pairs += sum(n * (n + 1) // 2 for n in rows)
-        return tokens, pairs
 
+def update_shape(lengths: Sequence[int], micro_batch_tokens: int, padded: bool) -> tuple[int, int]:
+    """(positions, attention pairs) an update of trajectories of ``lengths`` computes: cut as the trainer cuts them
+    (``micro_batches``), each row padded to its micro-batch's longest when ``padded`` (``Costs.padded_update``)."""
+    tokens = pairs = 0
+    for batch in micro_batches(lengths, micro_batch_tokens, size=int):
+        rows = [max(batch)] * len(batch) if padded else batch
+        tokens += sum(rows)
+        pairs += sum(n * (n + 1) // 2 for n in rows)
+    return tokens, pairs
 
 
 Placements = dict[str, Costs]  # "colocated" (engine and trainer take turns on every device) / "disaggregated"

@@ -6,9 +6,8 @@ otherwise, with the cost engine, the cost environment and, when asked, the real
 ``Verifier`` on the cost engine), then the update (``Costs.update_s`` of the trained
 trajectories as the trainer cuts them into micro-batches, slowed by the engine beside it
 under ``keep_decoding``) and the weight push (``Costs.sync_s``), during which the engine
-decodes only under ``keep_decoding``. Lengths
-come from a ``Script``, so the twin faces the work a measured run faced; its figures are
-the ones the recipe logs.
+decodes only under ``keep_decoding``. Lengths come from a ``Script``, so the twin faces the
+work a measured run faced; its figures are the ones the recipe logs.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 from vlrl.clock import now
-from vlrl.plan.costs import Costs
+from vlrl.plan.costs import Costs, update_shape
 from vlrl.plan.engine import CostEngine, Script
 from vlrl.plan.env import CostEnv
 from vlrl.rewards.verifier import Verifier
@@ -99,7 +98,7 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
             staleness = stats.staleness
         rolled = now()
         lengths = [len(t.token_ids) for t in result.trajectories]
-        shape = costs.update_shape(lengths, plan.micro_batch_tokens)
+        shape = update_shape(lengths, plan.micro_batch_tokens, costs.padded_update)
         await asyncio.sleep(costs.update_s(*shape, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
         await engine.update_weights({}, engine.version + 1)
         end = now()
