@@ -13,7 +13,7 @@ import pytest
 from test_cli import vlrl
 from test_scheduler import KEEP_DECODING, LENGTHS
 from vlrl.plan.clock import simulate
-from vlrl.plan.costs import Costs, load, update_shape
+from vlrl.plan.costs import Costs, load, update_positions
 from vlrl.plan.twin import Plan, simulate_steps
 
 # one decode step a second, whatever the batch; nothing else costs but the update
@@ -204,13 +204,12 @@ def test_a_replayed_run_gives_each_trajectory_the_shape_it_had_there(tmp_path, t
 
 
 def test_an_update_costs_what_the_trainers_micro_batches_compute():
-    costs = Costs(0.0, 0.0, 0.0, 0.0, update_base_s=0.5, update_per_token_s=1e-3, sync_s=0.0,
-                  update_per_pair_s=1e-5)
+    costs = Costs(0.0, 0.0, 0.0, 0.0, update_base_s=0.5, update_per_token_s=1e-3, sync_s=0.0)
     # a budget of 40 tokens cuts [19, 20] and [100]; padded, the 19-token row costs as a 20-token one
-    assert update_shape([100, 19, 20], 40, padded=True) == (140, 2 * 210 + 5050)
-    assert update_shape([100, 19, 20], 40, padded=False) == (139, 190 + 210 + 5050)  # packed: only real positions
-    assert costs.update_s(139, 5450) == pytest.approx(0.5 + 0.139 + 0.0545)
-    assert costs.update_s(139, 5450, beside_decoding=True) == costs.update_s(139, 5450)  # no contention measured
+    assert update_positions([100, 19, 20], 40, padded=True) == 140
+    assert update_positions([100, 19, 20], 40, padded=False) == 139  # packed: only real positions
+    assert costs.update_s(139) == pytest.approx(0.5 + 0.139)
+    assert costs.update_s(139, beside_decoding=True) == costs.update_s(139)  # no contention measured
 
 
 def test_calibrations_fit_keeps_every_cost_non_negative():
@@ -292,7 +291,7 @@ def test_calibrate_measures_this_machine_into_a_cost_file_plan_reads(tmp_path, t
         assert costs.rollout_factor > 0  # measured against the same runs' rollouts
         assert costs.update_contention > 0  # a run with the engine decoding beside its updates
         assert costs.padded_batch  # the HF engine's batch: every row attends to the longest one's length
-        assert costs.padded_update and costs.update_per_pair_s >= 0  # the trainer pads its micro-batches
+        assert costs.padded_update  # the trainer pads its micro-batches
         assert costs.prefill_per_image_s > 0  # a chart through the processor and the vision encoder
     assert "colocated" in out and "disaggregated" in out
     result = vlrl("plan", "--costs", str(tmp_path / "costs.json"), "--steps", "1", "--model", str(tiny_dir))

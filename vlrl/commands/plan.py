@@ -65,8 +65,7 @@ def calibrate(model: Path, out: Path) -> int:
               f"per request + {1e6 * costs.decode_per_context_token_s:.3f} us per context token; prefill "
               f"{1e6 * costs.prefill_per_token_s:.1f} us/token + {1000 * costs.prefill_per_image_s:.1f} ms/image; "
               f"tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
-              f"{1e6 * costs.update_per_token_s:.1f} us/token + {1e9 * costs.update_per_pair_s:.1f} ns per "
-              f"attention pair; sync {1000 * costs.sync_s:.0f} ms; a rollout "
+              f"{1e6 * costs.update_per_token_s:.1f} us/position; sync {1000 * costs.sync_s:.0f} ms; a rollout "
               f"{costs.rollout_factor:.2f}x its engine's time; an update "
               f"{costs.update_contention:.2f}x its own beside the engine decoding")
     print(f"written to {out}")

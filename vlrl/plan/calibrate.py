@@ -13,9 +13,9 @@
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
   update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64, 128 and 256
               tokens (trajectories of about 200 to 950): each step's perf/update_s after the
-              first against what it trained (``lengths.jsonl``, cut and padded into micro-batches
-              as the trainer does): a fixed part, a part per position and a part per pair of
-              positions its attention relates, fitted together; the weight sync is perf/sync_s;
+              first against the positions it trained (``lengths.jsonl``, cut and padded into
+              micro-batches as the trainer does), a line through them; the weight sync is
+              perf/sync_s;
   rollout  -- the same runs' perf/rollout_s over what the twin, with the costs above, predicts for
               their configs and lengths: the factor by which a real rollout (the event loop's work
               per delta, the GIL it shares with the engine's thread, a Ray replica's calls) is
@@ -47,7 +47,7 @@ from vlrl.bench.tools import measure as tool_latency
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
 from vlrl.engines import make_engine
-from vlrl.plan.costs import Costs, update_shape
+from vlrl.plan.costs import Costs, update_positions
 from vlrl.recipes.train import train
 from vlrl.runlog import read_log
 from vlrl.types import SamplingParams
@@ -147,30 +147,30 @@ def records(run: Path, name: str) -> list[dict]:
     return read_log(run, name)[1:]
 
 
-def update_shapes(run: Path) -> list[tuple[int, int]]:
-    """(positions, attention pairs) each step after the first trained (prompt, observations and answers, padded as
-    the trainer pads its micro-batches: ``update_shape``)."""
+def update_positions_of(run: Path) -> list[float]:
+    """Positions each step after the first trained (prompt, observations and answers, padded as the trainer pads its
+    micro-batches: ``update_positions``)."""
     budget = load_config(TrainConfig, run / "config.yaml").optim.micro_batch_tokens
-    return [update_shape([p + sum(turns) + o for p, turns, o in shapes["trajectories"]], budget, padded=True)
-            for shapes in records(run, "lengths")]
+    return [float(update_positions([p + sum(turns) + o for p, turns, o in shapes["trajectories"]], budget,
+                                   padded=True)) for shapes in records(run, "lengths")]
 
 
-def update_costs(runs: list[Path]) -> tuple[float, float, float, float]:
-    """(update base s, s per trained position, s per attention pair, weight sync s) of ``runs``."""
-    shapes, seconds, syncs = [], [], []
+def update_costs(runs: list[Path]) -> tuple[float, float, float]:
+    """(update base s, s per trained position, weight sync s) of ``runs``."""
+    positions, seconds, syncs = [], [], []
     for run in runs:
         steps = records(run, "metrics")
-        shapes += update_shapes(run)
+        positions += update_positions_of(run)
         seconds += [r["perf/update_s"] for r in steps]
         syncs += [r["perf/sync_s"] for r in steps]
-    base, per_token, per_pair = fit([[1.0, float(n), float(pairs)] for n, pairs in shapes], seconds)
-    return base, per_token, per_pair, statistics.median(syncs)
+    base, per_position = line(positions, seconds)
+    return base, per_position, statistics.median(syncs)
 
 
 def update_contention(run: Path, costs: Costs) -> float:
-    """A run's measured update seconds (the engine decoding beside them) over ``costs``' for its shapes alone."""
+    """A run's measured update seconds (the engine decoding beside them) over ``costs``' for its positions alone."""
     measured = sum(r["perf/update_s"] for r in records(run, "metrics"))
-    return measured / sum(costs.update_s(*shape) for shape in update_shapes(run))
+    return measured / sum(costs.update_s(int(n)) for n in update_positions_of(run))
 
 
 def rollout_factor(runs: list[Path], costs: Costs, model_dir: Path) -> float:
@@ -202,10 +202,9 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
             decode_base, per_request, per_context, prefill, per_image = asyncio.run(engine_costs(model_dir))
             with tempfile.TemporaryDirectory() as tmp:
                 runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
-                update_base, per_token, per_pair, sync = update_costs(runs)
-                costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_token, sync, per_context,
-                              padded_batch=True, prefill_per_image_s=per_image, update_per_pair_s=per_pair,
-                              padded_update=True,
+                update_base, per_position, sync = update_costs(runs)
+                costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_position, sync, per_context,
+                              padded_batch=True, prefill_per_image_s=per_image, padded_update=True,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
                 beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
                                    "calibrate-beside")

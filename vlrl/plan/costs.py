@@ -4,8 +4,8 @@
 from published figures. The decode step grows with the batch (linear in the requests
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
-trainer's forward and backward read them all) and per pair of positions its attention
-relates, over the micro-batches the trainer cuts (``update_shape``). Inside a rollout the
+trainer's forward and backward read them all), over the micro-batches the trainer cuts
+(``update_positions``). Inside a rollout the
 engine's work is scaled by ``rollout_factor``, what a real rollout adds to the engine's own
 time; an update the engine decodes beside (``decode_during_update``) by
 ``update_contention``, what sharing the machine with it costs.
@@ -43,9 +43,6 @@ class Costs:
     # longest context) tokens; else (vLLM's paged KV) to the sum of the requests' contexts
     padded_batch: bool = False
     prefill_per_image_s: float = 0.0  # an image a prefill brings: the processor and the vision encoder's pass
-    # per pair of positions the update's causal attention relates (a row of L positions: L (L + 1) / 2), the part of
-    # its cost that grows with the square of a trajectory's length
-    update_per_pair_s: float = 0.0
     # the trainer right-pads each micro-batch to its longest row (vlrl's trainer), so padded positions cost as trained
     # ones; else (packed sequences, as verl's remove-padding) only the real tokens count
     padded_update: bool = False
@@ -65,22 +62,18 @@ class Costs:
         """A prefill of ``tokens`` uncached tokens, ``images`` of their images new to the engine."""
         return self.prefill_per_token_s * tokens + self.prefill_per_image_s * images
 
-    def update_s(self, tokens: int, pairs: int = 0, beside_decoding: bool = False) -> float:
-        """The update of ``tokens`` trained positions relating ``pairs`` (``update_shape``), alone or with the engine
-        decoding beside it."""
-        alone = self.update_base_s + self.update_per_token_s * tokens + self.update_per_pair_s * pairs
+    def update_s(self, tokens: int, beside_decoding: bool = False) -> float:
+        """The update of ``tokens`` trained positions (``update_positions``), alone or with the engine decoding beside
+        it."""
+        alone = self.update_base_s + self.update_per_token_s * tokens
         return alone * self.update_contention if beside_decoding else alone
 
 
-def update_shape(lengths: Sequence[int], micro_batch_tokens: int, padded: bool) -> tuple[int, int]:
-    """(positions, attention pairs) an update of trajectories of ``lengths`` computes: cut as the trainer cuts them
-    (``micro_batches``), each row padded to its micro-batch's longest when ``padded`` (``Costs.padded_update``)."""
-    tokens = pairs = 0
-    for batch in micro_batches(lengths, micro_batch_tokens, size=int):
-        rows = [max(batch)] * len(batch) if padded else batch
-        tokens += sum(rows)
-        pairs += sum(n * (n + 1) // 2 for n in rows)
-    return tokens, pairs
+def update_positions(lengths: Sequence[int], micro_batch_tokens: int, padded: bool) -> int:
+    """Positions an update of trajectories of ``lengths`` computes: cut as the trainer cuts them (``micro_batches``),
+    each row padded to its micro-batch's longest when ``padded`` (``Costs.padded_update``)."""
+    return sum(max(batch) * len(batch) if padded else sum(batch)
+               for batch in micro_batches(lengths, micro_batch_tokens, size=int))
 
 
 Placements = dict[str, Costs]  # "colocated" (engine and trainer take turns on every device) / "disaggregated"

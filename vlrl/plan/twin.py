@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 from vlrl.clock import now
-from vlrl.plan.costs import Costs, update_shape
+from vlrl.plan.costs import Costs, update_positions
 from vlrl.plan.engine import CostEngine, Script
 from vlrl.plan.env import CostEnv
 from vlrl.rewards.verifier import Verifier
@@ -98,8 +98,8 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
             staleness = stats.staleness
         rolled = now()
         lengths = [len(t.token_ids) for t in result.trajectories]
-        shape = update_shape(lengths, plan.micro_batch_tokens, costs.padded_update)
-        await asyncio.sleep(costs.update_s(*shape, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
+        positions = update_positions(lengths, plan.micro_batch_tokens, costs.padded_update)
+        await asyncio.sleep(costs.update_s(positions, plan.keep_decoding) + costs.sync_s if result.groups else 0.0)
         await engine.update_weights({}, engine.version + 1)
         end = now()
         close = end if plan.keep_decoding else rolled
