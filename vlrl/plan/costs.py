@@ -5,10 +5,9 @@ from published figures. The decode step grows with the batch (linear in the requ
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
 trainer's forward and backward read them all), over the micro-batches the trainer cuts
-(``update_positions``). Inside a rollout the
-engine's work is scaled by ``rollout_factor``, what a real rollout adds to the engine's own
-time; an update the engine decodes beside (``decode_during_update``) by
-``update_contention``, what sharing the machine with it costs.
+(``update_positions``). Inside a rollout the engine's work is scaled by ``rollout_factor``,
+what a real rollout adds to the engine's own time; an update the engine decodes beside
+(``decode_during_update``) by ``update_contention``, what sharing the machine with it costs.
 """
 
 from __future__ import annotations
