@@ -196,3 +196,9 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["cases"] == 3 and 0 <= figures["mean_rel_error"] <= figures["max_rel_error"]
     assert "measured s | predicted s" in out and "rollout s measured / predicted" in out
+    assert "engine busy s measured / predicted" in out  # the engine's own seconds, beside the twin's
+    # fitted to the runs' own counters, each run predicted from the others of its placement (sync from intra's,
+    # intra from sync's; the only disaggregated run from the cost file)
+    out = vlrl("plan", "--validate", str(tmp_path / "runs"), "--costs", str(tmp_path / "costs.json"), "--fit",
+               str(tmp_path / "runs"), "--json").stdout
+    assert "each run predicted from the others" in out and json.loads(out.strip().splitlines()[-1])["cases"] == 3

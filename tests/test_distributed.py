@@ -192,8 +192,10 @@ def test_overlap_with_a_streaming_verifier_runs_unchanged_over_replicas(train_co
     for r in records:
         assert r["engine/replica_0_requests"] > 0 and r["engine/replica_1_requests"] > 0
         assert r["engine/replicas_alive"] == 2 and r["rollout/trajectories"] == 6
+        assert r["engine/busy_s"] >= r["engine/decode_s"] + r["engine/prefill_s"] > 0  # the replicas' own counters
         assert r["verifier/early_tokens"] > 0 and r["perf/version"] == r["step"] + 1
         assert r["sched/requests_paused"] == 0 or not decode_during_update  # disaggregated: nothing is aborted
+    assert sum(r["engine/decode_rows"] for r in records) > 0
     groups = json.loads((run_dir / "summary.json").read_text())["groups"]
     assert groups["entered"] == groups["trained"] + groups["in_flight_at_end"] == sum(
         r["sched/groups_started"] for r in records)

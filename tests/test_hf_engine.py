@@ -25,6 +25,12 @@ def test_64_concurrent_streams_match_their_solo_runs(hf_engine, run, tokenizer, 
     concurrent = run(together())
     stats = hf_engine.take_stats()
     assert stats["prefill_rows"] > stats["prefill_forwards"], stats  # prompts of similar lengths shared forwards
+    # the engine's account of its work: every token after a request's first is one row of a decode step
+    assert stats["decode_rows"] == sum(len(c.token_ids) - 1 for c in concurrent), stats
+    contexts = sum(len(r[0]) * (len(c.token_ids) - 1) for r, c in zip(requests, concurrent))
+    assert stats["decode_positions"] > contexts, stats  # each row attends to its prompt at least, padded to the batch
+    assert stats["cache_positions"] > 0 and stats["prefill_positions"] >= sum(len(r[0]) for r in requests) / 4
+    assert stats["busy_s"] >= stats["decode_s"] + stats["prefill_s"] + stats["cache_s"] > 0, stats
     for req, got in zip(requests, concurrent):
         solo = run(hf_engine.complete(req[0], req[1], req[2], req[3] + "-solo"))
         assert got.token_ids == solo.token_ids and len(got.token_ids) == req[2].max_tokens

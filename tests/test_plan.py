@@ -150,11 +150,79 @@ def test_a_padded_batch_costs_every_request_the_longest_context(tokenizer):
                     return loop.time() - began
 
                 ends[padded, tick] = await asyncio.gather(*(one(t) for t in answers))
+                stats[padded, tick] = engine.take_stats()
                 await engine.close()
 
+    stats = {}
     simulate(main())
     assert ends[False, 1] == ends[False, 8] == [26.0, 48.0]
     assert ends[True, 1] == ends[True, 8] == [42.0, 64.0]
+    for (padded, tick), counted in stats.items():  # the engine's account: 6 steps, 2 x 2 + 4 rows, all of it decode
+        seconds = 64.0 if padded else 48.0
+        assert {k: v for k, v in counted.items() if k != "cache_positions"} == {
+            "busy_s": seconds, "decode_s": seconds, "decode_steps": 6, "decode_rows": 8, "decode_positions": seconds,
+            "prefill_s": 0.0, "prefill_positions": 12, "prefill_images": 0, "cache_s": 0.0}, (padded, tick)
+
+
+def test_a_groups_same_prompts_are_computed_once(tokenizer):
+    """Two samples of a prompt join together: its image is encoded once. Their first turns equally long (a tool call
+    of the same few tokens), their second turns' prompts are taken as the same and computed once more, one image;
+    first turns of different lengths bring an image each."""
+    from vlrl.plan.engine import FILLER, IMAGE, CostEngine
+    from vlrl.types import SamplingParams
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt, observation = [IMAGE] + [FILLER] * 9, [IMAGE] + [FILLER] * 4
+    images = {}
+
+    async def main():
+        for firsts in ((3, 3), (3, 4)):
+            turns = {f"g-{k}": [first, 5] for k, first in enumerate(firsts)}
+            engine = CostEngine(Costs(**TICKS), lambda traj: turns[traj], eos, shared_prompt=len(prompt))
+            sampling = SamplingParams(max_tokens=100)
+
+            async def both_turns(traj):
+                first = await engine.complete(prompt, [], sampling, f"{traj}/t0")
+                await engine.complete(prompt + list(first.token_ids) + observation, [], sampling, f"{traj}/t1")
+
+            await asyncio.gather(*(both_turns(traj) for traj in turns))
+            images[firsts] = engine.take_stats()["prefill_images"]
+            await engine.close()
+
+    simulate(main())
+    assert images == {(3, 3): 2, (3, 4): 3}
+
+
+def test_a_padded_batch_is_rebuilt_as_requests_join_and_leave(tokenizer):
+    """A decode step a second, a tenth of a second per position of a rebuilt cache. A (prompt 10, answer 2) and B
+    (prompt 2, answer 6) join together: a cache of 2 rows x 10 (2 s), two steps end A at 4 s; B's cache rebuilt alone,
+    1 x (2 + 2) (0.4 s), four more steps end B at 8.4 s. A paged cache (not padded) is never rebuilt: 2 and 6 s."""
+    from vlrl.plan.engine import CostEngine
+    from vlrl.types import SamplingParams
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    answers, prompts = {"g-0": 2, "g-1": 6}, {"g-0": [1] * 10, "g-1": [1, 2]}
+    ends, stats = {}, {}
+
+    async def main():
+        for padded in (True, False):
+            engine = CostEngine(Costs(**TICKS, padded_batch=padded, cache_per_position_s=0.1),
+                                lambda traj: [answers[traj]], eos)
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+
+            async def one(traj):
+                await engine.complete(prompts[traj], [], SamplingParams(max_tokens=100), f"{traj}/t0")
+                return loop.time() - began
+
+            ends[padded] = await asyncio.gather(*(one(t) for t in answers))
+            stats[padded] = engine.take_stats()
+            await engine.close()
+
+    simulate(main())
+    assert ends[True] == pytest.approx([4.0, 8.4]) and ends[False] == [2.0, 6.0]
+    assert stats[True]["cache_positions"] == 24 and stats[True]["cache_s"] == pytest.approx(2.4)
+    assert stats[True]["busy_s"] == pytest.approx(6 + 2.4) and stats[False]["cache_positions"] == 0
 
 
 def test_a_prefill_encodes_the_images_it_brings_and_again_after_an_update(tokenizer):
@@ -220,6 +288,26 @@ def test_calibrations_fit_keeps_every_cost_non_negative():
     # a line that would cross below zero at no work: no negative fixed cost, the slope through the origin instead
     assert line(xs, [3 * x - 1 for x in xs]) == pytest.approx((0.0, sum(x * (3 * x - 1) for x in xs) / 30))
     assert fit([[1.0, x] for x in xs], [-x for x in xs]) == [0.0, 0.0]  # costs that shrink with work: none
+
+
+def test_the_engines_costs_are_fitted_back_from_the_counters_it_logged(tokenizer):
+    """The twin's cost engine logs the HF engine's counters; fitted to them step by step, `--fit` finds the costs
+    the steps were charged (the overlap schedule with a streamed verifier: prefills, images, joins and leaves)."""
+    from vlrl.plan.calibrate import engine_fit
+
+    truth = dict(decode_base_s=2e-3, decode_per_request_s=3e-4, decode_per_context_token_s=5e-7,
+                 prefill_per_token_s=4e-5, prefill_per_image_s=2e-2, cache_per_position_s=1e-6)
+    costs = Costs(**{**TICKS, **truth}, padded_batch=True)
+    lengths = {f"s{s}-{g}": [7 + 13 * ((s * 5 + g * 3 + m) % 11) for m in range(3)] for s in range(8) for g in range(4)}
+    plan = Plan("overlap", groups=2, group_size=3, extra=2, verifier=True, chunk_tokens=16, max_tokens=400,
+                prompt_tokens=50, observation_tokens=20)
+    steps = simulate(simulate_steps(plan, costs, scripted(lengths), 6, tokenizer,
+                                    tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    records = [{f"engine/{name}": value for name, value in s.engine.items()} for s in steps]
+    assert all(r["engine/prefill_images"] > 0 and r["engine/cache_positions"] > 0 for r in records)
+    assert engine_fit(records) == pytest.approx(truth, rel=1e-6)
+    with pytest.raises(ValueError, match="missing.*cache_s"):
+        engine_fit([{k: v for k, v in r.items() if k != "engine/cache_s"} for r in records])
 
 
 def cost_file(path, decode_per_request_s=0.0):

@@ -29,6 +29,10 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--max-tokens", type=int, default=1024, help="a turn's token cap")
     plan.add_argument("--validate", metavar="RUNS", help="a `vlrl bench overlap --keep` folder: measured vs "
                                                           "predicted step time of each run in it")
+    plan.add_argument("--fit", metavar="RUNS", help="a folder of `vlrl train` runs of the HF engine (`vlrl bench "
+                                                    "overlap --keep`): the engine's and the update's costs fitted to "
+                                                    "what they measured themselves, over --costs; with --validate of "
+                                                    "the same folder, each run is predicted from the others")
     plan.add_argument("--model", help="model folder whose tokenizer the verifier uses (calibrate: the model it "
                                       "measures; default: a tiny model built in a temp folder)")
     plan.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
@@ -43,12 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from vlrl.plan.costs import load
 
     if args.preset:
-        if args.validate:
-            raise ValueError("--validate compares with runs measured on this machine: give --costs, not --preset")
+        if args.validate or args.fit:
+            raise ValueError("--validate and --fit read runs measured on this machine: give --costs, not --preset")
         return with_model(args.model, lambda model: predict(args, None, model), max_pixels=TINY_PIXELS)
     placements = load(args.costs)
+    fit = Path(args.fit) if args.fit else None
     if args.validate:
-        return with_model(args.model, lambda model: validate(Path(args.validate), placements, model, args.json),
+        return with_model(args.model, lambda model: validate(Path(args.validate), placements, model, args.json, fit),
                           max_pixels=TINY_PIXELS)
     return with_model(args.model, lambda model: predict(args, placements, model), max_pixels=TINY_PIXELS)
 
@@ -64,7 +69,7 @@ def calibrate(model: Path, out: Path) -> int:
         print(f"{name:13s} decode {1000 * costs.decode_base_s:.2f} ms + {1000 * costs.decode_per_request_s:.3f} ms "
               f"per request + {1e6 * costs.decode_per_context_token_s:.3f} us per context token; prefill "
               f"{1e6 * costs.prefill_per_token_s:.1f} us/token + {1000 * costs.prefill_per_image_s:.1f} ms/image; "
-              f"tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
+              f"the batch's cache rebuilt {1e9 * costs.cache_per_position_s:.0f} ns/position; tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
               f"{1e6 * costs.update_per_token_s:.1f} us/position; sync {1000 * costs.sync_s:.0f} ms; a rollout "
               f"{costs.rollout_factor:.2f}x its engine's time; an update "
               f"{costs.update_contention:.2f}x its own beside the engine decoding")
@@ -91,9 +96,12 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
         placements = preset.placements(args.preset)
         workload = replace(workload, prompt_tokens=preset.prompt_tokens, observation_tokens=preset.observation_tokens)
     tokenizer, eos = _tokenizer(model)
+    if args.fit:
+        placements = report.fitted_to(Path(args.fit), placements, tokenizer, eos)
     results = report.schedules(placements, workload, args.steps, tokenizer, eos, args.max_tokens, preset)
     base = results["sync"]["step_s"]
-    costs = f"preset {args.preset}, a projection" if preset else f"costs: {args.costs}"
+    costs = f"preset {args.preset}, a projection" if preset else f"costs: {args.costs}" + (
+        f", fitted to {args.fit}" if args.fit else "")
     batch = f"{preset.groups} groups x {preset.group_size}" if preset else f"{GROUPS} groups x {GROUP_SIZE}"
     print(f"predicted by the twin ({workload.source}; {costs}; {batch}), mean of {args.steps} steps after 1:")
     print("schedule      | step s | rollout s | update s | speedup | busy | bubble | staleness")
@@ -115,17 +123,27 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
     return 0
 
 
-def validate(runs: Path, placements: Any, model: Path, as_json: bool) -> int:
+def validate(runs: Path, placements: Any, model: Path, as_json: bool, fit: Path | None) -> int:
     from vlrl.plan.report import validate as cases_of
 
     tokenizer, eos = _tokenizer(model)
-    cases = cases_of(runs, placements, tokenizer, eos)
+    cases = cases_of(runs, placements, tokenizer, eos, fit)
+    if fit is not None:
+        print(f"costs fitted to the runs in {fit}" + (", each run predicted from the others" if fit == runs else ""))
     print("run                                   | placement     | measured s | predicted s | error | rollout s "
           "measured / predicted | update s measured / predicted")
     for c in cases:
         print(f"{c['run']:37s} | {c['placement']:13s} | {c['measured_s']:10.2f} | {c['predicted_s']:11.2f} | "
               f"{100 * c['rel_error']:4.0f}% | {c['measured_rollout_s']:15.2f} / {c['predicted_rollout_s']:5.2f} | "
               f"{c['measured_update_s']:14.2f} / {c['predicted_update_s']:5.2f}")
+    engine = [c for c in cases if "measured_engine_busy_s" in c]
+    if engine:  # the engine's own seconds a step: where the rollout's time went, and where the twin differs
+        print("run                                   | engine busy s measured / predicted | decode s    | prefill s   "
+              "| cache s")
+        for c in engine:
+            print(f"{c['run']:37s} | {c['measured_engine_busy_s']:22.2f} / {c['predicted_engine_busy_s']:9.2f} | "
+                  + " | ".join(f"{c[f'measured_engine_{n}']:4.2f} / {c[f'predicted_engine_{n}']:4.2f}"
+                               for n in ("decode_s", "prefill_s", "cache_s")))
     errors = [c["rel_error"] for c in cases]
     figures = {"cases": len(cases), "max_rel_error": round(max(errors), 3),
                "mean_rel_error": round(sum(errors) / len(errors), 3)}

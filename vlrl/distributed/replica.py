@@ -73,8 +73,10 @@ class EngineReplica:
         self.served.append(request_key)
         return await self._engine().score_next(request_key, prompt_ids, images, token_ids)
 
-    async def update_weights(self, weights: dict[str, Any], version: int) -> None:
+    async def update_weights(self, weights: dict[str, Any], version: int) -> dict[str, float]:
+        """Load the weights; the engine's counters since the last push (the router adds them to its own)."""
         await self._engine().update_weights(weights, version)
+        return self._engine().take_stats()
 
     async def reset_prefix_cache(self) -> None:
         await self._engine().reset_prefix_cache()

@@ -84,6 +84,7 @@ class ReplicaRouter(Engine):
         self._serial = itertools.count()
         self._closing = False
         self._counts = {"failovers": 0, "losses": 0, "restarts": 0}
+        self._engines: dict[str, float] = {}  # the replicas' engine counters, summed (``take_stats``)
 
     @classmethod
     async def create(cls, model: ModelConfig, engine: EngineConfig, placement_timeout_s: float) -> ReplicaRouter:
@@ -198,6 +199,9 @@ class ReplicaRouter(Engine):
                 self._lose(slot, handle, result)
             elif isinstance(result, BaseException):
                 raise result
+            else:
+                for name, value in result.items():
+                    self._engines[name] = self._engines.get(name, 0.0) + value
         self.version = version
 
     async def reset_prefix_cache(self) -> None:
@@ -218,8 +222,11 @@ class ReplicaRouter(Engine):
 
     def take_stats(self) -> dict[str, float]:
         """Calls placed on each replica, requests moved off a lost replica, replicas lost and restarted, and
-        replicas alive now; the counts are since the last call."""
-        stats: dict[str, float] = {f"replica_{slot.index}_requests": slot.requests for slot in self.slots}
+        replicas alive now; the replicas' own engine counters summed, as they stood at the last weight push; the
+        counts are since the last call."""
+        stats: dict[str, float] = dict(self._engines)
+        self._engines = {}
+        stats |= {f"replica_{slot.index}_requests": slot.requests for slot in self.slots}
         stats |= {f"replica_{name}": count for name, count in self._counts.items()}
         stats["replicas_alive"] = sum(slot.handle is not None for slot in self.slots)
         for slot in self.slots:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,20 @@ from vlrl.worker_thread import WorkerThread
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, H, L, D)
 
 PIECES_TOGETHER, PIECE_WAIT_STEPS = 8, 4  # a verifier's requests wait for up to 8 others or 4 steps (_admissible)
+STATS = {  # the engine's counters (``take_stats``), with what each counts
+    "busy_s": "seconds the engine's thread spent in steps (what follows, and the requests' bookkeeping)",
+    "decode_s": "seconds in decode forwards and their sampling",
+    "decode_steps": "decode forwards",
+    "decode_rows": "requests decoded, summed over the decode forwards",
+    "decode_positions": "positions the decode forwards attended to, padding included (rows x the batch's width)",
+    "prefill_s": "seconds in prefill forwards (their images' encoding and first samples included)",
+    "prefill_forwards": "prefill forwards",
+    "prefill_rows": "requests prefilled (rows / forwards: how well prefills batch)",
+    "prefill_positions": "positions the prefill forwards computed, padding included",
+    "prefill_images": "images the prefill forwards encoded",
+    "cache_s": "seconds rebuilding the running batch's KV cache as requests join and leave it",
+    "cache_positions": "positions of the rebuilt caches (rows x width), each copied once",
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -186,7 +201,7 @@ class HFEngine(Engine):
         self.max_num_seqs = max_num_seqs
         self.prefix_cache_tokens = prefix_cache_tokens
         self.max_prefill_tokens = max_prefill_tokens
-        self._prefills = {"prefill_forwards": 0, "prefill_rows": 0}  # since the last ``take_stats``
+        self._stats = dict.fromkeys(STATS, 0.0)  # since the last ``take_stats``
         self.eos_ids = model_eos_ids(model_dir)
         self.version = 0
         self._waiting: list[_Request] = []
@@ -265,9 +280,9 @@ class HFEngine(Engine):
             self.version = version
 
     def take_stats(self) -> dict[str, float]:
-        """Prefill forwards run and the requests they prefilled (rows / forwards: how well prefills batch)."""
-        stats, self._prefills = self._prefills, dict.fromkeys(self._prefills, 0)
-        return dict(stats)
+        """``STATS``: where the engine's time went, and the work it did for it."""
+        stats, self._stats = self._stats, dict.fromkeys(STATS, 0.0)
+        return stats
 
     async def reset_prefix_cache(self) -> None:
         async with self._get_lock():
@@ -437,9 +452,15 @@ class HFEngine(Engine):
 
     @torch.no_grad()
     def _step(self, admit: list[_Request], gone: set[str]) -> list[tuple[_Request, int, float, int]]:
+        began, rows = time.perf_counter(), len(self._batch.rows)
         for req, kv in self._batch.drop(gone):
             self._keep_prefix(req.cache_key, req.fed_ids, req.image_keys, kv)
+        if self._batch.rows and len(self._batch.rows) != rows:
+            self._count_cache(began)
+        decoding = time.perf_counter()
         results = self._decode() if self._batch.rows else []
+        prefilling = time.perf_counter()
+        self._stats["decode_s"] += prefilling - decoding
         leaders: dict[tuple, _Request] = {}  # prompt -> the request that prefills it; a group's others share it
         for req in sorted(admit, key=lambda r: not r.wants_logits):  # a leader that yields logits, if any does
             leaders.setdefault((tuple(req.prompt_ids), tuple(req.image_keys)), req)
@@ -460,8 +481,18 @@ class HFEngine(Engine):
             (tok,), (lp,) = sample_next(logits[leader.id], [req.sampling], [req.generator], [req.suppress])
             results.append((req, tok, lp, self.version))
             joining.append(req)
-        self._batch.join(joining)
+        joined = time.perf_counter()
+        self._stats["prefill_s"] += joined - prefilling
+        if joining:
+            self._batch.join(joining)
+            self._count_cache(joined)
+        self._stats["busy_s"] += time.perf_counter() - began
         return results
+
+    def _count_cache(self, since: float) -> None:
+        """Count a rebuild of the running batch's cache that began at ``since``."""
+        self._stats["cache_s"] += time.perf_counter() - since
+        self._stats["cache_positions"] += len(self._batch.rows) * self._batch.mask.shape[1]
 
     def _prefill_all(self, reqs: list[_Request]) -> dict[str, torch.Tensor]:
         """Run every request's uncached prompt, several rows to a forward; each request's next-token logits (1, V).
@@ -517,7 +548,8 @@ class HFEngine(Engine):
         positions = torch.stack([torch.cat([w.positions, w.positions[:, -1:].expand(3, length - len(w.ids))], 1)
                                  for w in works], 1)  # padding repeats the last position
         mask = torch.tensor([[0] * (width - p) + [1] * (p + n) + [0] * (length - n) for p, n in zip(past, new)])
-        pixels = self.vision.encode([im for w in works for im in w.images])
+        images = [im for w in works for im in w.images]
+        pixels = self.vision.encode(images)
         out = self.model(
             input_ids=input_ids.to(self.device),
             position_ids=positions.to(self.device),
@@ -527,8 +559,10 @@ class HFEngine(Engine):
             image_grid_thw=pixels.grid_thw.to(self.device) if pixels is not None else None,
             use_cache=True,
         )
-        self._prefills["prefill_forwards"] += 1
-        self._prefills["prefill_rows"] += len(works)
+        self._stats["prefill_forwards"] += 1
+        self._stats["prefill_rows"] += len(works)
+        self._stats["prefill_positions"] += len(works) * length
+        self._stats["prefill_images"] += len(images)
         kv = [(k, v) for k, v, *_ in out.past_key_values]
         logits = []
         for i, (w, p, n) in enumerate(zip(works, past, new)):
@@ -554,6 +588,9 @@ class HFEngine(Engine):
         batch.mask = mask
         for r in rows:
             r.next_pos += 1
+        self._stats["decode_steps"] += 1
+        self._stats["decode_rows"] += len(rows)
+        self._stats["decode_positions"] += mask.numel()
         tokens, logprobs = sample_next(
             out.logits[:, -1], [r.sampling for r in rows], [r.generator for r in rows], [r.suppress for r in rows]
         )

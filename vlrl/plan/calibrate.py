@@ -10,6 +10,8 @@
               3 each): seconds per token; and of a question with a chart never seen before
               against text of its length, right after it (the median of 7 differences):
               seconds per image (the processor, the vision encoder);
+  cache    -- the engine's own count, over the decode runs, of the seconds it spent rebuilding its
+              batch's cache as requests joined and left, per position of the rebuilt caches;
   tool     -- the sandboxed focus tool (`vlrl bench tools`' measurement): its median latency;
   update   -- short `vlrl train` runs (GRPO, the HF engine) at answer caps of 16, 64, 128 and 256
               tokens (trajectories of about 200 to 950): each step's perf/update_s after the
@@ -37,6 +39,7 @@ import time
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +57,8 @@ from vlrl.types import SamplingParams
 from vlrl.vision import VisionInputs
 
 BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 128, 256), 3
+ENGINE_COUNTERS = ("decode_s", "decode_steps", "decode_rows", "decode_positions", "prefill_s", "prefill_positions",
+                   "prefill_images", "cache_s", "cache_positions")  # what ``fitted`` reads (the HF engine's STATS)
 IMAGE_PAIRS = 7  # a small chart costs a few ms: the median of paired differences, not of separate medians
 TRAIN = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",
@@ -86,9 +91,9 @@ def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return base, slope
 
 
-async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, float]:
-    """(decode base s, s per request, s per context token, prefill s per token, prefill s per image) of the HF engine
-    on this process's threads."""
+async def engine_costs(model_dir: Path) -> dict[str, float]:
+    """The HF engine's ``Costs`` on this process's threads: decode (base, per request, per context token), prefill
+    (per token, per image), and its batch's cache rebuilds (per position, the engine's own count)."""
     engine = await make_engine(ModelConfig(str(model_dir)), EngineConfig(kind="hf", max_num_seqs=max(BATCHES)))
     try:
         tokenizer, vision = AutoTokenizer.from_pretrained(model_dir), VisionInputs(model_dir)
@@ -102,6 +107,7 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, flo
             return time.perf_counter() - began
 
         await batch(2, LENGTHS[0], "warm")
+        engine.take_stats()
         short, mid, long = LENGTHS
         early, late = [], []  # seconds per step over the first window of answer tokens, and over the second
         for n in BATCHES:
@@ -113,6 +119,7 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, flo
         per_context = max(sum((b - a) * m for a, b, m in zip(early, late, more)) / sum(m * m for m in more), 0.0)
         at_early = [s - per_context * n * (len(prompt) + (short + mid) / 2) for s, n in zip(early, BATCHES)]
         base, per_request = line([float(n) for n in BATCHES], at_early)
+        rebuilt = engine.take_stats()
         async def prefill(key: str, ids: list[int], images: list) -> float:
             began = time.perf_counter()
             await engine.prefill(key, ids, images)
@@ -129,8 +136,10 @@ async def engine_costs(model_dir: Path) -> tuple[float, float, float, float, flo
             ids = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
             with_image = await prefill(f"image-{r}", ids, [image])
             extra.append(with_image - await prefill(f"text-{r}", fresh(len(ids), 9 + r), []))
-        per_image = max(statistics.median(extra), 0.0)
-        return base, per_request, per_context, line([float(n) for n in FILLS], fills)[1], per_image
+        return {"decode_base_s": base, "decode_per_request_s": per_request, "decode_per_context_token_s": per_context,
+                "prefill_per_token_s": line([float(n) for n in FILLS], fills)[1],
+                "prefill_per_image_s": max(statistics.median(extra), 0.0),
+                "cache_per_position_s": rebuilt["cache_s"] / max(rebuilt["cache_positions"], 1)}
     finally:
         await engine.close()
 
@@ -155,13 +164,15 @@ def update_positions_of(run: Path) -> list[float]:
                                    padded=True)) for shapes in records(run, "lengths")]
 
 
-def update_costs(runs: list[Path]) -> tuple[float, float, float]:
-    """(update base s, s per trained position, weight sync s) of ``runs``."""
+def update_costs(runs: list[Path], contention: float = 1.0) -> tuple[float, float, float]:
+    """(update base s, s per trained position, weight sync s) of ``runs``; the updates of a run whose engine decoded
+    beside them (``decode_during_update``) taken as ``contention`` times their cost alone."""
     positions, seconds, syncs = [], [], []
     for run in runs:
         steps = records(run, "metrics")
+        beside = load_config(TrainConfig, run / "config.yaml").rollout.decode_during_update
         positions += update_positions_of(run)
-        seconds += [r["perf/update_s"] for r in steps]
+        seconds += [r["perf/update_s"] / (contention if beside else 1.0) for r in steps]
         syncs += [r["perf/sync_s"] for r in steps]
     base, per_position = line(positions, seconds)
     return base, per_position, statistics.median(syncs)
@@ -173,25 +184,61 @@ def update_contention(run: Path, costs: Costs) -> float:
     return measured / sum(costs.update_s(int(n)) for n in update_positions_of(run))
 
 
-def rollout_factor(runs: list[Path], costs: Costs, model_dir: Path) -> float:
+def rollout_factor(runs: list[Path], costs: Costs, tokenizer: Any, eos: int) -> float:
     """The runs' measured rollout seconds over the twin's prediction for them (their configs and lengths)."""
     from vlrl.plan.report import plan_of, predict
     from vlrl.plan.workloads import from_run
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     measured = predicted = 0.0
     for run in runs:
         steps = records(run, "metrics")
         plan, _ = plan_of(load_config(TrainConfig, run / "config.yaml"))
-        measured += statistics.mean(r["perf/rollout_s"] for r in steps)
+        measured += statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps)
         predicted += predict(plan, costs, from_run(run), len(steps), tokenizer, eos)["rollout_s"]
     return measured / predicted
+
+
+def engine_fit(steps: list[dict]) -> dict[str, float]:
+    """The engine's ``Costs`` fitted to the counters it logged (``engine/*`` of metrics.jsonl records), step by step:
+    decode seconds over its steps, rows and attended positions; prefill over its positions and images; the batch's
+    cache over the positions rebuilt (``fit``: none below zero)."""
+    missing = sorted({name for name in ENGINE_COUNTERS for r in steps if f"engine/{name}" not in r})
+    if not steps or missing:
+        raise ValueError(f"no steps with the engine's counters to fit to (missing {missing or 'every step'}; runs of "
+                         f"the HF engine log them)")
+
+    def counted(columns: tuple[str, ...], seconds: str) -> list[float]:
+        return fit([[r[f"engine/{c}"] for c in columns] for r in steps], [r[f"engine/{seconds}"] for r in steps])
+
+    base, per_request, per_context = counted(("decode_steps", "decode_rows", "decode_positions"), "decode_s")
+    per_token, per_image = counted(("prefill_positions", "prefill_images"), "prefill_s")
+    [per_position] = counted(("cache_positions",), "cache_s")
+    return {"decode_base_s": base, "decode_per_request_s": per_request, "decode_per_context_token_s": per_context,
+            "prefill_per_token_s": per_token, "prefill_per_image_s": per_image, "cache_per_position_s": per_position}
+
+
+def fitted(runs: list[Path], base: Costs, tokenizer: Any, eos: int) -> Costs:
+    """``base`` with what ``runs`` (of one placement) measured themselves: the engine's costs fitted to its counters
+    (``engine_fit``), the update's line to their updates and positions, their weight push, then the rollout factor
+    over those. The tool's latency and the update's contention stay ``base``'s (a run's logs do not separate them).
+    Where the machine's speed drifts, costs fitted to the runs themselves leave out the drift that a calibration done
+    at another time brings in."""
+    steps = [r for run in runs for r in records(run, "metrics")]
+    try:
+        engine = engine_fit(steps)
+    except ValueError as e:
+        raise ValueError(f"{[str(run) for run in runs]}: {e}") from None
+    update_base, update_per_position, sync = update_costs(runs, base.update_contention)
+    costs = replace(base, **engine, update_base_s=update_base, update_per_token_s=update_per_position, sync_s=sync,
+                    rollout_factor=1.0, source=f"{base.source}; fitted to {len(steps)} steps of {len(runs)} run(s)")
+    return replace(costs, rollout_factor=rollout_factor(runs, costs, tokenizer, eos))
 
 
 def calibrate(model_dir: Path) -> dict[str, Costs]:
     """This machine's costs for both placements (see the module docstring)."""
     tool_s = asyncio.run(tool_latency(40, 2))["p50_ms"] / 1000
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     out = {}
     threads = torch.get_num_threads()
     stamp = time.strftime("%Y-%m-%d")
@@ -199,16 +246,16 @@ def calibrate(model_dir: Path) -> dict[str, Costs]:
                                     ("disaggregated", 1, SPLIT)):
         torch.set_num_threads(n)
         try:
-            decode_base, per_request, per_context, prefill, per_image = asyncio.run(engine_costs(model_dir))
+            engine = asyncio.run(engine_costs(model_dir))
             with tempfile.TemporaryDirectory() as tmp:
                 runs = [train_run(model_dir, overrides, Path(tmp), cap, f"calibrate-{cap}") for cap in CAPS]
                 update_base, per_position, sync = update_costs(runs)
-                costs = Costs(decode_base, per_request, prefill, tool_s, update_base, per_position, sync, per_context,
-                              padded_batch=True, prefill_per_image_s=per_image, padded_update=True,
+                costs = Costs(**engine, tool_s=tool_s, update_base_s=update_base, update_per_token_s=per_position,
+                              sync_s=sync, padded_batch=True, padded_update=True,
                               source=f"vlrl plan calibrate, {stamp}, {n} torch thread(s) of {threads}")
                 beside = train_run(model_dir, [*overrides, *DECODING_BESIDE], Path(tmp), CONTENTION_CAP,
                                    "calibrate-beside")
-                out[placement] = replace(costs, rollout_factor=rollout_factor(runs, costs, model_dir),
+                out[placement] = replace(costs, rollout_factor=rollout_factor(runs, costs, tokenizer, eos),
                                          update_contention=update_contention(beside, costs))
         finally:
             torch.set_num_threads(threads)

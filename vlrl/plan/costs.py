@@ -5,7 +5,8 @@ from published figures. The decode step grows with the batch (linear in the requ
 decoded together and in the context they attend to); prefill is charged per token not
 already cached; the update per trained token (prompt, observations and answer: the
 trainer's forward and backward read them all), over the micro-batches the trainer cuts
-(``update_positions``). Inside a rollout the engine's work is scaled by ``rollout_factor``,
+(``update_positions``); an engine that keeps its batch as one left-padded cache (the HF engine)
+rebuilds it when requests join or leave. Inside a rollout the engine's work is scaled by ``rollout_factor``,
 what a real rollout adds to the engine's own time; an update the engine decodes beside
 (``decode_during_update``) by ``update_contention``, what sharing the machine with it costs.
 """
@@ -45,6 +46,9 @@ class Costs:
     # the trainer right-pads each micro-batch to its longest row (vlrl's trainer), so padded positions cost as trained
     # ones; else (packed sequences, as verl's remove-padding) only the real tokens count
     padded_update: bool = False
+    # a padded batch (``padded_batch``) is one cache the engine rebuilds as requests join or leave it: per position of
+    # the rebuilt cache (its requests x its longest context)
+    cache_per_position_s: float = 0.0
     source: str = ""  # where the numbers come from
 
     def __post_init__(self) -> None:

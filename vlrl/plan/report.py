@@ -17,6 +17,7 @@ from vlrl.plan.twin import Plan, TwinStep, simulate_steps
 from vlrl.plan.workloads import Workload, from_run
 from vlrl.runlog import read_log
 
+ENGINE_TIMES = ("busy_s", "decode_s", "prefill_s", "cache_s")  # the engine's counters validate compares, where a run has them
 PRESET_TICK = 64  # at a preset's scale (thousands of requests) the cost engine emits a delta per 64 tokens at most
 
 
@@ -34,7 +35,8 @@ def mean_figures(steps: list[TwinStep]) -> dict[str, float]:
             "busy": statistics.mean(s.engine_busy_fraction for s in steps),
             "bubble": statistics.mean(s.bubble_ratio for s in steps),
             "staleness": sum(k * n for s in steps for k, n in s.staleness.items()) / max(trained, 1),
-            "policy_tokens": statistics.mean(s.policy_tokens for s in steps)}
+            "policy_tokens": statistics.mean(s.policy_tokens for s in steps),
+            **{f"engine_{name}": statistics.mean(s.engine[name] for s in steps) for name in ENGINE_TIMES}}
 
 
 def efficiency(figures: dict[str, float], costs: Any, slots: int) -> float:
@@ -103,26 +105,55 @@ def plan_of(cfg: TrainConfig) -> tuple[Plan, str]:
     return plan, "disaggregated" if split else "colocated"
 
 
-def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int) -> list[dict[str, Any]]:
+def measured_runs(folder: Path) -> list[tuple[Path, str]]:
+    """The `vlrl train` runs in ``folder`` (a `vlrl bench overlap --keep` folder) that can be replayed, each with its
+    placement: those with lengths.jsonl and 2+ steps, not the warm start, not runs/latest (a copy of the last run)."""
+    out = []
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "lengths.jsonl").is_file()):
+        if len(read_log(run_dir)) < 2 or run_dir.name == "latest" or run_dir.name.startswith("warmstart"):
+            continue
+        out.append((run_dir, plan_of(load_config(TrainConfig, run_dir / "config.yaml"))[1]))
+    if not out:
+        raise ValueError(f"{folder}: no `vlrl train` run with lengths.jsonl and 2+ steps (run `vlrl bench overlap "
+                         f"--keep {folder}` first)")
+    return out
+
+
+def fitted_to(folder: Path, placements: Placements, tokenizer: Any, eos_id: int,
+              leave_out: Path | None = None) -> Placements:
+    """``placements`` with each placement that has runs in ``folder`` fitted to them (``calibrate.fitted``), all but
+    ``leave_out``."""
+    from vlrl.plan.calibrate import fitted
+
+    runs = [(d, p) for d, p in measured_runs(folder) if leave_out is None or d.resolve() != leave_out.resolve()]
+    out = dict(placements)
+    for placement in {p for _, p in runs}:
+        out[placement] = fitted([d for d, p in runs if p == placement], placements[placement], tokenizer, eos_id)
+    return out
+
+
+def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int,
+             fit: Path | None = None) -> list[dict[str, Any]]:
     """Measured vs predicted mean step time (after the first step) for every run in ``runs`` (a `vlrl bench overlap
     --keep` folder), each predicted from its own config and trained trajectories; and the step's two parts, the
-    rollout (generation and reward, until the batch closes) and the update (with the weight push)."""
+    rollout (generation and reward, until the batch closes) and the update (with the weight push). With ``fit``,
+    each run's costs are fitted to that folder's runs of its placement (``fitted_to``) but the run itself: where
+    ``fit`` is ``runs``, each run is predicted from what the others measured (leave one out)."""
     cases = []
-    for run_dir in sorted(p for p in runs.iterdir() if (p / "lengths.jsonl").is_file()):
-        metrics = read_log(run_dir)
-        if len(metrics) < 2 or run_dir.name in ("latest",) or run_dir.name.startswith("warmstart"):
-            continue  # runs/latest is a copy of the last run (copytree follows links)
-        plan, placement = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
-        steps = metrics[1:]
+    for run_dir, placement in measured_runs(runs):
+        plan, _ = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
+        costs = (fitted_to(fit, placements, tokenizer, eos_id, leave_out=run_dir) if fit else placements)[placement]
+        steps = read_log(run_dir)[1:]
         measured = statistics.mean(r["perf/step_s"] for r in steps)
-        predicted = predict(plan, placements[placement], from_run(run_dir), len(steps), tokenizer, eos_id)
+        predicted = predict(plan, costs, from_run(run_dir), len(steps), tokenizer, eos_id)
         cases.append({"run": run_dir.name, "placement": placement, "measured_s": measured,
                       "predicted_s": predicted["step_s"], "rel_error": abs(predicted["step_s"] - measured) / measured,
                       "measured_rollout_s": statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps),
                       "predicted_rollout_s": predicted["rollout_s"],
                       "measured_update_s": statistics.mean(r["perf/update_s"] + r["perf/sync_s"] for r in steps),
                       "predicted_update_s": predicted["update_s"]})
-    if not cases:
-        raise ValueError(f"{runs}: no `vlrl train` run with lengths.jsonl and 2+ steps (run `vlrl bench overlap "
-                         f"--keep {runs}` first)")
+        if all(f"engine/{name}" in steps[0] for name in ENGINE_TIMES):  # the HF engine's, in process or replicas
+            for name in ENGINE_TIMES:
+                cases[-1] |= {f"measured_engine_{name}": statistics.mean(r[f"engine/{name}"] for r in steps),
+                              f"predicted_engine_{name}": predicted[f"engine_{name}"]}
     return cases

@@ -72,6 +72,7 @@ class TwinStep:
     tokens: int = 0  # trained tokens (prompt, observations and answer)
     dropped: int = 0  # trajectories dropped (a staleness cap)
     policy_tokens: int = 0  # trained tokens the policy wrote
+    engine: dict[str, float] = field(default_factory=dict)  # the engine's counters (``CostEngine.take_stats``)
 
 
 async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, tokenizer: Any,
@@ -107,7 +108,7 @@ async def simulate_steps(plan: Plan, costs: Costs, script: Script, steps: int, t
         out.append(TwinStep(end - began, rolled - began, end - rolled, figures["engine_busy_fraction"],
                             figures["bubble_ratio"], [g.trajectories[0].id.rsplit("-", 1)[0] for g in result.groups],
                             dict(staleness), sum(lengths), sum(result.dropped.values()),
-                            sum(sum(t.loss_mask) for t in result.trajectories)))
+                            sum(sum(t.loss_mask) for t in result.trajectories), engine.take_stats()))
         manager.timeline.prune(end)
     if scheduler is not None:
         await scheduler.close()
