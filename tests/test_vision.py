@@ -22,6 +22,16 @@ def test_prepared_images_are_on_the_grid_and_stable(vision):
     assert vision.prepare(prepared).size == prepared.size  # a prepared image passes through
 
 
+def test_an_image_is_prepared_once_and_another_gets_its_own(vision):
+    """An engine is handed a trajectory's images with every turn and verifier piece: the resize runs once."""
+    chart = bar_chart([3, 1, 2], size=(400, 300))
+    prepared = vision.prepare(chart)
+    assert vision.prepare(chart) is prepared and prepared.size != chart.size
+    small = Image.new("P", (56, 56))  # another image, of another mode: converted and snapped on its own
+    assert vision.prepare(small).mode == "RGB" and vision.prepare(small).size == (56, 56)
+    assert vision.prepare(chart) is prepared
+
+
 def test_expand_collapse_and_check(vision, tokenizer):
     ims = [bar_chart([1, 2]), bar_chart([1, 2], size=(140, 84))]
     pad = vision.image_token_id

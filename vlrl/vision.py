@@ -9,6 +9,8 @@ processor, given the same PIL image, produces the same grid.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,10 +30,16 @@ class ImageBatch:
     token_counts: tuple[int, ...]  # <|image_pad|> tokens per image
 
 
+PREPARED_KEPT = 4096  # images whose prepared form ``VisionInputs.prepare`` remembers
+
+
 class VisionInputs:
     """PIL images --> ImageBatch, and checks that ids and images match."""
 
     def __init__(self, model_dir: str | Path):
+        # image id -> (a weak reference to the image, its prepared form): an engine is handed a trajectory's same
+        # images with every turn and every verifier piece, and resizing them each time was most of admitting one
+        self._prepared: OrderedDict[int, tuple[weakref.ref, Image.Image]] = OrderedDict()
         config = AutoConfig.from_pretrained(model_dir)
         self.processor = AutoImageProcessor.from_pretrained(model_dir)
         self.image_token_id: int = config.image_token_id
@@ -50,15 +58,22 @@ class VisionInputs:
         return (self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id)
 
     def prepare(self, image: Image.Image) -> Image.Image:
-        """RGB image snapped to the patch grid within [min_pixels, max_pixels]."""
-        image = image.convert("RGB")
+        """RGB image snapped to the patch grid within [min_pixels, max_pixels] (the same object for the same image,
+        which is never to be changed in place once given)."""
+        kept = self._prepared.get(id(image))
+        if kept is not None and kept[0]() is image:
+            return kept[1]
+        prepared = image if image.mode == "RGB" else image.convert("RGB")
         h, w = smart_resize(
-            image.height, image.width, factor=self.patch * self.merge,
+            prepared.height, prepared.width, factor=self.patch * self.merge,
             min_pixels=self.min_pixels, max_pixels=self.max_pixels,
         )
-        if (w, h) != image.size:
-            image = image.resize((w, h), Image.BICUBIC)
-        return image
+        if (w, h) != prepared.size:
+            prepared = prepared.resize((w, h), Image.BICUBIC)
+        self._prepared[id(image)] = (weakref.ref(image), prepared)
+        if len(self._prepared) > PREPARED_KEPT:
+            self._prepared.popitem(last=False)
+        return prepared
 
     def token_count(self, image: Image.Image) -> int:
         """Number of <|image_pad|> tokens the image occupies once prepared."""

@@ -533,16 +533,9 @@ class HFEngine(Engine):
         template = next((w.kv for w in works if w.kv), None)
         if template is None:
             cache = DynamicCache(config=self.model.config)
-        else:
-            layers = []
-            for layer, (k0, v0) in enumerate(template):
-                keys, values = [], []
-                for w, n in zip(works, past):
-                    k, v = w.kv[layer] if w.kv else (k0[:, :, :0], v0[:, :, :0])
-                    keys.append(F.pad(k, (0, 0, width - n, 0)))
-                    values.append(F.pad(v, (0, 0, width - n, 0)))
-                layers.append((torch.cat(keys), torch.cat(values)))
-            cache = DynamicCache(ddp_cache_data=layers)
+        else:  # one copy of the reused prefixes, left-padded; the new tokens are written into its room
+            empty = [(k[:, :, :0], v[:, :, :0]) for k, v in template]
+            cache = left_padded([w.kv or empty for w in works], room=length)
         filler = self.eos_ids[0]  # padding never reads an image: it is no <|image_pad|>
         input_ids = torch.tensor([w.ids + [filler] * (length - len(w.ids)) for w in works])
         positions = torch.stack([torch.cat([w.positions, w.positions[:, -1:].expand(3, length - len(w.ids))], 1)
@@ -608,7 +601,13 @@ class HFEngine(Engine):
         best, best_entry = 0, None
         own = self._prefixes.get(req.cache_key)
         kept = ([own] if own is not None else []) + list(reversed(self._prefixes.values()))
-        for entry in kept + self._running_prefixes(req.cache_key):
+        for entry in self._running_prefixes(req.cache_key) + kept:
+            # an entry whose first image is another stops matching where the prompt's first image starts
+            bound = min(len(entry.ids), limit)
+            if runs and entry.image_keys[:1] != req.image_keys[:1]:
+                bound = min(bound, runs[0][0])
+            if bound <= best:
+                continue
             n = self._usable_prefix(entry, ids, limit, req.image_keys, runs)
             if n > best:
                 best, best_entry = n, entry

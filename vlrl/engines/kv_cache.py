@@ -6,7 +6,8 @@ machine that copy was the largest part of a decode step once the batch held long
 (2026-12-06: 48 rows of 1,200 tokens, 50 ms a step with it, 28 ms writing in place).
 Here a step writes its new column into spare room, and the cache only moves when that room
 runs out (it then doubles) or when rows join or leave the batch (the engine rebuilds it, one
-copy of every row it keeps: ``left_padded``, ``select_rows``).
+copy of every row it keeps: ``left_padded``, ``select_rows``). A multi-row prefill builds its
+rows' reused prefixes into one such cache too, and writes its new tokens into the room.
 
 The tensors a layer hands out are views of its buffer up to its length. Positions a view
 covers are never written again (the cache only appends), so a view taken as a prefix
@@ -58,13 +59,14 @@ class GrowingCache(DynamicCache):
         Cache.__init__(self, layers=layers)
 
 
-def left_padded(parts: list[Layers]) -> GrowingCache:
-    """One cache holding every part's rows in order, each left-padded with zeros to the longest part's length."""
+def left_padded(parts: list[Layers], room: int = 0) -> GrowingCache:
+    """One cache holding every part's rows in order, each left-padded with zeros to the longest part's length, with
+    room for ``room`` more positions at least (a prefill's new tokens) before it has to move."""
     width = max(part[0][0].shape[2] for part in parts)
     rows = sum(part[0][0].shape[0] for part in parts)
     layers = []
     for layer in range(len(parts[0])):
-        keys, values = (_buffer(t, rows, capacity(width)) for t in parts[0][layer])
+        keys, values = (_buffer(t, rows, capacity(width + room)) for t in parts[0][layer])
         row = 0
         for part in parts:
             for buffer, t in zip((keys, values), part[layer]):
