@@ -175,9 +175,9 @@ class PerfFigures(Section):
 class EngineFigures(Section):
     """The policy engine's own counters since the last step. The HF engine: where its thread's time went and the work
     it did for it (busy_s; decode_s, decode_steps, decode_rows, decode_positions; prefill_s, prefill_forwards,
-    prefill_rows, prefill_positions; cache_s, cache_positions: ``vlrl.engines.hf.STATS`` says what each counts). A
-    Ray router: replica_<k>_requests, replica_failovers, replica_losses, replica_restarts, replicas_alive, and its
-    replicas' engine counters summed, as of the step's weight push."""
+    prefill_rows, prefill_positions, prefill_images; cache_s, cache_positions: ``vlrl.engines.hf.STATS`` says what
+    each counts). A Ray router: replica_<k>_requests, replica_failovers, replica_losses, replica_restarts,
+    replicas_alive, and its replicas' engine counters summed, as of the step's weight push."""
 
     NAMESPACE = "engine"
     counters: dict[str, float] = family("count", "one of the engine's counters", "<counter>")

@@ -69,7 +69,8 @@ def calibrate(model: Path, out: Path) -> int:
         print(f"{name:13s} decode {1000 * costs.decode_base_s:.2f} ms + {1000 * costs.decode_per_request_s:.3f} ms "
               f"per request + {1e6 * costs.decode_per_context_token_s:.3f} us per context token; prefill "
               f"{1e6 * costs.prefill_per_token_s:.1f} us/token + {1000 * costs.prefill_per_image_s:.1f} ms/image; "
-              f"the batch's cache rebuilt {1e9 * costs.cache_per_position_s:.0f} ns/position; tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
+              f"the batch's cache rebuilt {1e9 * costs.cache_per_position_s:.0f} ns/position; "
+              f"tool {1000 * costs.tool_s:.0f} ms; update {costs.update_base_s:.2f} s + "
               f"{1e6 * costs.update_per_token_s:.1f} us/position; sync {1000 * costs.sync_s:.0f} ms; a rollout "
               f"{costs.rollout_factor:.2f}x its engine's time; an update "
               f"{costs.update_contention:.2f}x its own beside the engine decoding")

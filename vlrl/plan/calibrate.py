@@ -58,7 +58,7 @@ from vlrl.vision import VisionInputs
 
 BATCHES, LENGTHS, FILLS, CAPS, REPEATS = (1, 8, 32, 64), (16, 80, 400), (256, 512, 1024), (16, 64, 128, 256), 3
 ENGINE_COUNTERS = ("decode_s", "decode_steps", "decode_rows", "decode_positions", "prefill_s", "prefill_positions",
-                   "prefill_images", "cache_s", "cache_positions")  # what ``fitted`` reads (the HF engine's STATS)
+                   "prefill_images", "cache_s", "cache_positions")  # what ``engine_fit`` reads (the HF engine's STATS)
 IMAGE_PAIRS = 7  # a small chart costs a few ms: the median of paired differences, not of separate medians
 TRAIN = [
     "env.tools=[vlrl.builtin.tools.focus:focus_on_x_values_with_draw]", "env.max_turns=2", "env.invalid_action=end",

@@ -10,7 +10,8 @@ tokens each policy turn writes comes from a ``Script`` (trajectory id -> tokens 
 counted across the requests a pause splits it into, so an answer keeps its length however
 it is scheduled. The KV cache is modelled as the HF engine keeps it: a group's requests of
 the same prompt (``_twin_key``) that join together compute it once, a trajectory's prefix
-(and its group's shared prompt, or a turn's prompt its twin computed) is reused at the weight version it was computed with, by
+(and its group's shared prompt, or a turn's prompt its twin computed) is reused at the
+weight version it was computed with, by
 its next turn and by its verifier alike (the verifier reads the trajectory's own ids), and
 a running turn's KV by its verifier's streamed pieces.
 """
@@ -190,9 +191,10 @@ class CostEngine(Engine):
 
     def _twin_key(self, traj: str, turn: int, prompt: int) -> str:
         """What a trajectory's turn of a ``prompt``-token prompt shares with its group's others: the group, the
-        lengths of the turns before it and of the prompt. The group's samples of a prompt share it; a turn after equally long earlier turns is taken as having the
-        same prompt (a group's tool calls are often the same few tokens, the tool's image the same): a real run's
-        lengths say nothing of its tokens, and the HF engine's content-addressed cache shares what is the same."""
+        lengths of the turns before it and of the prompt. The group's samples of a prompt share it; a turn after
+        equally long earlier turns is taken as having the same prompt (a group's tool calls are often the same few
+        tokens, the tool's image the same): a real run's lengths say nothing of its tokens, and the HF engine's
+        content-addressed cache shares what is the same."""
         group = traj.rsplit("-", 1)[0]
         return f"{group}|{prompt}|" + ",".join(str(self._made.get((traj, t), 0)) for t in range(turn))
 
@@ -206,8 +208,9 @@ class CostEngine(Engine):
         return positions * self.costs.cache_per_position_s
 
     async def _tick(self, batch: list[_Request], ahead_s: float, work: list[asyncio.Future[None]]) -> None:
-        """Up to ``tick`` decode steps of ``batch`` (after ``ahead_s`` of prefill and cache): a request that ends within them
-        gets its tokens at the step it ends, the others theirs at the tick's end; what joins waits for that end."""
+        """Up to ``tick`` decode steps of ``batch`` (after ``ahead_s`` of prefill and cache): a request that ends
+        within them gets its tokens at the step it ends, the others theirs at the tick's end; what joins waits for
+        that end."""
         spans = [min(self._left(r), self.tick) for r in batch]
         done_steps = 0
         for end in sorted(set(spans)) or [0]:

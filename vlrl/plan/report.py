@@ -17,7 +17,7 @@ from vlrl.plan.twin import Plan, TwinStep, simulate_steps
 from vlrl.plan.workloads import Workload, from_run
 from vlrl.runlog import read_log
 
-ENGINE_TIMES = ("busy_s", "decode_s", "prefill_s", "cache_s")  # the engine's counters validate compares, where a run has them
+ENGINE_TIMES = ("busy_s", "decode_s", "prefill_s", "cache_s")  # the engine's counters validate compares
 PRESET_TICK = 64  # at a preset's scale (thousands of requests) the cost engine emits a delta per 64 tokens at most
 
 
