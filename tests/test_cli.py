@@ -179,6 +179,8 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     assert all(0 <= figures[k] <= 1 for k in ("bubble_sync", "bubble_overlap", "reward_sync", "reward_overlap",
                                               "rollout_share_sync", "efficiency_best"))
     assert figures["verifier_hidden_intra"] > 0  # streamed in chunks, part of the verifier's prefill ran early
+    # the engine's seconds per decode forward of each schedule, the machine's speed as it ran (the replica's too)
+    assert set(figures["decode_ms"]) == {"sync", "intra", "disaggregated"} and min(figures["decode_ms"].values()) > 0
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
     assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
     for schedule in ("sync", "intra", "disaggregated"):  # each schedule ran its 1 + 1 steps and drew them

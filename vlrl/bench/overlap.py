@@ -197,6 +197,10 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, 
         "hidden": statistics.mean(r.get("verifier/hidden_fraction", 0.0) for r in records),
         "median_length": statistics.mean(r["rollout/response_length_median"] for r in records),
         "max_length": max(r["rollout/response_length_max"] for r in records),
+        # the engine's seconds per decode forward: under schedules that decode the same trajectories (sync, intra,
+        # sync-split's one thread aside), a difference is the machine's speed moving during the benchmark
+        "decode_ms": 1000 * sum(r.get("engine/decode_s", 0.0) for r in records) / max(
+            sum(r.get("engine/decode_steps", 0.0) for r in records), 1.0),
     }
 
 
@@ -224,6 +228,8 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
     base, update = sync["step_s"], sync["update_s"]
     if update <= 0:
         raise RuntimeError(f"sync trained no group in its {steps} measured step(s): no update time to bound by")
+    print("the engine's decode, ms a forward (sync and intra decode the same trajectories: a difference between them "
+          "is the machine's speed moving): " + ", ".join(f"{name} {r['decode_ms']:.1f}" for name, r in results.items()))
     print(f"rollout share under sync: {sync['rollout_s'] / base:.2f} of the step; bound: sync's update alone takes "
           f"{update:.2f} s of its {base:.2f} s step, so a schedule that hid the whole rollout would reach "
           f"{base / update:.2f}x")
@@ -236,7 +242,8 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
                 "efficiency_best": sync["tokens_per_step"] / peak / results[best]["step_s"],
                 "reward_sync": sync["reward"], "reward_overlap": results[best]["reward"],
                 "verifier_hidden_intra": results.get("intra", sync)["hidden"], "speedup_bound": base / update,
-                "peak_tokens_per_s": peak}
+                "peak_tokens_per_s": peak,
+                "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()}}
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
