@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 from PIL import Image
 
@@ -30,6 +32,12 @@ def test_an_image_is_prepared_once_and_another_gets_its_own(vision):
     small = Image.new("P", (56, 56))  # another image, of another mode: converted and snapped on its own
     assert vision.prepare(small).mode == "RGB" and vision.prepare(small).size == (56, 56)
     assert vision.prepare(chart) is prepared
+    kept = len(vision._prepared)
+    del chart, prepared
+    gc.collect()
+    assert len(vision._prepared) == kept - 1  # a freed image's prepared form is not kept
+    on_grid = Image.new("RGB", (56, 56))
+    assert vision.prepare(on_grid) is on_grid and len(vision._prepared) == kept - 1  # nothing to keep for it
 
 
 def test_expand_collapse_and_check(vision, tokenizer):

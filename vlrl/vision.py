@@ -70,10 +70,18 @@ class VisionInputs:
         )
         if (w, h) != prepared.size:
             prepared = prepared.resize((w, h), Image.BICUBIC)
-        self._prepared[id(image)] = (weakref.ref(image), prepared)
-        if len(self._prepared) > PREPARED_KEPT:
-            self._prepared.popitem(last=False)
+        if prepared is not image:  # an image already prepared is its own answer: keeping it would keep it alive
+            key = id(image)
+            self._prepared[key] = (weakref.ref(image, lambda ref: self._forget(key, ref)), prepared)
+            if len(self._prepared) > PREPARED_KEPT:
+                self._prepared.popitem(last=False)
         return prepared
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        """The image of ``ref`` was freed: its prepared form goes with it (unless its id already names another)."""
+        kept = self._prepared.get(key)
+        if kept is not None and kept[0] is ref:
+            del self._prepared[key]
 
     def token_count(self, image: Image.Image) -> int:
         """Number of <|image_pad|> tokens the image occupies once prepared."""

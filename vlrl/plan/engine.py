@@ -203,9 +203,10 @@ class CostEngine(Engine):
         if not rows or not self.costs.padded_batch:
             return 0.0
         positions = len(rows) * max(r.prompt + r.made for r in rows)
+        seconds = positions * self.costs.cache_per_position_s
         self._stats["cache_positions"] += positions
-        self._stats["cache_s"] += positions * self.costs.cache_per_position_s
-        return positions * self.costs.cache_per_position_s
+        self._stats["cache_s"] += seconds
+        return seconds
 
     async def _tick(self, batch: list[_Request], ahead_s: float, work: list[asyncio.Future[None]]) -> None:
         """Up to ``tick`` decode steps of ``batch`` (after ``ahead_s`` of prefill and cache): a request that ends

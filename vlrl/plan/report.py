@@ -139,6 +139,8 @@ def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int,
     rollout (generation and reward, until the batch closes) and the update (with the weight push). With ``fit``,
     each run's costs are fitted to that folder's runs of its placement (``fitted_to``) but the run itself: where
     ``fit`` is ``runs``, each run is predicted from what the others measured (leave one out)."""
+    if fit is not None and fit.resolve() != runs.resolve():  # no run to leave out: one fit serves every run
+        placements, fit = fitted_to(fit, placements, tokenizer, eos_id), None
     cases = []
     for run_dir, placement in measured_runs(runs):
         plan, _ = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
