@@ -167,8 +167,22 @@ def test_bench_overlap_on_a_gpu_says_there_is_none_here():
     assert result.returncode == 2 and "--device cuda: torch sees no CUDA device on this machine" in result.stderr
 
 
+def test_bench_overlap_pairs_each_speedup_with_its_own_rounds_sync():
+    """Over repeated rounds a speedup is over the sync that ran beside it (the machine's speed drifts over hours):
+    the mean of the paired ratios, not the ratio of the means."""
+    from vlrl.bench.overlap import merged, paired_speedups, run_name
+
+    rounds = [{"sync": {"step_s": 10.0, "max_length": 50.0}, "inter": {"step_s": 8.0, "max_length": 70.0}},
+              {"sync": {"step_s": 12.0, "max_length": 90.0}, "inter": {"step_s": 12.0, "max_length": 60.0}}]
+    assert paired_speedups(rounds) == {"inter": (1.125, 1.0, 1.25)}  # 10 / 8 and 12 / 12 (the means: 11 / 10)
+    assert merged([r["inter"] for r in rounds]) == {"step_s": 10.0, "max_length": 70.0}
+    assert [run_name("intra+inter", k) for k in (1, 2)] == ["intra-inter", "intra-inter-round2"]
+
+
 @pytest.mark.slow
 def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
+    from vlrl.bench.overlap import speedup_key
+
     out = vlrl("bench", "overlap", "--workload", "longtail-charts", "--schedules", "sync,intra,disaggregated",
                "--steps", "1", "--keep", str(tmp_path / "runs"), "--json").stdout
     figures = json.loads(out.strip().splitlines()[-1])
@@ -181,6 +195,8 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     assert figures["verifier_hidden_intra"] > 0  # streamed in chunks, part of the verifier's prefill ran early
     # the engine's seconds per decode forward of each schedule, the machine's speed as it ran (the replica's too)
     assert set(figures["decode_ms"]) == {"sync", "intra", "disaggregated"} and min(figures["decode_ms"].values()) > 0
+    assert figures["rounds"] == 1 and all(low == high == figures[speedup_key(name)]
+                                          for name, (low, high) in figures["speedup_spread"].items())
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
     assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
     for schedule in ("sync", "intra", "disaggregated"):  # each schedule ran its 1 + 1 steps and drew them

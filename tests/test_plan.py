@@ -262,6 +262,7 @@ def test_a_replayed_run_gives_each_trajectory_the_shape_it_had_there(tmp_path, t
              {"trajectories": [[10, [2, 7], 5], [10, [4], 0], [10, [9], 0], [10, [8], 0]],
               "ids": ["s1-0-0", "s1-0-1", "s1-1-0", "s1-1-1"]}]
     (tmp_path / "lengths.jsonl").write_text("".join(json.dumps({"step": k, **r}) + "\n" for k, r in enumerate(steps)))
+    (tmp_path / "config.yaml").write_text("rollout: {max_new_tokens: 50}\n")
     workload = from_run(tmp_path)
     plan = Plan("sync", groups=2, group_size=2, max_tokens=100, prompt_tokens=10)
     out = simulate(simulate_steps(plan, Costs(**TICKS), workload.script(), 3, tokenizer,
@@ -269,6 +270,27 @@ def test_a_replayed_run_gives_each_trajectory_the_shape_it_had_there(tmp_path, t
     assert [s.policy_tokens for s in out[:2]] == [3 + 40 + 5 + 6, 2 + 7 + 4 + 9 + 8]
     assert [s.rollout_s for s in out[:2]] == [40.0, 9.0]  # a decode step a second: the longest answer
     assert workload.script()("s2-0-0") in [list(t) for t in workload.turns]  # not in the run: drawn from its shapes
+    # under twice the run's cap every id keeps its shape at twice the tokens
+    doubled = workload.scaled(100)
+    assert doubled.script()("s0-0-1") == [80] and doubled.script()("s1-0-0") == [4, 14]
+    assert workload.max_tokens == 50 and doubled.max_tokens == 100
+
+
+def test_a_workload_scaled_to_a_recipes_cap_keeps_its_shape():
+    """A GPU projection turns the tiny tokenizer's lengths into a recipe's: the median and the tail move together,
+    nothing passes the new cap."""
+    from vlrl.plan.workloads import named
+
+    tiny = named("longtail-cot")
+    real = tiny.scaled(16 * tiny.max_tokens)
+    finals = sorted(t[-1] for t in tiny.turns)
+    scaled = sorted(t[-1] for t in real.turns)
+    assert scaled[len(scaled) // 2] == 16 * finals[len(finals) // 2]
+    assert max(scaled) == 16 * max(finals) <= real.max_tokens
+    assert "x16 to a 16384-token cap" in real.source
+    assert min(t for s in tiny.scaled(8).turns for t in s) >= 1 and max(t for s in tiny.scaled(8).turns for t in s) == 8
+    with pytest.raises(ValueError, match="a turn cap must be >= 1 token, got 0"):
+        tiny.scaled(0)
 
 
 def test_an_update_costs_what_the_trainers_micro_batches_compute():
@@ -366,6 +388,7 @@ def test_plan_projects_a_gpu_preset_and_recommends_a_split(tiny_dir):
     assert figures["recommended"]["placement"] in ("colocated", "disaggregated 2:6", "disaggregated",
                                                    "disaggregated 6:2")
     assert "16 groups x 5" in out and "a projection" in out
+    assert "to a 2048-token cap" in out  # verl's recipe's max_response_length, not the tiny tokenizer's lengths
 
 
 @pytest.mark.slow

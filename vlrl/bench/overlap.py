@@ -53,6 +53,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -166,11 +167,12 @@ async def peak_tokens_per_s(model_dir: Path, device: str = "cpu") -> float:
         await engine.close()
 
 
-def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, device: str = "cpu") -> dict[str, float]:
+def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, device: str = "cpu",
+            round_: int = 1) -> dict[str, float]:
     """Run ``schedule`` for ``steps`` (+1 warm-up) and average its metrics over the measured steps."""
     cfg = load_config(TrainConfig, None, [*workload_overrides(workload, device), *schedule_overrides(schedule, device),
                                           f"model.path={policy}",
-                                          f"log.dir={root}", f"name={schedule.replace('+', '-')}",
+                                          f"log.dir={root}", f"name={run_name(schedule, round_)}",
                                           f"steps={steps + 1}", "log.timeline=3"])
     run = asyncio.run(train(cfg))
     records = read_log(run)[1:]
@@ -205,11 +207,12 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, 
 
 
 def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | None = None,
-        schedules: tuple[str, ...] = tuple(SCHEDULES), device: str = "cpu") -> dict[str, float | str]:
-    """``schedules`` (sync first) on ``workload`` for ``steps`` measured steps each; prints the table, and the JSON
-    line with ``as_json``."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        schedules: tuple[str, ...] = tuple(SCHEDULES), device: str = "cpu", rounds: int = 1) -> dict[str, Any]:
+    """``schedules`` (sync first) on ``workload`` for ``steps`` measured steps each, ``rounds`` times over (every
+    schedule once a round: a speedup is over the same round's sync, which ran minutes before it, not hours); prints
+    the table, and the JSON line with ``as_json``."""
+    if steps < 1 or rounds < 1:
+        raise ValueError(f"steps and rounds must be >= 1, got {steps} and {rounds}")
     unknown = [name for name in schedules if name not in SCHEDULES]
     if unknown or not schedules or schedules[0] != "sync":
         raise ValueError(f"schedules must start with sync and come from {', '.join(SCHEDULES)}; got {schedules}")
@@ -220,10 +223,13 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
         root = Path(tmp) / "runs"
         policy = warm_start(model_dir, workload, root, device)
         peak = asyncio.run(peak_tokens_per_s(policy, device))
-        results = {name: measure(policy, workload, name, steps, root, device) for name in schedules}
+        measured = [{name: measure(policy, workload, name, steps, root, device, k) for name in schedules}
+                    for k in range(1, rounds + 1)]
         if keep is not None:
             shutil.copytree(root, keep, dirs_exist_ok=True)
-    _print_table(workload, results, peak, steps)
+    results = {name: merged([r[name] for r in measured]) for name in schedules}
+    speedups = paired_speedups(measured)
+    _print_table(workload, results, speedups, peak, steps, rounds)
     sync = results["sync"]
     base, update = sync["step_s"], sync["update_s"]
     if update <= 0:
@@ -233,21 +239,41 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
     print(f"rollout share under sync: {sync['rollout_s'] / base:.2f} of the step; bound: sync's update alone takes "
           f"{update:.2f} s of its {base:.2f} s step, so a schedule that hid the whole rollout would reach "
           f"{base / update:.2f}x")
-    best = min((name for name in results if name != "sync"), key=lambda name: results[name]["step_s"],
-               default="sync")
-    figures: dict[str, float | str] = {"workload": workload, "rollout_share_sync": sync["rollout_s"] / base}
-    figures |= {speedup_key(name): base / r["step_s"]
-                for name, r in results.items() if name != "sync"}
+    best = max(speedups, key=lambda name: speedups[name][0], default="sync")
+    figures: dict[str, Any] = {"workload": workload, "rollout_share_sync": sync["rollout_s"] / base}
+    figures |= {speedup_key(name): mean for name, (mean, _, _) in speedups.items()}
     figures |= {"best": best, "bubble_sync": sync["bubble"], "bubble_overlap": results[best]["bubble"],
                 "efficiency_best": sync["tokens_per_step"] / peak / results[best]["step_s"],
                 "reward_sync": sync["reward"], "reward_overlap": results[best]["reward"],
                 "verifier_hidden_intra": results.get("intra", sync)["hidden"], "speedup_bound": base / update,
                 "peak_tokens_per_s": peak,
-                "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()}}
+                "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()}, "rounds": rounds,
+                "speedup_spread": {name: [round(low, 3), round(high, 3)] for name, (_, low, high) in speedups.items()}}
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
     return figures
+
+
+def run_name(schedule: str, round_: int) -> str:
+    """The run's name (its folder's prefix under --keep): the schedule's, with its round after the first."""
+    name = schedule.replace("+", "-")
+    return name if round_ == 1 else f"{name}-round{round_}"
+
+
+def merged(runs: list[dict[str, float]]) -> dict[str, float]:
+    """One schedule's figures over its rounds: the mean of each, the longest answer's maximum."""
+    return {k: max(r[k] for r in runs) if k == "max_length" else statistics.mean(r[k] for r in runs) for k in runs[0]}
+
+
+def paired_speedups(rounds: list[dict[str, dict[str, float]]]) -> dict[str, tuple[float, float, float]]:
+    """Schedule -> (mean, lowest, highest) over the rounds of its speedup over the same round's sync."""
+    out = {}
+    for name in rounds[0]:
+        if name != "sync":
+            each = [r["sync"]["step_s"] / r[name]["step_s"] for r in rounds]
+            out[name] = (statistics.mean(each), min(each), max(each))
+    return out
 
 
 def speedup_key(schedule: str) -> str:
@@ -255,19 +281,22 @@ def speedup_key(schedule: str) -> str:
     return f"speedup_{schedule.replace('+', '_').replace('-', '_')}"
 
 
-def _print_table(workload: str, results: dict[str, dict[str, float]], peak: float, steps: int) -> None:
-    base = results["sync"]["step_s"]
-    print(f"workload {workload}: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up; "
+def _print_table(workload: str, results: dict[str, dict[str, float]],
+                 speedups: dict[str, tuple[float, float, float]], peak: float, steps: int, rounds: int) -> None:
+    over = f", over {rounds} rounds (a speedup: the mean over the rounds, and its range)" if rounds > 1 else ""
+    print(f"workload {workload}: {GROUPS} groups x {GROUP_SIZE}, mean of {steps} steps after 1 warm-up{over}; "
           f"engine peak {peak:.0f} tokens/s")
-    header = ("schedule      | step s | rollout s | update s | speedup | busy | bubble | tok/s | deferred | staleness | "
-              "reward | trained / finished len | median / max len | at cap | stale-dropped | verifier hidden | "
-              "ideal s | efficiency")
+    header = ("schedule      | step s | rollout s | update s | speedup " + ("| range       " if rounds > 1 else "")
+              + "| busy | bubble | tok/s | deferred | staleness | reward | trained / finished len | median / max len | "
+                "at cap | stale-dropped | verifier hidden | ideal s | efficiency")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         ideal = r["tokens_per_step"] / peak
+        mean, low, high = speedups.get(name, (1.0, 1.0, 1.0))
+        spread = f" | {low:4.2f}-{high:4.2f}x" if rounds > 1 else ""
         print(f"{name:13} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
-              f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | "
+              f"{mean:6.2f}x{spread} | {r['busy']:4.2f} | {r['bubble']:6.2f} | "
               f"{r['tokens_per_s']:5.0f} | {r['deferred']:8.2f} | {r['staleness']:9.2f} | {r['reward']:6.3f} | "
               f"{r['response_length']:10.1f} / {r['finished_length']:8.1f} | "
               f"{r['median_length']:6.0f} / {r['max_length']:5.0f} | {r['length_cap_rate']:6.2f} | "

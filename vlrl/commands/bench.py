@@ -33,6 +33,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     overlap.add_argument("--quick", action="store_true", help="5 measured steps per schedule instead of 10")
     overlap.add_argument("--steps", type=int, help="measured steps per schedule (overrides --quick)")
     overlap.add_argument("--keep", help="copy the runs (metrics, timeline.png / .json of each schedule) to this folder")
+    overlap.add_argument("--repeat", type=int, default=1, help="rounds of every schedule: each speedup is over its "
+                                                               "round's sync, reported as the mean and range")
     scale = _bench(bench_sub, "scale", "rollout tokens/s over 1 and 2 Ray engine replicas, and the Ray layer's cost",
                    run_scale, model=True)
     scale.add_argument("--engine", default="hf", choices=ENGINES)
@@ -80,8 +82,8 @@ def run_overlap(args: argparse.Namespace) -> int:
     steps = args.steps or (5 if args.quick else 10)
     keep = Path(args.keep) if args.keep else None
     schedules = tuple(s.strip() for s in args.schedules.split(",")) if args.schedules else tuple(SCHEDULES)
-    return _with_model(args, lambda model: run(model, args.workload, steps, args.json, keep, schedules, args.device),
-                       max_pixels=12544)
+    return _with_model(args, lambda model: run(model, args.workload, steps, args.json, keep, schedules, args.device,
+                                               args.repeat), max_pixels=12544)
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -26,7 +26,9 @@ def add_to(sub: argparse._SubParsersAction) -> None:
                                                                  "lengths)")
     plan.add_argument("--lengths", help="a `vlrl train` run directory: draw lengths from its trained trajectories")
     plan.add_argument("--steps", type=int, default=10, help="simulated steps per schedule, after 1 warm-up")
-    plan.add_argument("--max-tokens", type=int, default=1024, help="a turn's token cap")
+    plan.add_argument("--max-tokens", type=int, help="a turn's token cap, the workload's lengths scaled to it (their "
+                                                     "shape kept; default: the workload's own cap, with --preset the "
+                                                     "recipe's max_response_length)")
     plan.add_argument("--validate", metavar="RUNS", help="a `vlrl bench overlap --keep` folder: measured vs "
                                                           "predicted step time of each run in it")
     plan.add_argument("--fit", metavar="RUNS", help="a folder of `vlrl train` runs of the HF engine (`vlrl bench "
@@ -96,10 +98,11 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
     if preset is not None:
         placements = preset.placements(args.preset)
         workload = replace(workload, prompt_tokens=preset.prompt_tokens, observation_tokens=preset.observation_tokens)
+    workload = workload.scaled(args.max_tokens or (preset.response_cap if preset else workload.max_tokens))
     tokenizer, eos = _tokenizer(model)
     if args.fit:
         placements = report.fitted_to(Path(args.fit), placements, tokenizer, eos)
-    results = report.schedules(placements, workload, args.steps, tokenizer, eos, args.max_tokens, preset)
+    results = report.schedules(placements, workload, args.steps, tokenizer, eos, preset)
     base = results["sync"]["step_s"]
     costs = f"preset {args.preset}, a projection" if preset else f"costs: {args.costs}" + (
         f", fitted to {args.fit}" if args.fit else "")
@@ -109,7 +112,7 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
     for name, r in results.items():
         print(f"{name:13s} | {r['step_s']:6.2f} | {r['rollout_s']:9.2f} | {r['update_s']:8.2f} | "
               f"{base / r['step_s']:6.2f}x | {r['busy']:4.2f} | {r['bubble']:6.2f} | {r['staleness']:9.2f}")
-    best = report.recommend(placements, workload, args.steps, tokenizer, eos, args.max_tokens, preset)
+    best = report.recommend(placements, workload, args.steps, tokenizer, eos, preset)
     print(f"recommended: {best['placement']}, extra_groups {best['extra_groups']}, verifier.chunk_tokens "
           f"{best['chunk_tokens']}, decode_during_update {str(best['decode_during_update']).lower()}: "
           f"{best['step_s']:.2f} s per step, {base / best['step_s']:.2f}x over sync")

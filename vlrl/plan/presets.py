@@ -58,6 +58,7 @@ class Preset:
     group_size: int
     prompt_tokens: int  # a chart question's tokens, its image's included
     observation_tokens: int  # a tool's returned image and its text
+    response_cap: int  # the recipe's max_response_length: a workload's lengths are scaled to it
     source: str
 
     def costs(self, engine_gpus: int, trainer_gpus: int, sync_s: float, name: str) -> Costs:
@@ -96,9 +97,9 @@ class Preset:
 
 PRESETS = {
     # verl's Qwen2.5-VL-7B GRPO example (examples/grpo_trainer/run_qwen2_5_vl-7b.sh): 8 GPUs, 512 prompts x 5, rollout
-    # tensor parallel 2. A chart at ~800x600 is ~612 visual tokens (28x28 pixels each) + ~190 of text; a tool's image
-    # as large
-    "qwen2.5-vl-7b-8xh100": Preset(QWEN25_VL_7B, 8, 2, 512, 5, 800, 640,
+    # tensor parallel 2, max_response_length 2048. A chart at ~800x600 is ~612 visual tokens (28x28 pixels each) + ~190
+    # of text; a tool's image as large
+    "qwen2.5-vl-7b-8xh100": Preset(QWEN25_VL_7B, 8, 2, 512, 5, 800, 640, 2048,
                                    "Qwen2.5-VL-7B on 8xH100, verl's GRPO batch 512 x 5"),
 }
 

@@ -46,13 +46,13 @@ def efficiency(figures: dict[str, float], costs: Any, slots: int) -> float:
 
 
 def schedules(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
-              max_tokens: int, preset: Preset | None = None) -> dict[str, dict[str, float]]:
+              preset: Preset | None = None) -> dict[str, dict[str, float]]:
     """Every schedule of `vlrl bench overlap` (its own configs; under a preset, at the preset's batch), predicted on
-    ``workload``."""
+    ``workload`` under its turn cap."""
     out = {}
     for name in SCHEDULES:
         cfg = load_config(TrainConfig, None, [*workload_overrides("longtail-cot"), *schedule_overrides(name, "cpu"),
-                                              f"rollout.max_new_tokens={max_tokens}"])
+                                              f"rollout.max_new_tokens={workload.max_tokens}"])
         plan, placement = plan_of(cfg)
         out[name] = predict(at_scale(plan, preset, placement), placements[placement], workload, steps, tokenizer,
                             eos_id)
@@ -69,23 +69,25 @@ def at_scale(plan: Plan, preset: Preset | None, placement: str) -> Plan:
 
 
 def recommend(placements: Placements, workload: Workload, steps: int, tokenizer: Any, eos_id: int,
-              max_tokens: int, preset: Preset | None = None) -> dict[str, Any]:
+              preset: Preset | None = None) -> dict[str, Any]:
     """The fastest setting found: first the placement (colocated, or the engines' share of the devices) and Δ (0 to
-    B) with the verifier streamed in chunks of 32, then the chunk (whole, 32, 128) at the best of those."""
+    B) with the verifier reading whole answers, then streamed in chunks of 32 or 128 at the best of those (a
+    streamed verifier's pieces are most of a long-answer simulation's events, so they are tried once, at the
+    end)."""
     base, _ = plan_of(load_config(TrainConfig, None, workload_overrides("longtail-cot")))  # its batch, sandbox
 
     def run(placement: str, fraction: float, chunk: int) -> dict[str, Any]:
         extra = max(round(base.groups * fraction), 1) if fraction else 0
         plan = at_scale(replace(base, schedule="overlap" if extra else ("async" if chunk else "sync"), extra=extra,
                                 keep_decoding=placement.startswith("disaggregated") and extra > 0, verifier=True,
-                                chunk_tokens=chunk, max_tokens=max_tokens, slots=0), preset, placement)
+                                chunk_tokens=chunk, max_tokens=workload.max_tokens, slots=0), preset, placement)
         figures = predict(plan, placements[placement], workload, steps, tokenizer, eos_id)
         return {"placement": placement, "extra_fraction": fraction, "extra_groups": plan.extra,
                 "chunk_tokens": chunk, "decode_during_update": plan.keep_decoding, "slots": plan.capacity, **figures}
 
-    best = min((run(placement, fraction, 32) for placement in placements for fraction in (0, 0.25, 0.5, 1)),
+    best = min((run(placement, fraction, 0) for placement in placements for fraction in (0, 0.25, 0.5, 1)),
                key=lambda r: r["step_s"])
-    return min([best, *(run(best["placement"], best["extra_fraction"], chunk) for chunk in (0, 128))],
+    return min([best, *(run(best["placement"], best["extra_fraction"], chunk) for chunk in (32, 128))],
                key=lambda r: r["step_s"])
 
 
