@@ -195,7 +195,6 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     assert figures["verifier_hidden_intra"] > 0  # streamed in chunks, part of the verifier's prefill ran early
     # the engine's seconds per decode forward of each schedule, the machine's speed as it ran (the replica's too)
     assert set(figures["decode_ms"]) == {"sync", "intra", "disaggregated"} and min(figures["decode_ms"].values()) > 0
-    assert set(figures["probe_ms"]) == set(figures["decode_ms"]) and min(figures["probe_ms"].values()) > 0
     assert figures["rounds"] == 1 and all(low == high == figures[speedup_key(name)]
                                           for name, (low, high) in figures["speedup_spread"].items())
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
@@ -215,12 +214,6 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["cases"] == 3 and 0 <= figures["mean_rel_error"] <= figures["max_rel_error"]
     assert "measured s | predicted s" in out and "rollout s measured / predicted" in out
-    # every kept run was probed before and after; fitted to the others, each is predicted at its own machine speed
-    assert all(len(json.loads((run / "machine.json").read_text())["probe_s"]) == 2
-               for run in (tmp_path / "runs").glob("*-2*") if not run.name.startswith("warmstart"))
-    out = vlrl("plan", "--validate", str(tmp_path / "runs"), "--fit", str(tmp_path / "runs"), "--costs",
-               str(tmp_path / "costs.json"), "--json").stdout
-    assert "each run predicted at its own machine speed" in out and json.loads(out.splitlines()[-1])["cases"] == 3
     assert "engine busy s measured / predicted" in out  # the engine's own seconds, beside the twin's
     # fitted to the runs' own counters, each run predicted from the others of its placement (sync from intra's,
     # intra from sync's; the only disaggregated run from the cost file)

@@ -332,41 +332,6 @@ def test_the_engines_costs_are_fitted_back_from_the_counters_it_logged(tokenizer
         engine_fit([{k: v for k, v in r.items() if k != "engine/cache_s"} for r in records])
 
 
-def test_runs_from_a_fast_and_a_slow_hour_fit_one_machine(tmp_path, tokenizer):
-    """The machine's speed drifts by half within an hour here: a run's seconds are brought to a reference speed by
-    the probe `vlrl bench overlap` times around it, so runs of one schedule at two speeds fit the same costs, and a
-    prediction for a run is at that run's own speed."""
-    from vlrl.bench.overlap import PROBE_FILE
-    from vlrl.plan.calibrate import engine_fit, metrics_of
-
-    truth = dict(decode_base_s=2e-3, decode_per_request_s=3e-4, decode_per_context_token_s=5e-7,
-                 prefill_per_token_s=4e-5, prefill_per_image_s=2e-2, cache_per_position_s=1e-6)
-    lengths = {f"s{s}-{g}": [7 + 13 * ((s * 5 + g * 3 + m) % 11) for m in range(3)] for s in range(8) for g in range(4)}
-    plan = Plan("overlap", groups=2, group_size=3, extra=2, max_tokens=400, prompt_tokens=50, observation_tokens=20)
-    runs = []
-    for name, slow in (("fast", 1.0), ("slow", 2.0)):
-        costs = Costs(**{**TICKS, **truth}, padded_batch=True).at_speed(slow)
-        steps = simulate(simulate_steps(plan, costs, scripted(lengths), 4, tokenizer,
-                                        tokenizer.convert_tokens_to_ids("<|im_end|>")))
-        run = tmp_path / name
-        run.mkdir()
-        run.joinpath("metrics.jsonl").write_text("".join(json.dumps(
-            {"perf/step_s": s.step_s, "perf/tokens_per_s": 100.0, **{f"engine/{k}": v for k, v in s.engine.items()}})
-            + "\n" for s in steps))
-        run.joinpath(PROBE_FILE).write_text(json.dumps({"probe_s": [0.09 * slow, 0.11 * slow]}))
-        runs.append(run)
-    fast, slow = runs
-    at_fast = metrics_of(slow, reference=0.1)
-    assert [r["perf/step_s"] for r in at_fast] == pytest.approx([r["perf/step_s"] for r in metrics_of(fast)])
-    assert at_fast[0]["perf/tokens_per_s"] == 100.0 and at_fast[0]["engine/decode_steps"] > 0  # not seconds
-    steps = [*metrics_of(fast, reference=0.1), *at_fast]
-    assert engine_fit(steps) == pytest.approx(truth, rel=1e-6)
-    drifted = engine_fit([*metrics_of(fast), *metrics_of(slow)])
-    assert drifted["decode_base_s"] > 1.2 * truth["decode_base_s"]  # the two hours averaged
-    doubled = Costs(**{**TICKS, "tool_s": 0.05}, rollout_factor=1.3).at_speed(2.0)
-    assert doubled.tool_s == 0.1 and doubled.decode_base_s == 2.0 and doubled.rollout_factor == 1.3  # a ratio
-
-
 def cost_file(path, decode_per_request_s=0.0):
     """GPU-like costs: a decode step costs about the same at 1 request as at 64."""
     costs = {"decode_base_s": 0.02, "decode_per_request_s": decode_per_request_s, "prefill_per_token_s": 2e-5,

@@ -116,7 +116,6 @@ SCHEDULES = {
     "disaggregated": [*flight(AHEAD), f"verifier.chunk_tokens={CHUNK}", "rollout.decode_during_update=true", *SPLIT],
 }
 PEAK_REQUESTS, PEAK_TOKENS = (GROUPS + AHEAD) * GROUP_SIZE, 128
-PROBE_FILE, PROBE_OPS = "machine.json", 2000  # each run's machine speed: ``probe_s`` just before and just after it
 
 
 DEVICES = {  # where the model runs, and what the split schedules give the engine's replica there
@@ -175,10 +174,7 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, 
                                           f"model.path={policy}",
                                           f"log.dir={root}", f"name={run_name(schedule, round_)}",
                                           f"steps={steps + 1}", "log.timeline=3"])
-    before = probe_s()
     run = asyncio.run(train(cfg))
-    after = probe_s()
-    (run / PROBE_FILE).write_text(json.dumps({"probe_s": [before, after]}) + "\n")
     records = read_log(run)[1:]
     staleness = [(int(k), n) for r in records for k, n in (r.get("sched/staleness") or {"0": 1}).items()]
     tokens = [r["rollout/response_length"] * r["rollout/trajectories"] for r in records]
@@ -207,22 +203,7 @@ def measure(policy: Path, workload: str, schedule: str, steps: int, root: Path, 
         # sync-split's one thread aside), a difference is the machine's speed moving during the benchmark
         "decode_ms": 1000 * sum(r.get("engine/decode_s", 0.0) for r in records) / max(
             sum(r.get("engine/decode_steps", 0.0) for r in records), 1.0),
-        "probe_ms": 500 * (before + after),  # the machine's speed around the run (``probe_s``)
     }
-
-
-def probe_s(repeats: int = 3) -> float:
-    """Seconds of a fixed piece of work of the kind a run does (small matrix products, op by op, on torch's threads):
-    the median of ``repeats``. Its ratio between two runs is how much slower the machine was for the second. It draws
-    no random numbers, so the runs' seeds see the same stream with or without it."""
-    x, weights = torch.full((64, 256), 1 / 256), torch.eye(256) + 1e-3
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(PROBE_OPS):
-            torch.tanh(x @ weights)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | None = None,
@@ -255,8 +236,6 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
         raise RuntimeError(f"sync trained no group in its {steps} measured step(s): no update time to bound by")
     print("the engine's decode, ms a forward (sync and intra decode the same trajectories: a difference between them "
           "is the machine's speed moving): " + ", ".join(f"{name} {r['decode_ms']:.1f}" for name, r in results.items()))
-    print("the machine probe around each run, ms (the same work each time: the machine's speed): "
-          + ", ".join(f"{name} {r['probe_ms']:.0f}" for name, r in results.items()))
     print(f"rollout share under sync: {sync['rollout_s'] / base:.2f} of the step; bound: sync's update alone takes "
           f"{update:.2f} s of its {base:.2f} s step, so a schedule that hid the whole rollout would reach "
           f"{base / update:.2f}x")
@@ -268,8 +247,7 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
                 "reward_sync": sync["reward"], "reward_overlap": results[best]["reward"],
                 "verifier_hidden_intra": results.get("intra", sync)["hidden"], "speedup_bound": base / update,
                 "peak_tokens_per_s": peak,
-                "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()},
-                "probe_ms": {name: round(r["probe_ms"], 1) for name, r in results.items()}, "rounds": rounds,
+                "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()}, "rounds": rounds,
                 "speedup_spread": {name: [round(low, 3), round(high, 3)] for name, (_, low, high) in speedups.items()}}
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if as_json:

@@ -134,14 +134,10 @@ def validate(runs: Path, placements: Any, model: Path, as_json: bool, fit: Path 
     cases = cases_of(runs, placements, tokenizer, eos, fit)
     if fit is not None:
         print(f"costs fitted to the runs in {fit}" + (", each run predicted from the others" if fit == runs else ""))
-    if any(c["speed_factor"] != 1.0 for c in cases):
-        print("each run predicted at its own machine speed: the fitted costs times its probe over the fit's median "
-              "(speed column)")
-    print("run                                   | placement     | speed | measured s | predicted s | error | "
-          "rollout s measured / predicted | update s measured / predicted")
+    print("run                                   | placement     | measured s | predicted s | error | rollout s "
+          "measured / predicted | update s measured / predicted")
     for c in cases:
-        print(f"{c['run']:37s} | {c['placement']:13s} | {c['speed_factor']:5.2f} | {c['measured_s']:10.2f} | "
-              f"{c['predicted_s']:11.2f} | "
+        print(f"{c['run']:37s} | {c['placement']:13s} | {c['measured_s']:10.2f} | {c['predicted_s']:11.2f} | "
               f"{100 * c['rel_error']:4.0f}% | {c['measured_rollout_s']:15.2f} / {c['predicted_rollout_s']:5.2f} | "
               f"{c['measured_update_s']:14.2f} / {c['predicted_update_s']:5.2f}")
     engine = [c for c in cases if "measured_engine_busy_s" in c]

@@ -33,7 +33,6 @@ one torch thread; the engine's own steps measured on one thread of this process)
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from vlrl.bench.overlap import PROBE_FILE, SPLIT
+from vlrl.bench.overlap import SPLIT
 from vlrl.bench.tools import measure as tool_latency
 from vlrl.config import EngineConfig, ModelConfig, TrainConfig, load_config
 from vlrl.demo import bar_chart, question_prompt
@@ -157,27 +156,6 @@ def records(run: Path, name: str) -> list[dict]:
     return read_log(run, name)[1:]
 
 
-def speed_of(run: Path) -> float | None:
-    """The seconds `vlrl bench overlap`'s machine probe took around ``run`` (the mean of just before and just after:
-    ``PROBE_FILE``), None for a run without it."""
-    file = run / PROBE_FILE
-    return statistics.mean(json.loads(file.read_text())["probe_s"]) if file.is_file() else None
-
-
-def metrics_of(run: Path, reference: float | None = None) -> list[dict]:
-    """A run's metrics after its first step; with ``reference`` (a probe's seconds), every figure in seconds as the
-    run would have measured it at that speed: times ``reference`` over the run's own probe (``speed_of``)."""
-    steps = records(run, "metrics")
-    if reference is None:
-        return steps
-    factor = reference / speed_of(run)
-    return [{k: v * factor if _in_seconds(k, v) else v for k, v in r.items()} for r in steps]
-
-
-def _in_seconds(key: str, value: object) -> bool:
-    return key.endswith("_s") and not key.endswith("per_s") and isinstance(value, (int, float))
-
-
 def update_positions_of(run: Path) -> list[float]:
     """Positions each step after the first trained (prompt, observations and answers, padded as the trainer pads its
     micro-batches: ``update_positions``)."""
@@ -186,14 +164,12 @@ def update_positions_of(run: Path) -> list[float]:
                                    padded=True)) for shapes in records(run, "lengths")]
 
 
-def update_costs(runs: list[Path], contention: float = 1.0,
-                 reference: float | None = None) -> tuple[float, float, float]:
-    """(update base s, s per trained position, weight sync s) of ``runs`` (at the ``reference`` probe's speed:
-    ``metrics_of``); the updates of a run whose engine decoded beside them (``decode_during_update``) taken as
-    ``contention`` times their cost alone."""
+def update_costs(runs: list[Path], contention: float = 1.0) -> tuple[float, float, float]:
+    """(update base s, s per trained position, weight sync s) of ``runs``; the updates of a run whose engine decoded
+    beside them (``decode_during_update``) taken as ``contention`` times their cost alone."""
     positions, seconds, syncs = [], [], []
     for run in runs:
-        steps = metrics_of(run, reference)
+        steps = records(run, "metrics")
         beside = load_config(TrainConfig, run / "config.yaml").rollout.decode_during_update
         positions += update_positions_of(run)
         seconds += [r["perf/update_s"] / (contention if beside else 1.0) for r in steps]
@@ -208,15 +184,14 @@ def update_contention(run: Path, costs: Costs) -> float:
     return measured / sum(costs.update_s(int(n)) for n in update_positions_of(run))
 
 
-def rollout_factor(runs: list[Path], costs: Costs, tokenizer: Any, eos: int, reference: float | None = None) -> float:
-    """The runs' measured rollout seconds (at the ``reference`` probe's speed: ``metrics_of``) over the twin's
-    prediction for them (their configs and lengths)."""
+def rollout_factor(runs: list[Path], costs: Costs, tokenizer: Any, eos: int) -> float:
+    """The runs' measured rollout seconds over the twin's prediction for them (their configs and lengths)."""
     from vlrl.plan.report import plan_of, predict
     from vlrl.plan.workloads import from_run
 
     measured = predicted = 0.0
     for run in runs:
-        steps = metrics_of(run, reference)
+        steps = records(run, "metrics")
         plan, _ = plan_of(load_config(TrainConfig, run / "config.yaml"))
         measured += statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps)
         predicted += predict(plan, costs, from_run(run), len(steps), tokenizer, eos)["rollout_s"]
@@ -242,23 +217,21 @@ def engine_fit(steps: list[dict]) -> dict[str, float]:
             "prefill_per_token_s": per_token, "prefill_per_image_s": per_image, "cache_per_position_s": per_position}
 
 
-def fitted(runs: list[Path], base: Costs, tokenizer: Any, eos: int, reference: float | None = None) -> Costs:
+def fitted(runs: list[Path], base: Costs, tokenizer: Any, eos: int) -> Costs:
     """``base`` with what ``runs`` (of one placement) measured themselves: the engine's costs fitted to its counters
     (``engine_fit``), the update's line to their updates and positions, their weight push, then the rollout factor
     over those. The tool's latency and the update's contention stay ``base``'s (a run's logs do not separate them).
     Where the machine's speed drifts, costs fitted to the runs themselves leave out the drift that a calibration done
-    at another time brings in; with ``reference`` (a probe's seconds), each run's seconds are first brought to that
-    speed (``metrics_of``), so runs from a fast and a slow hour fit one machine."""
-    steps = [r for run in runs for r in metrics_of(run, reference)]
+    at another time brings in."""
+    steps = [r for run in runs for r in records(run, "metrics")]
     try:
         engine = engine_fit(steps)
     except ValueError as e:
         raise ValueError(f"{[str(run) for run in runs]}: {e}") from None
-    update_base, update_per_position, sync = update_costs(runs, base.update_contention, reference)
-    at = f" at a probe of {1000 * reference:.0f} ms" if reference is not None else ""
+    update_base, update_per_position, sync = update_costs(runs, base.update_contention)
     costs = replace(base, **engine, update_base_s=update_base, update_per_token_s=update_per_position, sync_s=sync,
-                    rollout_factor=1.0, source=f"{base.source}; fitted to {len(steps)} steps of {len(runs)} run(s){at}")
-    return replace(costs, rollout_factor=rollout_factor(runs, costs, tokenizer, eos, reference))
+                    rollout_factor=1.0, source=f"{base.source}; fitted to {len(steps)} steps of {len(runs)} run(s)")
+    return replace(costs, rollout_factor=rollout_factor(runs, costs, tokenizer, eos))
 
 
 def calibrate(model_dir: Path) -> dict[str, Costs]:

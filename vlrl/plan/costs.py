@@ -14,7 +14,7 @@ what a real rollout adds to the engine's own time; an update the engine decodes 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -56,10 +56,6 @@ class Costs:
             value = getattr(self, f.name)
             if f.name != "source" and not value >= 0:
                 raise ValueError(f"cost {f.name} must be >= 0 seconds, got {value}")
-
-    def at_speed(self, factor: float) -> Costs:
-        """These costs on a machine ``factor`` times as slow: every figure in seconds scaled, the ratios kept."""
-        return replace(self, **{f.name: getattr(self, f.name) * factor for f in fields(self) if f.name.endswith("_s")})
 
     def decode_step_s(self, batch: int, context: int = 0) -> float:
         """One decode step of ``batch`` requests attending to ``context`` tokens between them."""

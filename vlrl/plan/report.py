@@ -121,27 +121,16 @@ def measured_runs(folder: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def reference_speed(folder: Path) -> float | None:
-    """The median of the machine probes around the runs in ``folder`` (``calibrate.speed_of``): the speed costs
-    fitted to them are at. None unless every run has one."""
-    from vlrl.plan.calibrate import speed_of
-
-    speeds = [speed_of(d) for d, _ in measured_runs(folder)]
-    return None if None in speeds else statistics.median(speeds)
-
-
 def fitted_to(folder: Path, placements: Placements, tokenizer: Any, eos_id: int,
               leave_out: Path | None = None) -> Placements:
     """``placements`` with each placement that has runs in ``folder`` fitted to them (``calibrate.fitted``), all but
-    ``leave_out``; at the folder's ``reference_speed`` where its runs were probed."""
+    ``leave_out``."""
     from vlrl.plan.calibrate import fitted
 
-    reference = reference_speed(folder)
     runs = [(d, p) for d, p in measured_runs(folder) if leave_out is None or d.resolve() != leave_out.resolve()]
     out = dict(placements)
     for placement in {p for _, p in runs}:
-        out[placement] = fitted([d for d, p in runs if p == placement], placements[placement], tokenizer, eos_id,
-                                reference)
+        out[placement] = fitted([d for d, p in runs if p == placement], placements[placement], tokenizer, eos_id)
     return out
 
 
@@ -151,25 +140,17 @@ def validate(runs: Path, placements: Placements, tokenizer: Any, eos_id: int,
     --keep` folder), each predicted from its own config and trained trajectories; and the step's two parts, the
     rollout (generation and reward, until the batch closes) and the update (with the weight push). With ``fit``,
     each run's costs are fitted to that folder's runs of its placement (``fitted_to``) but the run itself: where
-    ``fit`` is ``runs``, each run is predicted from what the others measured (leave one out). Where the runs of both
-    folders were probed (`vlrl bench overlap` does), each run is predicted at its own machine speed: the fitted costs
-    times its probe over the fit's ``reference_speed``."""
-    from vlrl.plan.calibrate import speed_of
-
-    reference = reference_speed(fit) if fit is not None else None
+    ``fit`` is ``runs``, each run is predicted from what the others measured (leave one out)."""
     if fit is not None and fit.resolve() != runs.resolve():  # no run to leave out: one fit serves every run
         placements, fit = fitted_to(fit, placements, tokenizer, eos_id), None
     cases = []
     for run_dir, placement in measured_runs(runs):
         plan, _ = plan_of(load_config(TrainConfig, run_dir / "config.yaml"))
         costs = (fitted_to(fit, placements, tokenizer, eos_id, leave_out=run_dir) if fit else placements)[placement]
-        speed = speed_of(run_dir)
-        factor = speed / reference if reference is not None and speed is not None else 1.0
-        costs = costs.at_speed(factor)
         steps = read_log(run_dir)[1:]
         measured = statistics.mean(r["perf/step_s"] for r in steps)
         predicted = predict(plan, costs, from_run(run_dir), len(steps), tokenizer, eos_id)
-        cases.append({"run": run_dir.name, "placement": placement, "speed_factor": factor, "measured_s": measured,
+        cases.append({"run": run_dir.name, "placement": placement, "measured_s": measured,
                       "predicted_s": predicted["step_s"], "rel_error": abs(predicted["step_s"] - measured) / measured,
                       "measured_rollout_s": statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps),
                       "predicted_rollout_s": predicted["rollout_s"],
