@@ -196,7 +196,7 @@ def test_bench_overlap_json_and_the_timelines_it_keeps(tmp_path):
     # the engine's seconds per decode forward of each schedule, the machine's speed as it ran (the replica's too)
     assert set(figures["decode_ms"]) == {"sync", "intra", "disaggregated"} and min(figures["decode_ms"].values()) > 0
     assert figures["rounds"] == 1 and all(low == high == figures[speedup_key(name)]
-                                          for name, (low, high) in figures["speedup_spread"].items())
+                                          for name, (low, high) in figures["range_over_rounds"].items())
     # sync's step is its rollout plus its update; the bound is the step over the update alone, so above 1
     assert figures["speedup_bound"] > 1 and "a schedule that hid the whole rollout would reach" in out
     for schedule in ("sync", "intra", "disaggregated"):  # each schedule ran its 1 + 1 steps and drew them

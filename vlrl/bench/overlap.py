@@ -248,7 +248,8 @@ def run(model_dir: Path, workload: str, steps: int, as_json: bool, keep: Path | 
                 "verifier_hidden_intra": results.get("intra", sync)["hidden"], "speedup_bound": base / update,
                 "peak_tokens_per_s": peak,
                 "decode_ms": {name: round(r["decode_ms"], 2) for name, r in results.items()}, "rounds": rounds,
-                "speedup_spread": {name: [round(low, 3), round(high, 3)] for name, (_, low, high) in speedups.items()}}
+                "range_over_rounds": {name: [round(low, 3), round(high, 3)]
+                                      for name, (_, low, high) in speedups.items()}}
     figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
     if as_json:
         print(json.dumps(figures))
