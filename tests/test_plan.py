@@ -389,6 +389,8 @@ def test_plan_projects_a_gpu_preset_and_recommends_a_split(tiny_dir):
                                                    "disaggregated 6:2")
     assert "16 groups x 5" in out and "a projection" in out
     assert "to a 2048-token cap" in out  # verl's recipe's max_response_length, not the tiny tokenizer's lengths
+    bad = vlrl("plan", "--preset", "qwen2.5-vl-7b-8xh100", "--max-tokens", "0", "--model", str(tiny_dir), check=False)
+    assert bad.returncode == 2 and "a turn cap must be >= 1 token, got 0" in bad.stderr
 
 
 @pytest.mark.slow

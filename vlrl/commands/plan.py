@@ -98,7 +98,8 @@ def predict(args: argparse.Namespace, placements: Any, model: Path) -> int:
     if preset is not None:
         placements = preset.placements(args.preset)
         workload = replace(workload, prompt_tokens=preset.prompt_tokens, observation_tokens=preset.observation_tokens)
-    workload = workload.scaled(args.max_tokens or (preset.response_cap if preset else workload.max_tokens))
+    cap = args.max_tokens if args.max_tokens is not None else (preset.response_cap if preset else workload.max_tokens)
+    workload = workload.scaled(cap)
     tokenizer, eos = _tokenizer(model)
     if args.fit:
         placements = report.fitted_to(Path(args.fit), placements, tokenizer, eos)
