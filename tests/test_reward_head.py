@@ -15,7 +15,7 @@ from test_verifier import streamed
 from vlrl.bench.parity import two_turn_rollout
 from vlrl.rewards.head import HEAD_FILE, read_reward_head, write_reward_model
 from vlrl.rewards.verifier import Verifier
-from vlrl.trainer.logprobs import forward
+from vlrl.trainer.logprobs import last_hidden
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 BIAS = 0.3
@@ -58,7 +58,7 @@ def final_hidden(model, vision, ids, images) -> torch.Tensor:
     hook = model.model.language_model.norm.register_forward_hook(lambda m, i, o: seen.append(o))
     try:
         with torch.no_grad():
-            forward(model, vision, [(ids, images)])
+            last_hidden(model, vision, [(ids, images)])
     finally:
         hook.remove()
     return seen[0][0, len(ids) - 1]

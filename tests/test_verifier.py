@@ -13,7 +13,7 @@ from vlrl.bench.parity import two_turn_rollout
 from vlrl.config import QUESTION
 from vlrl.engines.hf import HFEngine
 from vlrl.rewards.verifier import Verifier
-from vlrl.trainer.logprobs import forward
+from vlrl.trainer.logprobs import last_hidden
 
 ENGINES = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 
@@ -104,8 +104,8 @@ def test_score_is_p_yes_over_yes_and_no_from_the_trainer_forward(hf_engine, run,
     verifier = Verifier(hf_engine, tokenizer, yes=("Yes", " Yes"), no=("No",))
     verdict = run(verifier.score("vs-trainer", trajectory.token_ids, trajectory.images))
     with torch.no_grad():
-        out, _, _ = forward(trainer_model, vision, [(whole_ids(tokenizer, trajectory), trajectory.images)])
-    probs = torch.softmax(out.logits[0, -1].double(), dim=-1)
+        hidden, _, _ = last_hidden(trainer_model, vision, [(whole_ids(tokenizer, trajectory), trajectory.images)])
+        probs = torch.softmax(trainer_model.lm_head(hidden[0, -1]).double(), dim=-1)
     yes = probs[tokenizer.encode("Yes")[0]] + probs[tokenizer.encode(" Yes")[0]]
     no = probs[tokenizer.encode("No")[0]]
     assert math.isclose(verdict.score, float(yes / (yes + no)), abs_tol=1e-5)

@@ -20,7 +20,7 @@ from transformers import AutoModelForImageTextToText
 from vlrl.algos.ppo import clipped_value_loss
 from vlrl.config import CriticConfig
 from vlrl.trainer.batches import micro_batches, pad
-from vlrl.trainer.logprobs import forward
+from vlrl.trainer.logprobs import last_hidden
 from vlrl.trainer.streamed import Reading, StreamedScores
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
@@ -47,9 +47,8 @@ class Critic(torch.nn.Module):
         return self.head(out.hidden_states[-1][0]).squeeze(-1).float()  # type: ignore[attr-defined]
 
     def _values(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        out, _, lengths = forward(self.backbone, self.vision, [(t.token_ids, t.images) for t in trajectories],
-                                  hidden_states=True)
-        values = self.head(out.hidden_states[-1][:, :-1]).squeeze(-1).float()
+        hidden, _, lengths = last_hidden(self.backbone, self.vision, [(t.token_ids, t.images) for t in trajectories])
+        values = self.head(hidden[:, :-1]).squeeze(-1).float()
         return [values[r, : n - 1] for r, n in enumerate(lengths)]
 
     @torch.no_grad()

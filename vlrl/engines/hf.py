@@ -543,6 +543,7 @@ class HFEngine(Engine):
         mask = torch.tensor([[0] * (width - p) + [1] * (p + n) + [0] * (length - n) for p, n in zip(past, new)])
         images = [im for w in works for im in w.images]
         pixels = self.vision.encode(images)
+        last = sorted({n - 1 for n in new})  # the positions whose logits are read: no (rows x length x vocab) logits
         out = self.model(
             input_ids=input_ids.to(self.device),
             position_ids=positions.to(self.device),
@@ -551,6 +552,7 @@ class HFEngine(Engine):
             pixel_values=pixels.pixel_values.to(self.device, self.model.dtype) if pixels is not None else None,
             image_grid_thw=pixels.grid_thw.to(self.device) if pixels is not None else None,
             use_cache=True,
+            logits_to_keep=torch.tensor(last, device=self.device),
         )
         self._stats["prefill_forwards"] += 1
         self._stats["prefill_rows"] += len(works)
@@ -562,7 +564,7 @@ class HFEngine(Engine):
             keep = slice(width - p, width + n)
             w.req.kv = kv if len(works) == 1 else [(k[i: i + 1, :, keep].clone(), v[i: i + 1, :, keep].clone())
                                                    for k, v in kv]
-            logits.append(out.logits[i: i + 1, n - 1])
+            logits.append(out.logits[i: i + 1, last.index(n - 1)])
         return logits
 
     def _decode(self) -> list[tuple[_Request, int, float, int]]:

@@ -10,6 +10,8 @@ import torch
 
 from vlrl.types import SamplingParams
 
+NUCLEUS_CANDIDATES = 1024  # top-p looks for its set among this many of a row's largest probabilities first
+
 
 def sample_next(
     logits: torch.Tensor,
@@ -17,37 +19,69 @@ def sample_next(
     generators: Sequence[torch.Generator | None],
     suppress: Sequence[torch.Tensor],
 ) -> tuple[list[int], list[float]]:
-    """Sample one token per row of ``logits`` (B, V).
+    """Sample one token per row of ``logits`` (B, V), every row's settings applied to the batch at once.
 
     The returned logprob is the raw model log-probability of the chosen token
     (temperature 1, nothing suppressed) — the quantity the trainer recomputes. Sampling
     itself applies suppression, temperature, top-k and top-p (in that order); a
-    temperature of 0 is greedy.
+    temperature of 0 is greedy. A row draws from its own generator when it has one, so a
+    seeded request's tokens do not depend on the other rows of the batch.
     """
     logits = logits.float()
-    raw = torch.log_softmax(logits, dim=-1)
-    tokens: list[int] = []
-    for row, (p, gen, banned) in enumerate(zip(params, generators, suppress)):
-        scores = logits[row].clone()
+    rows, vocab = logits.shape
+    scores = logits.clone()
+    counts = torch.tensor([len(b) for b in suppress])
+    if counts.sum() > 0:
+        banned = torch.repeat_interleave(torch.arange(rows), counts), torch.cat([b.long() for b in suppress])
         scores[banned] = float("-inf")
-        if p.temperature == 0:
-            tok = int(torch.argmax(scores))
-        else:
-            scores = scores / p.temperature
-            if p.top_k > 0:
-                kth = torch.topk(scores, min(p.top_k, scores.numel())).values[-1]
-                scores[scores < kth] = float("-inf")
-            probs = torch.softmax(scores, dim=-1)
-            if p.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                # keep the smallest prefix whose mass reaches top_p (always at least one token)
-                drop = torch.cumsum(sorted_p, dim=-1) - sorted_p >= p.top_p
-                sorted_p[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            tok = int(torch.multinomial(probs, 1, generator=gen))
-        tokens.append(tok)
-    logprobs = raw[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
-    return tokens, logprobs
+    greedy_tokens = scores.argmax(-1)
+    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+    greedy = temperature == 0
+    if greedy.all():
+        return greedy_tokens.tolist(), raw_logprobs(logits, greedy_tokens)
+    if (temperature[~greedy] != 1).any():
+        scores /= torch.where(greedy, 1.0, temperature)[:, None]
+    top_k = torch.tensor([p.top_k for p in params])
+    if (top_k > 0).any():
+        largest = torch.topk(scores, min(int(top_k.max()), vocab)).values
+        kth = largest.gather(1, (top_k.clamp(1, largest.shape[1]) - 1)[:, None])
+        scores.masked_fill_((scores < kth) & (top_k > 0)[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+    nucleus = (top_p < 1).nonzero().squeeze(-1)
+    if len(nucleus):
+        probs[nucleus] = nucleus_of(probs[nucleus], top_p[nucleus])
+    # inverse CDF: one uniform draw per row, from the row's own generator when it has one
+    cdf = probs.cumsum_(-1)
+    draws = torch.rand(rows)
+    for row, gen in enumerate(generators):
+        if gen is not None:
+            draws[row] = torch.rand((), generator=gen)
+    # a draw in (0, 1] lands on the first token whose cumulative mass reaches it: never a token of mass 0
+    points = (1.0 - draws) * cdf[:, -1]
+    sampled = torch.searchsorted(cdf, points[:, None]).squeeze(-1).clamp_max(vocab - 1)
+    tokens = torch.where(greedy, greedy_tokens, sampled)
+    return tokens.tolist(), raw_logprobs(logits, tokens)
+
+
+def raw_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> list[float]:
+    """log softmax(``logits``) at ``tokens``, one per row."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1).tolist()
+
+
+def nucleus_of(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """``probs`` (R, V) with each row cut to the smallest set of its largest entries whose mass reaches that row's
+    ``top_p`` (always at least one); the rest set to 0, the kept ones not renormalised.
+
+    The set is found among the row's ``NUCLEUS_CANDIDATES`` largest entries, by a full sort
+    only when those do not reach ``top_p`` (a flat distribution): sorting a 152k vocabulary
+    per row was the sampler's largest cost.
+    """
+    largest, order = torch.topk(probs, min(NUCLEUS_CANDIDATES, probs.shape[-1]))
+    if not bool((largest.sum(-1) >= top_p).all()):
+        largest, order = torch.sort(probs, dim=-1, descending=True)
+    drop = torch.cumsum(largest, dim=-1) - largest >= top_p[:, None]
+    return torch.zeros_like(probs).scatter_(-1, order, largest.masked_fill(drop, 0.0))
 
 
 def continued(sampling: SamplingParams, generated: Sequence[int], part: int) -> SamplingParams:

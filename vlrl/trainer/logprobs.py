@@ -3,7 +3,9 @@
 This is the forward every loss uses, and the one the engines' behavior logprobs are
 checked against (mean |Δ| < 1e-3 in fp32). Sequences are right-padded into one batch;
 all images of all sequences go through the vision tower in order; rotary positions are
-the 3-D positions of each whole sequence.
+the 3-D positions of each whole sequence. The decoder's hidden states go through the
+output projection a chunk at a time (``vlrl.trainer.head``): a sequence's full logits are
+never in memory.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from peft import PeftModel
 from PIL import Image
 from transformers import DynamicCache, PreTrainedModel
 
 from vlrl.model.rope import mrope_positions
+from vlrl.trainer.head import head_logprobs
 from vlrl.types import Trajectory
 from vlrl.vision import VisionInputs
 
@@ -28,15 +32,25 @@ class TokenScores:
     entropy: torch.Tensor  # (L - 1,)
 
 
-def forward(model: PreTrainedModel, vision: VisionInputs, sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
-            hidden_states: bool = False) -> tuple[Any, torch.Tensor, list[int]]:
-    """The model's forward over right-padded ``sequences``: (output, input ids, lengths)."""
+def language_model(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The decoder of a VLM (the model without its output projection) and the projection; through LoRA's wrapper."""
+    hf = model.get_base_model() if isinstance(model, PeftModel) else model
+    return hf.base_model, hf.get_output_embeddings()
+
+
+def last_hidden(model: Any, vision: VisionInputs, sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]]
+                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The decoder's last hidden states over right-padded ``sequences``: (B, T, H), input ids (B, T), lengths.
+
+    The output projection is not applied: callers project what they need (``head_logprobs``, a value head).
+    """
     images: list[Image.Image] = []
     for i, (ids, ims) in enumerate(sequences):
         if len(ids) < 2:
             raise ValueError(f"sequence {i}: needs at least 2 tokens to score, got {len(ids)}")
         vision.check(ids, [vision.token_count(im) for im in ims], where=f"sequence {i}")
         images.extend(ims)
+    decoder, _ = language_model(model)
     device = next(model.parameters()).device
     lengths = [len(ids) for ids, _ in sequences]
     pad_id = model.config.text_config.pad_token_id or 0
@@ -48,16 +62,15 @@ def forward(model: PreTrainedModel, vision: VisionInputs, sequences: Sequence[tu
     batch = vision.encode(images)
     grid = batch.grid_thw if batch is not None else None
     positions = mrope_positions(model, input_ids, grid, attention_mask)
-    out = model(
+    out = decoder(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=positions.to(device),
         pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
         image_grid_thw=grid.to(device) if grid is not None else None,
         use_cache=False,
-        output_hidden_states=hidden_states,
     )
-    return out, input_ids.to(device), lengths
+    return out.last_hidden_state, input_ids.to(device), lengths
 
 
 def forward_from(model: PreTrainedModel, vision: VisionInputs, ids: Sequence[int], images: Sequence[Image.Image],
@@ -87,16 +100,19 @@ def sequence_logprobs(
     model: PreTrainedModel,
     vision: VisionInputs,
     sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]],
+    chunk: int | None = None,
 ) -> list[TokenScores]:
-    """Score every next token of each (ids, images) sequence under ``model``."""
+    """Score every next token of each (ids, images) sequence under ``model``; the logits are formed ``chunk``
+    positions at a time (``head_logprobs``), never whole."""
     if not sequences:
         return []
-    out, input_ids, lengths = forward(model, vision, sequences)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return [TokenScores(token_logp[r, : n - 1], entropy[r, : n - 1]) for r, n in enumerate(lengths)]
+    hidden, input_ids, lengths = last_hidden(model, vision, sequences)
+    # only the positions that score a token of their own sequence: no padding goes through the head
+    rows = [hidden[r, : n - 1] for r, n in enumerate(lengths)]
+    targets = torch.cat([input_ids[r, 1:n] for r, n in enumerate(lengths)])
+    logprobs, entropy = head_logprobs(torch.cat(rows), language_model(model)[1], targets, chunk)
+    sizes = [n - 1 for n in lengths]
+    return [TokenScores(lp, ent) for lp, ent in zip(logprobs.split(sizes), entropy.split(sizes))]
 
 
 def trajectory_logprobs(
