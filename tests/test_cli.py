@@ -161,6 +161,29 @@ def test_bench_train_json():
     assert figures["step_s"] >= figures["rollout_s"] + figures["update_s"] and figures["tokens_per_s"] > 0
 
 
+def test_bench_memory_json(tiny_dir):
+    """Each figure from a process of its own: a trainer step holds more than the logprob forward (gradients and
+    AdamW's moments), the model alone less than either; the KV cache per 1k tokens is the tiny model's layout
+    (2 x 4 layers x 2 key/value heads x 64 x 4 bytes per token)."""
+    out = vlrl("bench", "memory", "--model", str(tiny_dir), "--lengths", "1200", "--json").stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["vocab"] == 2046 and figures["shape"] is None  # the tiny model: the tokenizer's size
+    train, logprobs = figures["trainer_peak_gb"]["1200"], figures["logprob_peak_gb"]["1200"]
+    assert train > logprobs > 0 and figures["trainer_tokens_per_s"]["1200"] > 0
+    assert figures["kv_gb_per_1k_tokens"] * 2**30 == pytest.approx(2 * 4 * 2 * 64 * 4 * 1000)
+    assert "the model loaded, before any step" in out
+
+
+def test_a_memory_trajectory_has_its_length_and_four_images(tokenizer, vision):
+    from vlrl.bench.memory import IMAGES, trajectory
+
+    traj = trajectory(tokenizer, vision, 1500)
+    assert len(traj.token_ids) == 1500 and len(traj.images) == IMAGES
+    assert sum(traj.loss_mask) > 1500 - IMAGES * 300  # the rest is policy text, trained on
+    with pytest.raises(ValueError, match="a 600-token trajectory cannot hold 4 images"):
+        trajectory(tokenizer, vision, 600)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: scripts/gpu_overlap.sh runs the benchmark")
 def test_bench_overlap_on_a_gpu_says_there_is_none_here():
     result = vlrl("bench", "overlap", "--device", "cuda", "--steps", "1", check=False)

@@ -122,6 +122,8 @@ class OptimConfig:
     lora_rank: int = 0  # > 0: train LoRA adapters on the language model's projections instead of every weight
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward: less memory, more time
+    autocast: Literal["none", "bfloat16"] = "none"  # bfloat16: the trainer's forwards in bf16, weights and AdamW fp32
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -38,13 +38,14 @@ async def two_turn_rollout(
     request_id: str,
     tokens_per_turn: int = 128,
     seed: int = 0,
+    size: tuple[int, int] = (112, 112),
 ) -> Trajectory:
-    """Sample two policy turns around a tool observation that returns a second image.
+    """Sample two policy turns around a tool observation that returns a second image (both charts ``size``).
 
     End-of-sequence tokens are suppressed so each turn runs ``tokens_per_turn`` tokens.
     """
     values = [3.0, 7.0, 5.0, 2.0]
-    chart, edited = bar_chart(values), bar_chart(values, highlight=1)
+    chart, edited = bar_chart(values, size=size), bar_chart(values, size=size, highlight=1)
     prompt = question_prompt(tokenizer, vision, "Which bar is the highest?", chart)
     traj = Trajectory(request_id, "demo", [Segment("prompt", tuple(prompt), images=(chart,))])
     sampling = SamplingParams(max_tokens=tokens_per_turn, temperature=1.0, seed=seed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ def config_command(sub: argparse._SubParsersAction, name: str, what: str, exampl
     return parser
 
 
-def with_model(model: str | None, work: Callable[[Path], T], **tiny: int) -> T:
+def with_model(model: str | None, work: Callable[[Path], T], **tiny: Any) -> T:
     """``work(model)``, or ``work`` on a tiny model (``vlrl model tiny`` with ``tiny``) built in a temporary folder
     for the call."""
     if model:

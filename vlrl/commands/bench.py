@@ -1,4 +1,4 @@
-"""`vlrl bench engine | tools | train | overlap | scale | data`: benchmarks that print figures (and one JSON line)."""
+"""`vlrl bench engine | tools | train | overlap | scale | data | memory`: benchmarks that print figures (and one JSON line)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--steps", type=int, default=4, help="steps per setup; the first warms up")
     scale.add_argument("--quick", action="store_true", help="2 prompts x 4 trajectories per step instead of 8 x 8")
     _bench(bench_sub, "data", "synthetic samples per second, loader rows per second", run_data)
+    memory = _bench(bench_sub, "memory", "peak memory of a trainer step and a logprob forward at 2k-16k tokens with "
+                                         "4 images, tokens/s, the HF engine's KV cache per 1k tokens", run_memory,
+                    model=True)
+    memory.add_argument("--shape", default="qwen2.5-vl-7b",
+                        help="the tiny model's shape (vlrl model tiny --shape) when --model is not given")
+    memory.add_argument("--lengths", default="2048,4096,8192,16384", help="comma-separated trajectory lengths")
 
 
 def _bench(sub: argparse._SubParsersAction, name: str, what: str, run: Callable[[argparse.Namespace], int],
@@ -99,7 +105,17 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_model(args: argparse.Namespace, bench: Callable[[Path], Any], **tiny: int) -> int:
+def run_memory(args: argparse.Namespace) -> int:
+    from vlrl.bench.memory import run
+
+    lengths = tuple(int(n) for n in args.lengths.split(","))
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"--lengths must be positive token counts, got {args.lengths}")
+    shape = None if args.model else args.shape
+    return _with_model(args, lambda model: run(model, shape, lengths, args.json), shape=shape)
+
+
+def _with_model(args: argparse.Namespace, bench: Callable[[Path], Any], **tiny: Any) -> int:
     """``bench`` on ``--model`` or on a tiny model built for the run; the exit status."""
     with_model(args.model, bench, **tiny)
     return 0

@@ -12,8 +12,12 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--out", required=True, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl"])
-    tiny.add_argument("--max-pixels", type=int, default=448 * 448,
-                      help="largest image the processor passes (28 x 28 pixels per image token)")
+    tiny.add_argument("--max-pixels", type=int, default=None,
+                      help="largest image the processor passes (28 x 28 pixels per image token; default "
+                           "448 x 448, or the shape's)")
+    tiny.add_argument("--shape", default=None,
+                      help="e.g. qwen2.5-vl-7b: a released checkpoint's shapes (vocabulary, special-token ids, context, vision patching, "
+                           "pixel bounds) at a small width and depth; --arch is then qwen2.5-vl")
     tiny.set_defaults(run=run_tiny)
     head = model_sub.add_parser("reward-head", help="a reward-model folder: a VLM with a classic scalar head "
                                                     "(e.g. a *ForSequenceClassification's score.weight) written in")
@@ -27,8 +31,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
 def run_tiny(args: argparse.Namespace) -> int:
     from vlrl.model.tiny import build_tiny_model
 
-    out = build_tiny_model(args.out, seed=args.seed, arch=args.arch, max_pixels=args.max_pixels)
-    print(f"wrote tiny {args.arch} model to {out}")
+    out = build_tiny_model(args.out, seed=args.seed, arch=args.arch, max_pixels=args.max_pixels, shape=args.shape)
+    print(f"wrote tiny {args.shape or args.arch} model to {out}")
     return 0
 
 

@@ -7,11 +7,18 @@ a byte-level BPE trained here on chart / table QA and tool-call text, split at
 whitespace only (a focus-tool call is a handful of tokens, not forty); the model is
 sized for CPU: head_dim 64 (vLLM's CPU attention rejects smaller), vision output size
 equal to the text hidden size, ``mrope_section`` summing to head_dim / 2.
+
+A shape (``SHAPES``: Qwen2.5-VL-3B, -7B) keeps what makes a released checkpoint costly
+at the sizes users train (the 151,936-row vocabulary, head_dim 128, the context length,
+the processor's pixel bounds up to thousands of visual tokens per image) at a width and
+depth this CPU runs, so tests and benchmarks meet those shapes.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -104,11 +111,13 @@ def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
     return out
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(specials_at: int = 0, max_positions: int = MAX_POSITIONS) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE with Qwen's special tokens and wrap it for transformers.
 
     The corpus has a fixed seed: every tiny model shares one vocabulary, whatever the
-    seed of its weights.
+    seed of its weights. ``specials_at``: the id of the first special token, the ids between
+    the trained vocabulary and it held by reserved special tokens (as Qwen2.5's are at
+    151,643 and after); 0 puts them right after the trained vocabulary.
     """
     tok = Tokenizer(models.BPE())
     # split at whitespace only, so a tool name or a JSON key with its quotes can be one token
@@ -123,15 +132,30 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(random.Random(0)), trainer=trainer)
+    if specials_at:
+        tok = _reserved_up_to(tok, specials_at)
     tok.add_special_tokens(SPECIAL_TOKENS)
     tok.add_tokens(ADDED_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        model_max_length=MAX_POSITIONS,
+        model_max_length=max_positions,
         clean_up_tokenization_spaces=False,
     )
+
+
+def _reserved_up_to(tok: Tokenizer, end: int) -> Tokenizer:
+    """``tok`` with entries ``<|reserved_i|>`` in its vocabulary up to id ``end``: ids no text encodes to (no merge
+    makes them) that decode to their names. In the model's vocabulary rather than added tokens, which
+    transformers would take seconds to load at 150k of them."""
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    trained = len(vocab)
+    if end < trained:
+        raise ValueError(f"special tokens must start at or after the trained vocabulary ({trained}), got {end}")
+    vocab.update({f"<|reserved_{i}|>": trained + i for i in range(end - trained)})
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 # The vision towers of the two architectures; both emit vectors of the text hidden size.
@@ -141,48 +165,88 @@ VISION = {
     "qwen2.5-vl": dict(depth=2, hidden_size=128, out_hidden_size=256, intermediate_size=256, num_heads=2,
                        window_size=112, fullatt_block_indexes=[1], tokens_per_second=2),
 }
+TEXT = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=MAX_POSITIONS,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
+            tie_word_embeddings=True)
 ARCHS = {
     "qwen2-vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor),
     "qwen2.5-vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor),
 }
 
 
-def model_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl") -> PretrainedConfig:
+@dataclass(frozen=True)
+class Shape:
+    """A released checkpoint's shapes at a width and depth this CPU runs.
+
+    Real: the vocabulary's rows and the special tokens' ids, head_dim and the rotary
+    sections, the context length, the vision tower's patching (patch 14, temporal patch 2,
+    spatial merge 2), its window and full-attention blocks, the processor's pixel bounds and
+    whether the embedding is tied. Small: the widths, the depths and the head counts.
+    """
+
+    text: dict
+    vision: dict
+    vocab_rows: int = 151_936  # the embedding's rows (Qwen2.5's tokenizer holds 151,665 tokens)
+    specials_at: int = 151_643  # <|endoftext|>'s id; Qwen's other special tokens follow it in order
+    min_pixels: int = 56 * 56  # the processor's bounds (Qwen2.5-VL's preprocessor_config.json)
+    max_pixels: int = 12_845_056
+
+
+# Qwen2.5-VL's config.json (3B, 7B): rope_theta 1e6, 128,000 positions, head_dim 128 with mrope_section
+# [16, 24, 24]; the vision tower windowed (112 px) but at blocks 7, 15, 23, 31 of 32, here every second block
+# of 4 with the last full.
+_ROPE = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+_VISION_25 = dict(depth=4, hidden_size=128, intermediate_size=344, num_heads=2, window_size=112,
+                  fullatt_block_indexes=[1, 3], tokens_per_second=2)
+SHAPES = {
+    # 3B: hidden 2048 in 16 heads of 128 with 2 key/value heads, SwiGLU 11,008, tied embedding
+    "qwen2.5-vl-3b": Shape(
+        text=dict(hidden_size=256, intermediate_size=1376, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=128_000, rope_parameters=_ROPE,
+                  tie_word_embeddings=True),
+        vision=dict(_VISION_25, out_hidden_size=256)),
+    # 7B: hidden 3584 in 28 heads of 128 with 4 key/value heads, SwiGLU 18,944, untied output projection
+    "qwen2.5-vl-7b": Shape(
+        text=dict(hidden_size=512, intermediate_size=2704, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, max_position_embeddings=128_000, rope_parameters=_ROPE,
+                  tie_word_embeddings=False),
+        vision=dict(_VISION_25, out_hidden_size=512)),
+}
+
+
+def model_config(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl", shape: Shape | None = None
+                 ) -> PretrainedConfig:
     ids = tokenizer.convert_tokens_to_ids
     config_cls = ARCHS[arch][0]
+    text = TEXT if shape is None else shape.text
     return config_cls(
         text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=256,
-            intermediate_size=768,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=MAX_POSITIONS,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]},
-            tie_word_embeddings=True,
+            **text,
+            vocab_size=len(tokenizer) if shape is None else shape.vocab_rows,
             bos_token_id=ids("<|endoftext|>"),
             eos_token_id=ids("<|im_end|>"),
             pad_token_id=ids("<|endoftext|>"),
             initializer_range=0.05,
         ),
         vision_config=dict(
-            **VISION[arch], patch_size=14, spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.05
+            **(VISION[arch] if shape is None else shape.vision), patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, initializer_range=0.05
         ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
+        tie_word_embeddings=text["tie_word_embeddings"],
     )
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl",
-                    max_pixels: int = IMAGE_MAX_PIXELS) -> Qwen2VLProcessor:
+                    max_pixels: int = IMAGE_MAX_PIXELS, min_pixels: int = IMAGE_MIN_PIXELS) -> Qwen2VLProcessor:
     template = resources.files("vlrl.model").joinpath("chat_template.jinja").read_text()
     tokenizer.chat_template = template
     return ARCHS[arch][2](
-        image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=max_pixels),
+        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,
         chat_template=template,
@@ -190,20 +254,30 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, arch: str = "qwen2-vl",
 
 
 def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl",
-                     max_pixels: int = IMAGE_MAX_PIXELS) -> Path:
+                     max_pixels: int | None = None, shape: str | None = None) -> Path:
     """Write a tiny random Qwen2-VL folder to ``out``; the same seed gives the same bytes.
 
     ``max_pixels`` caps the image size the processor feeds the model (each 28 x 28 pixels
-    is one image token): the quickstart's small cap keeps a CPU step short.
+    is one image token; default: 448 x 448, or the shape's): the quickstart's small cap
+    keeps a CPU step short. ``shape`` (a key of ``SHAPES``) builds a released checkpoint's
+    shapes at a small width and depth instead (its architecture, vocabulary, special-token
+    ids, context length, vision patching and pixel bounds).
     """
+    if shape is not None and shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; known: {sorted(SHAPES)}")
+    form = SHAPES[shape] if shape is not None else None
+    arch = "qwen2.5-vl" if shape is not None else arch
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny model arch {arch!r}; supported: {sorted(ARCHS)}")
-    if not IMAGE_MIN_PIXELS <= max_pixels:
-        raise ValueError(f"max_pixels must be >= {IMAGE_MIN_PIXELS}, got {max_pixels}")
+    min_pixels = IMAGE_MIN_PIXELS if form is None else form.min_pixels
+    max_pixels = max_pixels or (IMAGE_MAX_PIXELS if form is None else form.max_pixels)
+    if not min_pixels <= max_pixels:
+        raise ValueError(f"max_pixels must be >= {min_pixels}, got {max_pixels}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = model_config(tokenizer, arch)
+    tokenizer = (build_tokenizer() if form is None else
+                 build_tokenizer(form.specials_at, form.text["max_position_embeddings"]))
+    config = model_config(tokenizer, arch, form)
     torch.manual_seed(seed)
     model = ARCHS[arch][1](config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
@@ -212,5 +286,5 @@ def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl",
         pad_token_id=config.text_config.pad_token_id,
     )
     model.save_pretrained(out)
-    build_processor(tokenizer, arch, max_pixels).save_pretrained(out)
+    build_processor(tokenizer, arch, max_pixels, min_pixels).save_pretrained(out)
     return out

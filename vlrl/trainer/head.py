@@ -38,6 +38,8 @@ class _HeadLogprobs(torch.autograd.Function):
             entropy[rows] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk = chunk
+        device = hidden.device.type  # the backward recomputes the logits at the forward's precision (autocast)
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
@@ -48,23 +50,33 @@ class _HeadLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
-        for start in range(0, hidden.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            logits = F.linear(hidden[rows], weight, bias).float()
-            # d logp[target] / d logits = onehot(target) - softmax(logits)
-            grad_logits = -torch.softmax(logits, dim=-1)
-            grad_logits.scatter_add_(-1, targets[rows, None], torch.ones_like(grad_logits[:, :1]))
-            grad_logits = (grad_logits * grad_logprobs[rows, None]).to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits @ weight
-            if grad_weight is not None:
-                grad_weight += (grad_logits.T @ hidden[rows]).float()
-            if grad_bias is not None:
-                grad_bias += grad_logits.float().sum(0)
+        enabled, dtype = ctx.autocast
+        with torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                _chunk_backward(hidden[rows], weight, bias, targets[rows], grad_logprobs[rows],
+                                None if grad_hidden is None else grad_hidden[rows], grad_weight, grad_bias)
         return (grad_hidden,
                 None if grad_weight is None else grad_weight.to(weight.dtype),
                 None if grad_bias is None else grad_bias.to(bias.dtype),
                 None, None)
+
+
+def _chunk_backward(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                    grad_logprobs: torch.Tensor, grad_hidden: torch.Tensor | None, grad_weight: torch.Tensor | None,
+                    grad_bias: torch.Tensor | None) -> None:
+    """One chunk's share of the gradient: written into ``grad_hidden``, added to ``grad_weight`` and ``grad_bias``."""
+    logits = F.linear(hidden, weight, bias).float()
+    # d logp[target] / d logits = onehot(target) - softmax(logits)
+    grad_logits = -torch.softmax(logits, dim=-1)
+    grad_logits.scatter_add_(-1, targets[:, None], torch.ones_like(grad_logits[:, :1]))
+    grad_logits = (grad_logits * grad_logprobs[:, None]).to(hidden.dtype)  # autocast casts the products further
+    if grad_hidden is not None:
+        grad_hidden.copy_(grad_logits @ weight)
+    if grad_weight is not None:
+        grad_weight += (grad_logits.T @ hidden).float()
+    if grad_bias is not None:
+        grad_bias += grad_logits.float().sum(0)
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,

@@ -32,10 +32,11 @@ class TokenScores:
     entropy: torch.Tensor  # (L - 1,)
 
 
-def language_model(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
-    """The decoder of a VLM (the model without its output projection) and the projection; through LoRA's wrapper."""
+def output_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The language model's final norm (whose output is the last hidden state) and its output projection; through
+    LoRA's wrapper."""
     hf = model.get_base_model() if isinstance(model, PeftModel) else model
-    return hf.base_model, hf.get_output_embeddings()
+    return hf.model.language_model.norm, hf.get_output_embeddings()
 
 
 def last_hidden(model: Any, vision: VisionInputs, sequences: Sequence[tuple[Sequence[int], Sequence[Image.Image]]]
@@ -43,6 +44,8 @@ def last_hidden(model: Any, vision: VisionInputs, sequences: Sequence[tuple[Sequ
     """The decoder's last hidden states over right-padded ``sequences``: (B, T, H), input ids (B, T), lengths.
 
     The output projection is not applied: callers project what they need (``head_logprobs``, a value head).
+    The model's own forward runs (so a sharded model gathers its weights as it does for any forward, and
+    keeps the root's gathered after it) with no position's logits kept; the final norm's output is read.
     """
     images: list[Image.Image] = []
     for i, (ids, ims) in enumerate(sequences):
@@ -50,7 +53,6 @@ def last_hidden(model: Any, vision: VisionInputs, sequences: Sequence[tuple[Sequ
             raise ValueError(f"sequence {i}: needs at least 2 tokens to score, got {len(ids)}")
         vision.check(ids, [vision.token_count(im) for im in ims], where=f"sequence {i}")
         images.extend(ims)
-    decoder, _ = language_model(model)
     device = next(model.parameters()).device
     lengths = [len(ids) for ids, _ in sequences]
     pad_id = model.config.text_config.pad_token_id or 0
@@ -62,15 +64,21 @@ def last_hidden(model: Any, vision: VisionInputs, sequences: Sequence[tuple[Sequ
     batch = vision.encode(images)
     grid = batch.grid_thw if batch is not None else None
     positions = mrope_positions(model, input_ids, grid, attention_mask)
-    out = decoder(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        position_ids=positions.to(device),
-        pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
-        image_grid_thw=grid.to(device) if grid is not None else None,
-        use_cache=False,
-    )
-    return out.last_hidden_state, input_ids.to(device), lengths
+    seen: list[torch.Tensor] = []
+    hook = output_head(model)[0].register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=positions.to(device),
+            pixel_values=batch.pixel_values.to(device, model.dtype) if batch is not None else None,
+            image_grid_thw=grid.to(device) if grid is not None else None,
+            use_cache=False,
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=device),
+        )
+    finally:
+        hook.remove()
+    return seen[-1], input_ids.to(device), lengths
 
 
 def forward_from(model: PreTrainedModel, vision: VisionInputs, ids: Sequence[int], images: Sequence[Image.Image],
@@ -110,7 +118,7 @@ def sequence_logprobs(
     # only the positions that score a token of their own sequence: no padding goes through the head
     rows = [hidden[r, : n - 1] for r, n in enumerate(lengths)]
     targets = torch.cat([input_ids[r, 1:n] for r, n in enumerate(lengths)])
-    logprobs, entropy = head_logprobs(torch.cat(rows), language_model(model)[1], targets, chunk)
+    logprobs, entropy = head_logprobs(torch.cat(rows), output_head(model)[1], targets, chunk)
     sizes = [n - 1 for n in lengths]
     return [TokenScores(lp, ent) for lp, ent in zip(logprobs.split(sizes), entropy.split(sizes))]
 

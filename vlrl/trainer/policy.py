@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from vlrl.config import OptimConfig
 from vlrl.trainer.batches import FILLER, TrainItem, length, micro_batches, pad
-from vlrl.trainer.logprobs import sequence_logprobs
+from vlrl.trainer.logprobs import TokenScores, sequence_logprobs
 from vlrl.trainer.lora import apply_lora, merged_state_dict
 from vlrl.trainer.objective import LossInputs, Objective
 from vlrl.trainer.parallel import (
@@ -70,6 +70,8 @@ class PolicyTrainer:
             self.model = apply_lora(model, optim.lora_rank, optim.lora_alpha, optim.lora_dropout)
         if optim.freeze_vision:
             vision_tower(self.model).requires_grad_(False)
+        if optim.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.total_steps = total_steps
         self.optimizer, self.scheduler = self._optimizer()
         self.version = 0  # of the weights: 0 as loaded, + 1 at each push to the engines (vlrl.recipes.train)
@@ -172,10 +174,18 @@ class PolicyTrainer:
             sums["engine_tokens"] += float(inputs.sampled.sum())
         return sums
 
+    def _scores(self, model: PreTrainedModel, trajectories: Sequence[Trajectory]) -> list[TokenScores]:
+        """``sequence_logprobs`` of ``trajectories`` under ``model`` at the trainer's precision: under
+        ``optim.autocast`` the forwards run in bfloat16, the weights, their gradients and AdamW's state stay as
+        loaded, and the logprobs are float32."""
+        bf16 = self.optim_cfg.autocast == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return sequence_logprobs(model, self.vision, [(t.token_ids, t.images) for t in trajectories])
+
     def _loss_inputs(self, batch: Sequence[TrainItem]) -> tuple[LossInputs, torch.Tensor]:
         """The forwards of one micro-batch, lined up on its (B, T) grid; and the policy's entropy there."""
         trajs = [it.trajectory for it in batch]
-        scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in trajs])
+        scores = self._scores(self.model, trajs)
         logp = pad([s.logprobs for s in scores])
         device = logp.device
         mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in trajs]).to(device)
@@ -191,8 +201,7 @@ class PolicyTrainer:
             ref = pad([it.ref_logprobs for it in batch]).to(device)  # type: ignore[misc]
         elif self.reference is not None and self.objective.needs_reference:
             with torch.no_grad():
-                ref = pad([s.logprobs for s in sequence_logprobs(self.reference, self.vision,
-                                                                  [(t.token_ids, t.images) for t in trajs])])
+                ref = pad([s.logprobs for s in self._scores(self.reference, trajs)])
         inputs = LossInputs(
             logprobs=logp,
             old_logprobs=logp.detach() if batch[0].old_logprobs is None else pad([it.old_logprobs for it in batch]
@@ -217,8 +226,7 @@ class PolicyTrainer:
         self.model.eval()
         out: dict[int, torch.Tensor] = {}  # id(item) -> its logprobs (micro-batches sort the items by length)
         for batch in self._micro_batches(items, TrainItem(FILLER, 0.0)):
-            scores = sequence_logprobs(self.model, self.vision, [(it.trajectory.token_ids, it.trajectory.images)
-                                                                  for it in batch])
+            scores = self._scores(self.model, [it.trajectory for it in batch])
             out |= {id(it): s.logprobs.cpu() for it, s in zip(batch, scores)}
         return [out[id(it)] for it in items]
 
@@ -280,8 +288,7 @@ class PolicyTrainer:
         """Accumulate the gradient of the negative log-likelihood of the policy tokens, divided by ``total`` tokens."""
         sums = {"loss": 0.0, "confident": 0.0}
         for batch in self._micro_batches(trajectories, FILLER):
-            scores = sequence_logprobs(self.model, self.vision, [(t.token_ids, t.images) for t in batch])
-            logp = pad([s.logprobs for s in scores])
+            logp = pad([s.logprobs for s in self._scores(self.model, batch)])
             mask = pad([torch.tensor(t.loss_mask[1:], dtype=torch.float32) for t in batch]).to(logp.device)
             loss = (-logp * mask).sum() / total
             loss.backward()
