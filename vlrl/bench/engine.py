@@ -1,7 +1,8 @@
 """`vlrl bench engine`: throughput, start time, memory and logprob parity of each engine.
 
 Throughput: requests of one image and a question, 64 new tokens each (end-of-sequence
-suppressed so every request runs the full 64), at 1, 8 and 32 concurrent requests;
+suppressed so every request runs the full 64), at 1, 8 and 32 concurrent requests (or
+``--concurrency``; at c requests a decode step makes c tokens, so c / tokens/s is a step);
 tokens/s counts generated tokens over wall time. Parity: two-turn, two-image
 trajectories (256 generated tokens each) scored by a separately loaded trainer model.
 """
@@ -13,6 +14,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import psutil
 import torch
@@ -42,7 +44,7 @@ def resident_mib() -> float:
     return total / 2**20
 
 
-async def bench_one(kind: str, model_dir: Path, quick: bool) -> dict:
+async def bench_one(kind: str, model_dir: Path, quick: bool, concurrency: Sequence[int] = CONCURRENCY) -> dict:
     """Figures for one engine kind."""
     base_rss = resident_mib()
     t0 = time.perf_counter()
@@ -56,7 +58,7 @@ async def bench_one(kind: str, model_dir: Path, quick: bool) -> dict:
     start_s = time.perf_counter() - t0
     reps = 1 if quick else 3
     throughput = {}
-    for c in CONCURRENCY:
+    for c in concurrency:
         rates = []
         for r in range(reps):
             t = time.perf_counter()
@@ -76,13 +78,14 @@ async def bench_one(kind: str, model_dir: Path, quick: bool) -> dict:
             "parity_mean_abs": parity.mean_abs, "parity_max_abs": parity.max_abs, "parity_tokens": parity.tokens}
 
 
-def run(model_dir: Path, engines: list[str], quick: bool, as_json: bool) -> dict:
-    results = {kind: asyncio.run(bench_one(kind, model_dir, quick)) for kind in engines}
-    header = "engine | start s | " + " | ".join(f"tok/s @{c}" for c in CONCURRENCY) + " | RSS MiB | parity mean / max |Δ|"
+def run(model_dir: Path, engines: list[str], quick: bool, as_json: bool,
+        concurrency: Sequence[int] = CONCURRENCY) -> dict:
+    results = {kind: asyncio.run(bench_one(kind, model_dir, quick, concurrency)) for kind in engines}
+    header = "engine | start s | " + " | ".join(f"tok/s @{c}" for c in concurrency) + " | RSS MiB | parity mean / max |Δ|"
     print(header)
     print("-" * len(header))
     for kind, r in results.items():
-        rates = " | ".join(f"{r['tokens_per_s'][c]:9.0f}" for c in CONCURRENCY)
+        rates = " | ".join(f"{r['tokens_per_s'][c]:9.0f}" for c in concurrency)
         print(f"{kind:6} | {r['start_s']:7.1f} | {rates} | {r['rss_mib']:7.0f} | "
               f"{r['parity_mean_abs']:.1e} / {r['parity_max_abs']:.1e} ({r['parity_tokens']} tokens)")
     summary = {}

@@ -17,6 +17,7 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     eng = _bench(bench_sub, "engine", "engine throughput, start time, memory, logprob parity", run_engine, model=True)
     eng.add_argument("--engines", default="hf,vllm", help="comma-separated: hf,vllm")
     eng.add_argument("--quick", action="store_true", help="one repetition, one parity trajectory")
+    eng.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of concurrent requests")
     tools = _bench(bench_sub, "tools", "sandboxed tool-call latency and throughput", run_tools)
     tools.add_argument("--calls", type=int, default=200)
     tools.add_argument("--workers", type=int, default=2)
@@ -66,7 +67,10 @@ def run_engine(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
     from vlrl.bench.engine import run
 
-    return _with_model(args, lambda model: run(model, engines, args.quick, args.json))
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    if any(c < 1 for c in concurrency):
+        raise ValueError(f"--concurrency must be positive request counts, got {args.concurrency}")
+    return _with_model(args, lambda model: run(model, engines, args.quick, args.json, concurrency))
 
 
 def run_tools(args: argparse.Namespace) -> int:
