@@ -46,6 +46,9 @@ class VisualToolEnv:
         self.tools = load_tools(config.tools)
         self.im_end: int = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.end_ids = {self.im_end, tokenizer.eos_token_id}
+        if 0 < config.tool_image_max_pixels < vision.min_pixels:
+            raise ValueError(f"env.tool_image_max_pixels={config.tool_image_max_pixels} is below the processor's "
+                             f"smallest image ({vision.min_pixels} pixels)")
         if config.templates and not Path(config.templates).is_dir():
             raise ValueError(f"env.templates {config.templates!r} is not a folder (relative paths start at "
                              f"{Path.cwd()})")
@@ -102,6 +105,10 @@ class ToolEpisode:
                               labels=[[k, label_names(sample.metadata[k], f"sample {sample.id!r}: {k}")] for k in keys])
         user = [{"type": "image"}] * len(sample.images) + [{"type": "text", "text": question}]
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        visual = sum(env.vision.token_count(im) for im in sample.images)
+        if cfg.max_visual_tokens and visual > cfg.max_visual_tokens:
+            raise ValueError(f"sample {sample.id!r}: its images take {visual} visual tokens, over "
+                             f"env.max_visual_tokens={cfg.max_visual_tokens}")
         ids = chat_prompt_ids(env.tokenizer, env.vision, messages, sample.images)
         if len(ids) >= cfg.max_context_tokens:
             raise ValueError(f"sample {sample.id!r}: its prompt of {len(ids)} tokens does not fit "
@@ -157,6 +164,10 @@ class ToolEpisode:
         results += [(ActionResult(False, error=error), []) for error in parsed.errors]
         if len(traj.images) + len(new_images) > cfg.max_images:
             return await self._end("image_budget")
+        fitted = self._fit(new_images)
+        if fitted is None:
+            return await self._end("visual_budget")
+        new_images = fitted
         obs = self._observation(results, new_images, closed, turns_left=cfg.max_turns - n)
         if len(traj.token_ids) + len(obs.token_ids) >= cfg.max_context_tokens:
             return await self._end("context")
@@ -182,6 +193,22 @@ class ToolEpisode:
         while ids and ids[-1] in self.env.end_ids:
             ids.pop()
         return self.env.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _fit(self, images: list[Image.Image]) -> list[Image.Image] | None:
+        """A turn's tool images at ``env.tool_image_max_pixels`` and within what is left of the trajectory's visual
+        tokens (an equal share each, downscaled where over it); None when one would not fit at its smallest."""
+        cfg, vision = self.env.config, self.env.vision
+        if cfg.tool_image_max_pixels:
+            area = (vision.patch * vision.merge) ** 2  # pixels per visual token
+            tokens = max(cfg.tool_image_max_pixels, vision.min_pixels + area - 1) // area  # >= the smallest image
+            images = [vision.fit(im, tokens) for im in images]  # type: ignore[misc]
+        if not cfg.max_visual_tokens or not images:
+            return images
+        left = cfg.max_visual_tokens - sum(vision.token_count(im) for im in self.trajectory.images)
+        if sum(vision.token_count(im) for im in images) <= left:
+            return images
+        fitted = [vision.fit(im, left // len(images)) for im in images]
+        return None if any(im is None for im in fitted) else fitted  # type: ignore[return-value]
 
     async def _run(self, action: Action, images: Sequence[Image.Image]) -> ActionResult:
         pool = self.env.pool

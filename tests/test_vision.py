@@ -67,3 +67,12 @@ def test_question_prompt_has_one_expanded_image(vision, tokenizer):
     ids = question_prompt(tokenizer, vision, "Which is higher?", im)
     assert len(vision.pad_runs(ids)) == 1
     assert "Which is higher?" in tokenizer.decode(ids)
+
+
+def test_fit_keeps_an_image_that_fits_and_shrinks_one_that_does_not(vision):
+    small, large = bar_chart([1, 2], size=(112, 112)), bar_chart([1, 2], size=(448, 224))
+    assert vision.fit(small, vision.token_count(small)) is small
+    shrunk = vision.fit(large, 20)
+    assert vision.token_count(large) == 128 and 16 <= vision.token_count(shrunk) <= 20
+    assert shrunk.width == 2 * shrunk.height  # the aspect kept, on the grid
+    assert vision.fit(large, 3) is None  # the processor's smallest image is 4 tokens (56 x 56 pixels)

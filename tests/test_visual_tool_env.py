@@ -164,6 +164,47 @@ def test_an_observation_that_would_overflow_the_context_ends_the_episode(open_en
     assert episode.trajectory.segments[-1].kind == "policy"  # nothing half-inserted
 
 
+def visual_tokens(vision, images) -> int:
+    return sum(vision.token_count(im) for im in images)
+
+
+def test_a_tool_image_over_the_visual_budget_is_downscaled_to_what_is_left(open_env, run, tokenizer, vision, sample):
+    """A zoom that would return ~250 visual tokens into a budget with 60 left comes back smaller, same aspect, and
+    the trajectory's ids hold exactly its tokens."""
+    question = visual_tokens(vision, sample.images)
+    episode = open_env(max_visual_tokens=question + 60).reset(sample, "visual-fit")
+    step = run(episode.step(text_turn(tokenizer, zoom("[0, 0, 400, 300]"))))
+    traj = episode.trajectory
+    assert not step.done and len(traj.images) == len(sample.images) + 1
+    image = traj.images[-1]
+    assert 40 <= vision.token_count(image) <= 60
+    assert abs(image.width / image.height - 4 / 3) < 0.2
+    assert traj.token_ids.count(vision.image_token_id) == visual_tokens(vision, traj.images) <= question + 60
+    unbounded = open_env().reset(sample, "visual-free")
+    run(unbounded.step(text_turn(tokenizer, zoom("[0, 0, 400, 300]"))))
+    assert vision.token_count(unbounded.trajectory.images[-1]) > 150  # the budget, not the tool, made it small
+
+
+def test_a_visual_budget_too_small_for_any_image_ends_the_episode(open_env, run, tokenizer, vision, sample):
+    question = visual_tokens(vision, sample.images)
+    episode = open_env(max_visual_tokens=question + 3).reset(sample, "visual-end")  # the smallest image takes 4
+    step = run(episode.step(text_turn(tokenizer, zoom())))
+    assert step.done and step.reason == "visual_budget" == episode.trajectory.finish_reason
+    assert episode.trajectory.segments[-1].kind == "policy"  # nothing half-inserted
+    with pytest.raises(ValueError, match=rf"sample {sample.id!r}: its images take {question} visual tokens, over "
+                                         rf"env.max_visual_tokens={question - 1}"):
+        open_env(max_visual_tokens=question - 1).reset(sample, "visual-over")
+
+
+def test_tool_images_are_capped_at_their_own_pixels(open_env, run, tokenizer, vision, sample):
+    episode = open_env(tool_image_max_pixels=28 * 28 * 16).reset(sample, "tool-pixels")
+    run(episode.step(text_turn(tokenizer, zoom("[0, 0, 400, 300]"))))
+    assert vision.token_count(episode.trajectory.images[-1]) <= 16
+    assert visual_tokens(vision, episode.trajectory.images[:-1]) == visual_tokens(vision, sample.images)
+    with pytest.raises(ValueError, match="env.tool_image_max_pixels=100 is below the processor's smallest image"):
+        open_env(tool_image_max_pixels=100)
+
+
 def test_last_turn_is_announced_and_truncated_turns_end_with_length(open_env, run, tokenizer, sample):
     episode = open_env(max_turns=2).reset(sample, "last-turn")
     step = run(episode.step(text_turn(tokenizer, zoom())))

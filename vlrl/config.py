@@ -222,6 +222,10 @@ class EnvConfig:
     max_turns: int = 3  # policy turns per trajectory, the answer's included
     max_tool_calls: int = 4  # actions run per trajectory
     max_images: int = 4  # images per trajectory, the question's included
+    # visual tokens per trajectory, the question's images included (0: no budget): a tool's images that would pass it
+    # are downscaled to share what is left, or the episode ends ("visual_budget") if the smallest image would not fit
+    max_visual_tokens: int = 0
+    tool_image_max_pixels: int = 0  # a tool's image larger than this is downscaled first (0: the processor's bound)
     max_context_tokens: int = 8192  # a trajectory that would outgrow this ends ("context")
     max_observation_chars: int = 2000  # text of one tool result (printed output included) shown to the model
     templates: str = ""  # a folder whose system / question / observation .jinja files replace the built-ins
@@ -236,8 +240,9 @@ class EnvConfig:
         for name in ("max_turns", "max_images", "max_context_tokens", "max_observation_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_tool_calls < 0:
-            raise ValueError(f"max_tool_calls must be >= 0, got {self.max_tool_calls}")
+        for name in ("max_tool_calls", "max_visual_tokens", "tool_image_max_pixels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.action_formats:
             raise ValueError("action_formats must name at least one of json, code")
 

@@ -14,10 +14,10 @@ from PIL import Image
 FinishReason = Literal["stop", "length", "abort"]
 SegmentKind = Literal["prompt", "policy", "observation"]
 # Why a trajectory ended: an engine's finish reason when no environment drives it, else the
-# environment's (the model answered, a turn / tool-call / image / context limit was hit, or it
+# environment's (the model answered, a turn / tool-call / image / visual-token / context limit was hit, or it
 # wrote an action that does not parse where the env is told to end on one).
-EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget", "context",
-                    "invalid_action"]
+EndReason = Literal["stop", "length", "abort", "answer", "max_turns", "max_tool_calls", "image_budget",
+                    "visual_budget", "context", "invalid_action"]
 ActionKind = Literal["call", "code", "invalid"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]  # of the policy loss over tokens
 KLEstimator = Literal["k1", "k3"]

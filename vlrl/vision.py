@@ -89,6 +89,18 @@ class VisionInputs:
         unit = self.patch * self.merge
         return (prepared.height // unit) * (prepared.width // unit)
 
+    def fit(self, image: Image.Image, max_tokens: int) -> Image.Image | None:
+        """``image`` as it is if it takes at most ``max_tokens`` visual tokens, else downscaled (aspect kept, on the
+        patch grid) to the largest size that does; None when even the processor's smallest image takes more."""
+        if self.token_count(image) <= max_tokens:
+            return image
+        unit = self.patch * self.merge
+        if max_tokens * unit * unit < self.min_pixels:
+            return None
+        h, w = smart_resize(image.height, image.width, factor=unit, min_pixels=self.min_pixels,
+                            max_pixels=min(self.max_pixels, max_tokens * unit * unit))
+        return self.prepare(image).resize((w, h), Image.BICUBIC)
+
     def grid(self, prepared: Sequence[Image.Image]) -> torch.Tensor | None:
         """(n, 3) patch grids (t, h, w) of prepared images, without running the processor."""
         if not prepared:
