@@ -185,7 +185,8 @@ def update_contention(run: Path, costs: Costs) -> float:
 
 
 def rollout_factor(runs: list[Path], costs: Costs, tokenizer: Any, eos: int) -> float:
-    """The runs' measured rollout seconds over the twin's prediction for them (their configs and lengths)."""
+    """The runs' measured rollout seconds over the twin's prediction for them (their configs and lengths); 1 when
+    the twin predicts no rollout wait at all (a disaggregated run whose engine decoded wholly beside the updates)."""
     from vlrl.plan.report import plan_of, predict
     from vlrl.plan.workloads import from_run
 
@@ -195,7 +196,7 @@ def rollout_factor(runs: list[Path], costs: Costs, tokenizer: Any, eos: int) -> 
         plan, _ = plan_of(load_config(TrainConfig, run / "config.yaml"))
         measured += statistics.mean(r["perf/rollout_s"] + r["perf/reward_s"] for r in steps)
         predicted += predict(plan, costs, from_run(run), len(steps), tokenizer, eos)["rollout_s"]
-    return measured / predicted
+    return measured / predicted if predicted > 0 else 1.0
 
 
 def engine_fit(steps: list[dict]) -> dict[str, float]:
