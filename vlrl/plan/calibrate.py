@@ -131,11 +131,14 @@ async def engine_costs(model_dir: Path) -> dict[str, float]:
         fills = [statistics.median([await prefill(f"fill-{size}-{r}", fresh(size, r), []) for r in range(REPEATS)])
                  for size in FILLS]
         extra = []
-        for r in range(IMAGE_PAIRS):  # a chart never seen before, then text of the same length: the difference
+        for r in range(IMAGE_PAIRS):  # a chart never seen before, then the same prompt with text in its place
             image = bar_chart([3.0 + r, 7.0, 5.0 - r / 2])
             ids = question_prompt(tokenizer, vision, "Which bar is the highest?", image)
+            start, end = ids.index(vision.vision_start_id), ids.index(vision.vision_end_id) + 1
             with_image = await prefill(f"image-{r}", ids, [image])
-            extra.append(with_image - await prefill(f"text-{r}", fresh(len(ids), 9 + r), []))
+            # the same cached prefix before the image and the same tokens after it: only the image differs
+            text = [*ids[:start], *fresh(end - start, 9 + r), *ids[end:]]
+            extra.append(with_image - await prefill(f"text-{r}", text, []))
         return {"decode_base_s": base, "decode_per_request_s": per_request, "decode_per_context_token_s": per_context,
                 "prefill_per_token_s": line([float(n) for n in FILLS], fills)[1],
                 "prefill_per_image_s": max(statistics.median(extra), 0.0),
