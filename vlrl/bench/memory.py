@@ -10,6 +10,8 @@ so a peak is that measurement's; one that runs out of memory is reported as such
 process is held to ``LIMIT`` of the machine's memory, so it fails with an error instead of
 calling the kernel's OOM killer). (c) The HF engine's KV cache per 1,000 tokens: the bytes
 of the keys and values a forward of 1,024 tokens leaves, the layout the engine keeps.
+With ``device="cuda"`` the model and the step run on the GPU and (a) and (b) are the peak of
+GPU memory allocated by PyTorch (the process's own resident memory is not limited then).
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def trajectory(tokenizer: Any, vision: Any, length: int, seed: int = 0) -> Any:
     return traj
 
 
-def _measure(model_dir: str, mode: str, length: int, queue: Any) -> None:
+def _measure(model_dir: str, mode: str, length: int, device: str, queue: Any) -> None:
     """One measurement in this (fresh) process; puts its figures on ``queue``."""
     limit = int(psutil.virtual_memory().total * LIMIT)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if device == "cpu":  # CUDA maps far more address space than it uses: a limit on it would stop the driver
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         import torch
         from transformers import AutoModelForImageTextToText, AutoTokenizer
@@ -71,10 +74,11 @@ def _measure(model_dir: str, mode: str, length: int, queue: Any) -> None:
         from vlrl.vision import VisionInputs
 
         torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).to(device)
         tokenizer, vision = AutoTokenizer.from_pretrained(model_dir), VisionInputs(model_dir)
         traj = trajectory(tokenizer, vision, length)
-        loaded = psutil.Process().memory_info().rss / GB
+        gpu = device != "cpu"
+        loaded = (torch.cuda.memory_allocated() if gpu else psutil.Process().memory_info().rss) / GB
         start = time.perf_counter()
         if mode == "train":
             trainer = PolicyTrainer(model, vision, OptimConfig(micro_batch_tokens=length), ClippedSurrogate(LossConfig()),
@@ -83,19 +87,23 @@ def _measure(model_dir: str, mode: str, length: int, queue: Any) -> None:
         else:
             with torch.no_grad():
                 sequence_logprobs(model.eval(), vision, [(traj.token_ids, traj.images)])
+        if gpu:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # Linux: KiB
+        peak = (torch.cuda.max_memory_allocated() if gpu  # Linux's ru_maxrss is in KiB
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / GB
         queue.put({"peak_gb": round(peak, 2), "loaded_gb": round(loaded, 2), "seconds": round(seconds, 2),
                    "tokens_per_s": round(length / seconds, 1)})
-    except (MemoryError, RuntimeError) as e:  # torch's allocator raises RuntimeError when the limit is reached
-        queue.put({"error": f"out of memory at the {limit / GB:.1f} GB limit: {str(e).splitlines()[0][:160]}"})
+    except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (CUDA: OutOfMemoryError)
+        where = f"the {limit / GB:.1f} GB limit" if device == "cpu" else device
+        queue.put({"error": f"out of memory on {where}: {str(e).splitlines()[0][:160]}"})
 
 
-def measure(model_dir: Path, mode: str, length: int) -> dict[str, Any]:
+def measure(model_dir: Path, mode: str, length: int, device: str = "cpu") -> dict[str, Any]:
     """``_measure`` in a spawned process; a process that dies says how."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(str(model_dir), mode, length, queue))
+    proc = ctx.Process(target=_measure, args=(str(model_dir), mode, length, device, queue))
     proc.start()
     proc.join()
     if not queue.empty():
@@ -115,16 +123,18 @@ def kv_bytes_per_1k(model_dir: Path) -> float:
     return total / 1024 * 1000 / GB
 
 
-def run(model_dir: Path, shape: str | None, lengths: tuple[int, ...], as_json: bool) -> dict[str, Any]:
+def run(model_dir: Path, shape: str | None, lengths: tuple[int, ...], as_json: bool,
+        device: str = "cpu") -> dict[str, Any]:
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(model_dir).text_config.vocab_size
-    print(f"memory at {shape or model_dir} (vocabulary {vocab:,}), a trajectory of N tokens with {IMAGES} images "
-          f"of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} px, float32, one process per figure")
+    what = "resident memory" if device == "cpu" else f"{device} memory allocated"
+    print(f"peak {what} at {shape or model_dir} (vocabulary {vocab:,}), a trajectory of N tokens with {IMAGES} "
+          f"images of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} px, float32, one process per figure")
     rows: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "logprobs": {}}
     for length in lengths:
         for mode in rows:
-            rows[mode][length] = measure(model_dir, mode, length)
+            rows[mode][length] = measure(model_dir, mode, length, device)
     kv = kv_bytes_per_1k(model_dir)
     print(f"  {'N':>6s}  {'train step peak':>16s}  {'tokens/s':>8s}  {'logprob forward peak':>20s}")
     for length in lengths:
@@ -140,7 +150,7 @@ def run(model_dir: Path, shape: str | None, lengths: tuple[int, ...], as_json: b
     if loaded:
         print(f"  (the model loaded, before any step: {min(loaded):.2f} GB)")
     print(f"  HF engine KV cache: {kv * 1000:.2f} MB per 1k tokens")
-    figures = {"shape": shape, "vocab": vocab,
+    figures = {"shape": shape, "vocab": vocab, "device": device,
                "trainer_peak_gb": {str(n): r.get("peak_gb") for n, r in rows["train"].items()},
                "logprob_peak_gb": {str(n): r.get("peak_gb") for n, r in rows["logprobs"].items()},
                "kv_gb_per_1k_tokens": round(kv, 9),

@@ -17,7 +17,10 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     eng = _bench(bench_sub, "engine", "engine throughput, start time, memory, logprob parity", run_engine, model=True)
     eng.add_argument("--engines", default="hf,vllm", help="comma-separated: hf,vllm")
     eng.add_argument("--quick", action="store_true", help="one repetition, one parity trajectory")
-    eng.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of concurrent requests")
+    eng.add_argument("--concurrency", help="comma-separated numbers of concurrent requests (default: 1,8,32)")
+    eng.add_argument("--device", default="cpu", help="where the HF engine and the trainer's model run (cpu, cuda)")
+    eng.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                     help="the engine's and the trainer's weights and compute")
     tools = _bench(bench_sub, "tools", "sandboxed tool-call latency and throughput", run_tools)
     tools.add_argument("--calls", type=int, default=200)
     tools.add_argument("--workers", type=int, default=2)
@@ -47,7 +50,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
                     model=True)
     memory.add_argument("--shape", default="qwen2.5-vl-7b",
                         help="the tiny model's shape (vlrl model tiny --shape) when --model is not given")
-    memory.add_argument("--lengths", default="2048,4096,8192,16384", help="comma-separated trajectory lengths")
+    memory.add_argument("--lengths", help="comma-separated trajectory lengths (default: 2048,4096,8192,16384)")
+    memory.add_argument("--device", default="cpu", help="cpu: peak resident memory; cuda: peak GPU memory allocated")
 
 
 def _bench(sub: argparse._SubParsersAction, name: str, what: str, run: Callable[[argparse.Namespace], int],
@@ -65,12 +69,11 @@ def run_engine(args: argparse.Namespace) -> int:
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         raise ValueError(f"unknown engine(s) {unknown}; choose from {', '.join(ENGINES)}")
-    from vlrl.bench.engine import run
+    from vlrl.bench.engine import CONCURRENCY, run
 
-    concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    if any(c < 1 for c in concurrency):
-        raise ValueError(f"--concurrency must be positive request counts, got {args.concurrency}")
-    return _with_model(args, lambda model: run(model, engines, args.quick, args.json, concurrency))
+    concurrency = positive_ints(args.concurrency, "--concurrency") if args.concurrency else CONCURRENCY
+    return _with_model(args, lambda model: run(model, engines, args.quick, args.json, concurrency, args.device,
+                                               args.dtype))
 
 
 def run_tools(args: argparse.Namespace) -> int:
@@ -110,13 +113,22 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    from vlrl.bench.memory import run
+    from vlrl.bench.memory import LENGTHS, run
 
-    lengths = tuple(int(n) for n in args.lengths.split(","))
-    if any(n < 1 for n in lengths):
-        raise ValueError(f"--lengths must be positive token counts, got {args.lengths}")
+    lengths = positive_ints(args.lengths, "--lengths") if args.lengths else LENGTHS
     shape = None if args.model else args.shape
-    return _with_model(args, lambda model: run(model, shape, lengths, args.json), shape=shape)
+    return _with_model(args, lambda model: run(model, shape, lengths, args.json, args.device), shape=shape)
+
+
+def positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``; anything else is named with its flag."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _with_model(args: argparse.Namespace, bench: Callable[[Path], Any], **tiny: Any) -> int:
