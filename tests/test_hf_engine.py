@@ -101,3 +101,34 @@ def test_a_cancelled_consumer_frees_its_request(hf_engine, run, tokenizer, visio
     assert done.finish_reason == "abort" and len(done.token_ids) >= 1
     # abort() found it retired by the cancelled stream; the engine keeps serving
     assert len(run(hf_engine.complete(prompt, [image], SamplingParams(max_tokens=4), "after-cancel")).token_ids) <= 4
+
+
+def test_kv_cache_gib_bounds_the_running_batch_and_a_request_alone_still_runs(tiny_dir, run, tokenizer, vision):
+    """8 requests whose prompt + max_tokens fit 3 at a time in the bound: the batch never holds more KV than it,
+    every request still completes, and the engine's bytes per token are what `vlrl bench memory` reports."""
+    from vlrl.bench.memory import kv_bytes_per_1k
+
+    chart = bar_chart([3, 7, 5, 2])
+    prompt = question_prompt(tokenizer, vision, QUESTIONS[0], chart)
+    unbounded = HFEngine(tiny_dir)
+    sampling = SamplingParams(max_tokens=24, temperature=1.0, seed=0, suppress_token_ids=unbounded.eos_ids)
+    reach = len(prompt) + sampling.max_tokens
+    per_token = unbounded.kv_bytes_per_token
+    assert per_token * 1000 / 2**30 == pytest.approx(kv_bytes_per_1k(tiny_dir))
+    bounded = HFEngine(tiny_dir, kv_cache_gib=3 * reach * per_token / 2**30)
+    assert bounded.max_kv_positions == 3 * reach
+
+    async def eight(engine):
+        return await asyncio.gather(*[engine.complete(prompt, [chart], sampling, f"kv-{i}") for i in range(8)])
+
+    try:
+        for engine in (unbounded, bounded):
+            outs = run(eight(engine))
+            assert all(len(o.token_ids) == 24 for o in outs)
+        assert bounded.take_stats()["kv_peak_positions"] <= 3 * reach < unbounded.take_stats()["kv_peak_positions"]
+        lone = HFEngine(tiny_dir, kv_cache_gib=reach // 2 * per_token / 2**30)
+        assert len(run(lone.complete(prompt, [chart], sampling, "kv-lone")).token_ids) == 24
+        run(lone.close())
+    finally:
+        run(unbounded.close())
+        run(bounded.close())

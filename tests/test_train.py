@@ -43,6 +43,20 @@ def test_train_logs_learns_checkpoints_and_serves_new_weights(train_config, tmp_
 
 
 @pytest.mark.slow
+def test_the_configs_pixel_bounds_size_every_image_the_run_decodes_and_trains_on(train_config, tmp_path):
+    """model.max_pixels at 16 visual tokens: every prompt is shorter than at the folder's bounds by the same
+    questions' image tokens, and the trainer reads the images as the engine did (its logprobs agree)."""
+    lengths = {}
+    for name, bounds in (("folder", []), ("bounded", ["model.max_pixels=12544"])):
+        vlrl("train", str(train_config), "steps=1", "checkpoint_every=0", f"log.dir={tmp_path / name}", *bounds)
+        run = (tmp_path / name / "latest").resolve()
+        lengths[name] = [t[0] for t in json.loads((run / "lengths.jsonl").read_text().splitlines()[0])["trajectories"]]
+        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss/parity"] < 1e-3
+    assert len(lengths["folder"]) == len(lengths["bounded"]) == 6
+    assert all(b < f for f, b in zip(lengths["folder"], lengths["bounded"]))
+
+
+@pytest.mark.slow
 def test_a_verifier_model_judges_every_trajectory_while_it_streams(train_config, tmp_path):
     """The verifier's processor makes smaller images than the policy's: the image runs it reads are resized."""
     vlrl("model", "tiny", "--out", str(tmp_path / "verifier"), "--max-pixels", "12544")
@@ -143,6 +157,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
      "distributed.strategy fsdp does not shard LoRA adapters (optim.lora_rank = 4)"),
     ("model.device=cuda", "model.device 'cuda': torch sees no CUDA device on this machine"),
     ("model.device=gpu0", "device must be cpu, cuda or cuda:N, got 'gpu0'"),
+    ("model.min_pixels=5000 model.max_pixels=4000", "min_pixels 5000 is above max_pixels 4000"),
+    ("model.max_pixels=100", "pixel bounds [3136, 100]"),
+    ("verifier.model=policy verifier.max_pixels=3136", "min_pixels / max_pixels size a verifier model of its own"),
 ])
 def test_bad_config_fails_before_any_work(train_config, tmp_path, override, message):
     result = vlrl("train", str(train_config), *override.split(), check=False)

@@ -174,10 +174,22 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"  # (vlrl train) where the trainer holds the policy, its KL reference and the critic: cpu,
     #                      cuda, cuda:N; Ray trainer ranks each use the GPU Ray gives them (the engine: engine.device)
+    min_pixels: int = 0  # an image's pixel bounds (Qwen's min_pixels / max_pixels: each image is resized into them,
+    max_pixels: int = 0  # for the engines and the trainer alike); 0: the folder's preprocessor config
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):  # whether torch sees a GPU: vlrl train checks
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        check_pixel_bounds(self.min_pixels, self.max_pixels)
+
+
+def check_pixel_bounds(min_pixels: int, max_pixels: int) -> None:
+    """ValueError unless the bounds are 0 (the processor's) or positive, the lower not above the upper."""
+    if min_pixels < 0 or max_pixels < 0:
+        raise ValueError(f"min_pixels and max_pixels must be >= 0 (0: the processor's), got {min_pixels} and "
+                         f"{max_pixels}")
+    if min_pixels and max_pixels and min_pixels > max_pixels:
+        raise ValueError(f"min_pixels {min_pixels} is above max_pixels {max_pixels}")
 
 
 @dataclass
@@ -191,7 +203,9 @@ class EngineConfig:
     prefix_cache_tokens: int = 65536  # (hf) tokens of KV kept from ended requests for reuse by later ones
     max_prefill_tokens: int = 8192  # (hf) padded tokens one multi-row prefill forward holds (a longer prompt: alone)
     gpu_memory_utilization: float = 0.2  # (vllm) on CPU builds: fraction of RAM
-    kv_cache_gib: int = 1  # (vllm) CPU builds: KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gib: float = 1.0  # KV cache size. (hf) the running batch's keys and values: a request waits while
+    #                            it could pass it (a lone request runs); 0: no bound. (vllm) CPU builds:
+    #                            VLLM_CPU_KVCACHE_SPACE, rounded up to whole GiB
     enable_prefix_caching: bool = True  # (vllm)
     block_size: int = 0  # (vllm) KV block tokens, the prefix cache's granularity; 0: vLLM's default (128 on CPU)
     tensor_parallel_size: int = 1  # (vllm)
@@ -210,6 +224,8 @@ class EngineConfig:
             raise ValueError(f"max_prefill_tokens must be >= 1, got {self.max_prefill_tokens}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gib < 0:
+            raise ValueError(f"kv_cache_gib must be >= 0, got {self.kv_cache_gib}")
 
 
 @dataclass
@@ -335,6 +351,11 @@ class QuestionConfig:
     question: str = QUESTION
     yes: list[str] = field(default_factory=lambda: ["Yes"])  # one token each; their probabilities are summed
     no: list[str] = field(default_factory=lambda: ["No"])
+    min_pixels: int = 0  # a verifier model of its own: its image bounds (as model.min_pixels / max_pixels; 0: its
+    max_pixels: int = 0  # folder's processor); the policy's images are resized to them before it reads them
+
+    def __post_init__(self) -> None:
+        check_pixel_bounds(self.min_pixels, self.max_pixels)
 
 
 @dataclass
@@ -352,6 +373,10 @@ class VerifierConfig(QuestionConfig):
     chunk_retry_every: int = 50  # (auto) steps on the fastest before every candidate is tried again
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.min_pixels or self.max_pixels) and self.model in ("", "policy"):
+            raise ValueError(f"min_pixels / max_pixels size a verifier model of its own, not model {self.model!r}: "
+                             f"the policy's engine sizes images by model.min_pixels / max_pixels")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {self.weight}")
         if self.chunk_tokens != "auto" and self.chunk_tokens < 0:
@@ -535,6 +560,12 @@ class JudgeConfig(QuestionConfig):
     policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
     external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none); a reward-model folder is
     #                     read by its scalar head
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.min_pixels or self.max_pixels) and not self.external:
+            raise ValueError("min_pixels / max_pixels size the external verifier's images; there is none (external "
+                             "is empty): the policy judges at model.min_pixels / max_pixels")
 
 
 @dataclass

@@ -4,7 +4,9 @@ The engines, the trainer and (later) the verifier all go through ``VisionInputs`
 they see identical pixels and agree on how many ``<|image_pad|>`` tokens each image
 takes. Images are first snapped to Qwen's patch grid with ``qwen_vl_utils.smart_resize``;
 an image that is already on the grid is passed through untouched, so vLLM's own
-processor, given the same PIL image, produces the same grid.
+processor, given the same PIL image, produces the same grid. Pixel bounds other than the
+folder's (``model.min_pixels`` / ``max_pixels``) go to every one of them: the processor
+here, and vLLM's through ``mm_processor_kwargs``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,12 +39,23 @@ PREPARED_KEPT = 4096  # images whose prepared form ``VisionInputs.prepare`` reme
 class VisionInputs:
     """PIL images --> ImageBatch, and checks that ids and images match."""
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, min_pixels: int = 0, max_pixels: int = 0):
+        """``min_pixels`` / ``max_pixels``: the bounds an image is resized into; 0: the folder's processor's."""
         # image id -> (a weak reference to the image, its prepared form): an engine is handed a trajectory's same
         # images with every turn and every verifier piece, and resizing them each time was most of admitting one
         self._prepared: OrderedDict[int, tuple[weakref.ref, Image.Image]] = OrderedDict()
         config = AutoConfig.from_pretrained(model_dir)
         self.processor = AutoImageProcessor.from_pretrained(model_dir)
+        if min_pixels or max_pixels:
+            size = self.processor.size
+            lo, hi = min_pixels or size.shortest_edge, max_pixels or size.longest_edge
+            unit = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+            if not unit * unit <= lo <= hi:
+                raise ValueError(f"pixel bounds [{lo}, {hi}] for {model_dir} (min_pixels {min_pixels}, max_pixels "
+                                 f"{max_pixels}; 0 takes the folder's {size.shortest_edge} / {size.longest_edge}): "
+                                 f"need {unit * unit} (one {unit}x{unit} visual token) <= min <= max")
+            self.processor = AutoImageProcessor.from_pretrained(model_dir, size={"shortest_edge": lo,
+                                                                                 "longest_edge": hi})
         self.image_token_id: int = config.image_token_id
         self.vision_start_id: int = config.vision_start_token_id
         self.vision_end_id: int = config.vision_end_token_id
@@ -64,10 +78,7 @@ class VisionInputs:
         if kept is not None and kept[0]() is image:
             return kept[1]
         prepared = image if image.mode == "RGB" else image.convert("RGB")
-        h, w = smart_resize(
-            prepared.height, prepared.width, factor=self.patch * self.merge,
-            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
-        )
+        h, w = self.grid_size(prepared.height, prepared.width)
         if (w, h) != prepared.size:
             prepared = prepared.resize((w, h), Image.BICUBIC)
         if prepared is not image:  # an image already prepared is its own answer: keeping it would keep it alive
@@ -76,6 +87,19 @@ class VisionInputs:
             if len(self._prepared) > PREPARED_KEPT:
                 self._prepared.popitem(last=False)
         return prepared
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of an image prepared from one of ``height`` x ``width`` (Qwen's ``smart_resize``), which
+        must keep its own size when resized again, as every processor downstream does. Within bounds where min equals
+        max it need not (the floor shrinks an image below min, the ceiling grows it past max): such an image, and one
+        so narrow that a side goes to nothing, is refused with its size."""
+        resize = partial(smart_resize, factor=self.patch * self.merge, min_pixels=self.min_pixels,
+                         max_pixels=self.max_pixels)
+        size = resize(height, width)
+        if min(size) == 0 or resize(*size) != size:
+            raise ValueError(f"an image of {width}x{height} pixels has no stable size within the pixel bounds "
+                             f"[{self.min_pixels}, {self.max_pixels}]: widen them (model.min_pixels / max_pixels)")
+        return size
 
     def _forget(self, key: int, ref: weakref.ref) -> None:
         """The image of ``ref`` was freed: its prepared form goes with it (unless its id already names another)."""

@@ -55,7 +55,7 @@ async def play(cfg: PlayConfig) -> list[Trajectory]:
 
     model_dir = check_model_dir(cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    vision = VisionInputs(model_dir)
+    vision = VisionInputs(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     agent = resolve("agent", cfg.agent)(seed=cfg.seed)
     source, _ = open_task(cfg.task, cfg.seed)
     samples = list(islice(source, cfg.n))

@@ -38,7 +38,7 @@ async def generate(cfg: GenerateConfig) -> list[Completion]:
     engine = await make_engine(cfg.model, cfg.engine)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        vision = VisionInputs(cfg.model.path)
+        vision = VisionInputs(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
         image = read_image(cfg.image) if cfg.image else bar_chart([3.0, 7.0, 5.0, 2.0])
         prompt = question_prompt(tokenizer, vision, cfg.question, image)
         start = time.perf_counter()

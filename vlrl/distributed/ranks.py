@@ -62,6 +62,7 @@ class RankSpec:
     timeout_s: float  # a collective that waits longer than this fails
     shard: bool  # distributed.strategy fsdp
     device: str  # cuda (the GPU Ray gave the rank) or cpu
+    pixels: tuple[int, int]  # rank 0's image bounds (min, max), which model.min_pixels / max_pixels may have set
 
 
 class TrainerRank:
@@ -73,7 +74,7 @@ class TrainerRank:
                                 timeout=timedelta(seconds=spec.timeout_s))
         model = AutoModelForImageTextToText.from_pretrained(spec.model_dir, dtype=spec.dtype).to(spec.device)
         reference = copy.deepcopy(model).eval().requires_grad_(False) if state["reference"] is not None else None
-        trainer = PolicyTrainer(model, VisionInputs(spec.model_dir), spec.optim, spec.objective, spec.total_steps,
+        trainer = PolicyTrainer(model, VisionInputs(spec.model_dir, *spec.pixels), spec.optim, spec.objective, spec.total_steps,
                                 reference, Collective(dist.group.WORLD))
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -126,7 +127,8 @@ class RemoteRanks:
         """
         remote = cfg.world_size - 1
         spec = RankSpec(str(model_dir), trainer.model.dtype, trainer.optim_cfg, trainer.objective, trainer.total_steps,
-                        cfg.collective_timeout_s, cfg.strategy == "fsdp", trainer.device.type)
+                        cfg.collective_timeout_s, cfg.strategy == "fsdp", trainer.device.type,
+                        (trainer.vision.min_pixels, trainer.vision.max_pixels))
         group = placement_group([dict(cfg.rank_resources)] * remote)
         actors: list[Any] = []
         try:

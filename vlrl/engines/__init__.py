@@ -15,7 +15,8 @@ async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
         return HFEngine(
             model.path, dtype=model.dtype, device=engine.device, max_model_len=max_len,
             max_num_seqs=engine.max_num_seqs, prefix_cache_tokens=engine.prefix_cache_tokens,
-            max_prefill_tokens=engine.max_prefill_tokens,
+            max_prefill_tokens=engine.max_prefill_tokens, min_pixels=model.min_pixels, max_pixels=model.max_pixels,
+            kv_cache_gib=engine.kv_cache_gib,
         )
     from vlrl.engines.vllm import VLLMEngine
 
@@ -24,4 +25,5 @@ async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
         gpu_memory_utilization=engine.gpu_memory_utilization, kv_cache_gib=engine.kv_cache_gib,
         enable_prefix_caching=engine.enable_prefix_caching, tensor_parallel_size=engine.tensor_parallel_size,
         max_images_per_prompt=engine.max_images_per_prompt, block_size=engine.block_size or None,
+        min_pixels=model.min_pixels, max_pixels=model.max_pixels,
     )

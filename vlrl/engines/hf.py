@@ -63,6 +63,8 @@ STATS = {  # the engine's counters (``take_stats``), with what each counts
     "prefill_images": "images the prefill forwards encoded",
     "cache_s": "seconds rebuilding the running batch's KV cache as requests join and leave it",
     "cache_positions": "positions of the rebuilt caches (rows x width), each copied once",
+    "kv_peak_positions": "the most positions the running batch's KV held at once (rows x width, padding included); "
+                         "x kv_bytes_per_token: its memory, which engine.kv_cache_gib bounds",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -186,14 +188,19 @@ class HFEngine(Engine):
         max_num_seqs: int = 64,
         prefix_cache_tokens: int = 65536,
         max_prefill_tokens: int = 8192,
+        min_pixels: int = 0,
+        max_pixels: int = 0,
+        kv_cache_gib: float = 0.0,
     ):
+        """``kv_cache_gib`` (0: no bound but ``max_num_seqs``): a request waits while admitting it could grow the
+        running batch's keys and values past this many GiB before its rows end; a request alone always runs."""
         model_dir = check_model_dir(model_dir)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
         self.model = AutoModelForImageTextToText.from_pretrained(
             model_dir, dtype=DTYPES[dtype], attn_implementation=attention_for(device)).to(device).eval()
         self.device = torch.device(device)
-        self.vision = VisionInputs(model_dir)
+        self.vision = VisionInputs(model_dir, min_pixels, max_pixels)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         text = self.model.config.text_config
         self.vocab_size: int = text.vocab_size
@@ -201,6 +208,10 @@ class HFEngine(Engine):
         self.max_num_seqs = max_num_seqs
         self.prefix_cache_tokens = prefix_cache_tokens
         self.max_prefill_tokens = max_prefill_tokens
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.kv_bytes_per_token: int = (2 * text.num_hidden_layers * text.num_key_value_heads * head_dim
+                                        * DTYPES[dtype].itemsize)
+        self.max_kv_positions = int(kv_cache_gib * 2**30) // self.kv_bytes_per_token if kv_cache_gib > 0 else 0
         self._stats = dict.fromkeys(STATS, 0.0)  # since the last ``take_stats``
         self.eos_ids = model_eos_ids(model_dir)
         self.version = 0
@@ -379,7 +390,9 @@ class HFEngine(Engine):
     def _admissible(self) -> tuple[list[_Request], list[_Request]]:
         """(requests to prefill this step, requests left waiting).
 
-        Generation up to the batch's free rows, in arrival order. A verifier's requests
+        Generation up to the batch's free rows, in arrival order, while the KV the batch could
+        reach stays within ``max_kv_positions`` (rows x the longest prompt + max_tokens; the
+        first request that would pass it waits, and every later one with it). A verifier's requests
         (its pieces and its scores: prefill only) never take a row, and while the batch
         decodes they wait for company, so many share one forward instead of one each:
         they join the first step that admits generation, runs no decode, or finds
@@ -387,17 +400,23 @@ class HFEngine(Engine):
         is hidden under the decoding that goes on; a score the step waits for comes when
         the decoding ends.
         """
-        room = self.max_num_seqs - len(self._batch.rows)
+        rows = self._batch.rows
+        room = self.max_num_seqs - len(rows)
+        reach = max(map(self._reach, rows), default=0)
         admit, waiting, pieces = [], [], []
         for req in self._waiting:
             if req.finish is not None:
                 continue
             if req.sampling.max_tokens == 0:
                 pieces.append(req)
-            elif room > 0:
+                continue
+            grown = max(reach, self._reach(req))
+            n = len(rows) + len(admit) + 1
+            if room > 0 and (not self.max_kv_positions or n == 1 or n * grown <= self.max_kv_positions):
                 admit.append(req)
-                room -= 1
+                room, reach = room - 1, grown
             else:
+                room = 0  # in arrival order: no later request passes one that waits
                 waiting.append(req)
         if (admit or not self._batch.rows or len(pieces) >= PIECES_TOGETHER
                 or any(piece.waited >= PIECE_WAIT_STEPS for piece in pieces)):
@@ -405,6 +424,10 @@ class HFEngine(Engine):
         for piece in pieces:
             piece.waited += 1
         return admit, waiting + pieces
+
+    def _reach(self, req: _Request) -> int:
+        """The most positions a generating request's KV can hold: its prompt and every token it may sample."""
+        return min(len(req.prompt_ids) + req.sampling.max_tokens, self.max_model_len)
 
     def _fail_running(self, admitted: list[_Request], error: Exception) -> None:
         """Hand ``error`` to every request the failed step touched; the engine starts clean."""
@@ -586,6 +609,7 @@ class HFEngine(Engine):
         self._stats["decode_steps"] += 1
         self._stats["decode_rows"] += len(rows)
         self._stats["decode_positions"] += mask.numel()
+        self._stats["kv_peak_positions"] = max(self._stats["kv_peak_positions"], mask.numel())
         tokens, logprobs = sample_next(
             out.logits[:, -1], [r.sampling for r in rows], [r.generator for r in rows], [r.suppress for r in rows]
         )

@@ -13,6 +13,7 @@ Creating the engine starts worker processes: scripts that build one need the
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections import OrderedDict
@@ -78,16 +79,20 @@ class VLLMEngine(Engine):
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         gpu_memory_utilization: float = 0.2,
-        kv_cache_gib: int = 1,
+        kv_cache_gib: float = 1.0,
         enable_prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
         max_images_per_prompt: int = 8,
         block_size: int | None = None,
         seed: int = 0,
+        min_pixels: int = 0,
+        max_pixels: int = 0,
     ) -> "VLLMEngine":
-        """Start vLLM on ``model_dir``. ``kv_cache_gib`` sizes the KV cache on CPU builds."""
+        """Start vLLM on ``model_dir``. ``kv_cache_gib`` sizes the KV cache on CPU builds; ``min_pixels`` /
+        ``max_pixels`` (0: the folder's) bound images in vLLM's processor as in vlrl's."""
         model_dir = check_model_dir(model_dir)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        vision = VisionInputs(model_dir, min_pixels, max_pixels)
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(math.ceil(kv_cache_gib)))
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -112,6 +117,7 @@ class VLLMEngine(Engine):
             block_size=block_size,
             tensor_parallel_size=tensor_parallel_size,
             limit_mm_per_prompt={"image": max_images_per_prompt, "video": 0},
+            mm_processor_kwargs={"size": {"shortest_edge": vision.min_pixels, "longest_edge": vision.max_pixels}},
             worker_extension_cls="vlrl.engines.vllm_worker.WeightLoader",
             seed=seed,
             enforce_eager=True,
@@ -119,7 +125,7 @@ class VLLMEngine(Engine):
         )
         # no local name for the AsyncLLM: something in vLLM's start-up keeps this frame alive (gc shows it as the
         # engine's only referrer), so a name here kept the engine until the interpreter exit, where its __del__ fails
-        return cls(model_dir, AsyncLLM.from_engine_args(args), VisionInputs(model_dir), max_len, text.vocab_size,
+        return cls(model_dir, AsyncLLM.from_engine_args(args), vision, max_len, text.vocab_size,
                    model_eos_ids(model_dir))
 
     async def generate(

@@ -23,6 +23,8 @@ async def open_model_verifier(path: str, key: str, asked: QuestionConfig, policy
     engine, which the caller closes."""
     check_same_tokenizer(path, tokenizer, key)
     head = read_reward_head(path)
-    own = await open_engine(ModelConfig(path, policy.dtype), engine, distributed)
-    image_runs = resized_image_runs(VisionInputs(policy.path), VisionInputs(path))
+    own = await open_engine(ModelConfig(path, policy.dtype, min_pixels=asked.min_pixels, max_pixels=asked.max_pixels),
+                            engine, distributed)
+    image_runs = resized_image_runs(VisionInputs(policy.path, policy.min_pixels, policy.max_pixels),
+                                    VisionInputs(path, asked.min_pixels, asked.max_pixels))
     return Verifier(own, tokenizer, asked.question, asked.yes, asked.no, image_runs, head), own

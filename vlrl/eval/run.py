@@ -71,7 +71,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if cfg.judge.external:
         check_same_tokenizer(cfg.judge.external, tokenizer, "judge.external")
-    vision = VisionInputs(model_dir)
+    vision = VisionInputs(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     start = time.perf_counter()
     if todo:
         with ray_cluster(cfg.distributed.backend, cfg.distributed.address):  # Ray only for backend ray

@@ -88,7 +88,7 @@ def build(cfg: TrainConfig) -> Run:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    vision = VisionInputs(model_dir)
+    vision = VisionInputs(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     dtype = getattr(torch, cfg.model.dtype)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(cfg.model.device)
     algo = make_algorithm(Setting(cfg.algo, cfg.seed, model_dir, vision, dtype, cfg.model.device))
