@@ -9,11 +9,13 @@ every sample, is the same for any worker count.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import count
 from typing import Callable, Iterator
 
+from vlrl.lifeline import die_with_parent
 from vlrl.types import Sample
 
 CHUNK = 8  # samples per job
@@ -28,7 +30,8 @@ def indexed_stream(make: Callable[[int], Sample], workers: int = 1) -> Iterator[
 
 
 def _pooled(make: Callable[[int], Sample], workers: int) -> Iterator[Sample]:
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))  # a killed run leaves no renderer behind
     try:
         starts = count(0, CHUNK)
         pending: deque[Future] = deque(pool.submit(_chunk, make, next(starts)) for _ in range(workers * AHEAD))

@@ -515,7 +515,7 @@ class TrainConfig:
     steps: int = 10
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
-    resume: str = ""  # a checkpoint folder to continue from
+    resume: str = ""  # a checkpoint folder to continue from; auto: the newest whole checkpoint of a run of this name
 
     def __post_init__(self) -> None:
         if self.steps < 1:

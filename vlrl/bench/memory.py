@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from vlrl.lifeline import die_with_parent
 
 LENGTHS = (2048, 4096, 8192, 16384)
 IMAGES, IMAGE_SIZE = 4, (448, 448)  # 256 visual tokens each (28 x 28 pixels per token)
@@ -57,8 +60,9 @@ def trajectory(tokenizer: Any, vision: Any, length: int, seed: int = 0) -> Any:
     return traj
 
 
-def _measure(model_dir: str, mode: str, length: int, device: str, queue: Any) -> None:
+def _measure(model_dir: str, mode: str, length: int, device: str, queue: Any, parent: int) -> None:
     """One measurement in this (fresh) process; puts its figures on ``queue``."""
+    die_with_parent(parent)
     limit = int(psutil.virtual_memory().total * LIMIT)
     if device == "cpu":  # CUDA maps far more address space than it uses: a limit on it would stop the driver
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -103,7 +107,7 @@ def measure(model_dir: Path, mode: str, length: int, device: str = "cpu") -> dic
     """``_measure`` in a spawned process; a process that dies says how."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(str(model_dir), mode, length, device, queue))
+    proc = ctx.Process(target=_measure, args=(str(model_dir), mode, length, device, queue, os.getpid()))
     proc.start()
     proc.join()
     if not queue.empty():

@@ -2,18 +2,30 @@
 
 ``checkpoints/step-K/model/`` is a complete model folder (weights in safetensors plus the
 tokenizer, processor and chat template files of the model the run started from), so a
-checkpoint can be served or evaluated like any model; ``state.pt`` holds the rest.
-A run resumed from step K with the same config ends with the same weights as a run that
-never stopped (HF engine, fp32): sampling seeds depend only on (seed, step, trajectory).
+checkpoint can be served or evaluated like any model; ``state.pt`` holds the rest, and
+``reference.pt`` the KL reference once a warm start has made it other than the model the
+run loaded (written once per run, ``checkpoints/reference.pt``, and hard-linked into each
+checkpoint). A run resumed from step K with the same config ends with the same weights as
+a run that never stopped (HF engine, fp32): sampling seeds depend only on (seed, step,
+trajectory).
+
+A checkpoint is written under ``step-K.tmp`` and renamed when whole; its last file,
+``complete.json``, lists every file's size. A folder without it, or whose files are not
+those sizes, is not a checkpoint (``check_checkpoint`` says why); ``latest_checkpoint``
+passes over it to the one before, and ``resume=auto`` starts from what that finds.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
@@ -23,6 +35,12 @@ from vlrl.algos.units import Algorithm
 from vlrl.trainer.policy import PolicyTrainer
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+MANIFEST = "complete.json"  # written last: {relative path: bytes} of every other file
+REFERENCE = "reference.pt"  # the KL reference's weights, when a warm start reset it
+
+
+class BadCheckpoint(ValueError):
+    """A folder that is not a whole vlrl checkpoint (torn by a kill mid-write, truncated, or not one at all)."""
 
 
 @dataclass
@@ -60,16 +78,68 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
         "algo": None if algo is None else algo.state(),  # the algorithm's own models (PPO's critic)
     }, tmp / "state.pt")
+    reference = folder.parent / REFERENCE
+    if reference.is_file():
+        _link_or_copy(reference, tmp / REFERENCE)
+    sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+    (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
 
 
+def save_reference(checkpoints: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """``checkpoints/reference.pt``: the KL reference's weights (as ``PolicyTrainer.weights`` gives them), which every
+    later checkpoint of the run links to."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoints / (REFERENCE + ".tmp")
+    torch.save(weights, tmp)
+    tmp.replace(checkpoints / REFERENCE)
+    return checkpoints / REFERENCE
+
+
+def adopt_reference(checkpoint: Path, checkpoints: Path) -> None:
+    """A run resumed from ``checkpoint`` keeps its reference for its own checkpoints (in ``checkpoints``)."""
+    if (Path(checkpoint) / REFERENCE).is_file():
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(Path(checkpoint) / REFERENCE, checkpoints / REFERENCE)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holding ``source``'s bytes: a hard link where the file system allows one (no second copy)."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def check_checkpoint(folder: Path) -> None:
+    """BadCheckpoint, saying why, unless ``folder`` is a whole checkpoint."""
+    manifest = folder / MANIFEST
+    if not folder.is_dir() or not manifest.is_file():
+        raise BadCheckpoint(f"{folder} is not a vlrl checkpoint (no {MANIFEST}: not one, or its writing was cut off)")
+    try:
+        sizes = json.loads(manifest.read_text())
+    except ValueError as e:
+        raise BadCheckpoint(f"{folder}: {MANIFEST} does not parse ({e})") from e
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            raise BadCheckpoint(f"{folder}: {name} is missing")
+        if path.stat().st_size != size:
+            raise BadCheckpoint(f"{folder}: {name} has {path.stat().st_size} bytes, {size} were written")
+
+
 def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, algo: Algorithm | None = None) -> RunState:
     """Restore ``trainer`` from ``folder``; returns where the run was."""
     folder = Path(folder)
-    if not (folder / "state.pt").is_file() or not (folder / "model").is_dir():
-        raise FileNotFoundError(f"{folder} is not a vlrl checkpoint (no state.pt and model/)")
+    check_checkpoint(folder)
+    try:
+        saved = torch.load(folder / "state.pt", weights_only=False)
+        reference = torch.load(folder / REFERENCE, weights_only=True) if (folder / REFERENCE).is_file() else None
+    except Exception as e:  # a file of the right size whose bytes were changed
+        raise BadCheckpoint(f"{folder}: does not load ({type(e).__name__}: {e})") from e
     if isinstance(trainer.model, PeftModel):
         if not (folder / "adapter").is_dir():
             raise ValueError(f"{folder}: the run trains LoRA adapters but the checkpoint has none")
@@ -77,7 +147,8 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, algo: Algorithm 
     else:  # through from_pretrained: it maps the saved key names to the in-memory ones
         saved_model = type(trainer.model).from_pretrained(folder / "model", dtype=trainer.model.dtype)
         trainer.model.load_state_dict(saved_model.state_dict())
-    saved = torch.load(folder / "state.pt", weights_only=False)
+    if reference is not None and trainer.reference is not None:  # without KL now, the reference is not needed
+        trainer.reference.load_state_dict(reference)
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
     trainer.version = saved["version"]
@@ -88,8 +159,29 @@ def load_checkpoint(folder: str | Path, trainer: PolicyTrainer, algo: Algorithm 
     return RunState(saved["step"], saved["cursor"], saved["history"], saved["pending"], saved["summary"])
 
 
+def whole_checkpoints(run_dir: Path) -> Iterator[Path]:
+    """The run's whole checkpoints, the highest step first; one that is not whole is passed over (said on stderr)."""
+    steps = sorted(((int(p.name.removeprefix("step-")), p) for p in (run_dir / "checkpoints").glob("step-*")
+                    if p.name.removeprefix("step-").isdigit()), reverse=True)
+    for _, folder in steps:
+        try:
+            check_checkpoint(folder)
+        except BadCheckpoint as e:
+            print(f"vlrl: passing over {e}", file=sys.stderr)
+            continue
+        yield folder
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The run's complete checkpoint of the highest step, or None if it wrote none."""
-    steps = [(int(p.name.removeprefix("step-")), p) for p in (run_dir / "checkpoints").glob("step-*")
-             if p.name.removeprefix("step-").isdigit() and (p / "state.pt").is_file()]
-    return max(steps)[1] if steps else None
+    """The run's whole checkpoint of the highest step, or None if it wrote none."""
+    return next(whole_checkpoints(run_dir), None)
+
+
+def auto_checkpoints(root: Path, name: str) -> Iterator[Path]:
+    """``resume=auto``'s candidates: the whole checkpoints of the runs named ``name`` under ``root``, the newest run
+    first, each run's highest step first (a resumed run's are newer than those of the run it resumed)."""
+    stamped = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
+    runs = [(m.group(1), int(m.group(2) or 0), p) for p in root.glob(f"{name}-*")
+            if (m := stamped.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()]
+    for *_, run_dir in sorted(runs, reverse=True):
+        yield from whole_checkpoints(run_dir)

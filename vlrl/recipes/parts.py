@@ -18,7 +18,7 @@ from vlrl.distributed import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.engines.hf import HFEngine
 from vlrl.eval.judges import open_model_verifier
-from vlrl.recipes.checkpoint import RunState, load_checkpoint
+from vlrl.recipes.checkpoint import RunState, adopt_reference, load_checkpoint
 from vlrl.recipes.summary import heldout_samples
 from vlrl.registry import resolve
 from vlrl.rewards.verifier import Verifier
@@ -96,6 +96,8 @@ def build(cfg: TrainConfig) -> Run:
     trainer = PolicyTrainer(model, vision, cfg.optim, algo.objective, optimizer_steps(cfg), reference)
     state = load_checkpoint(cfg.resume, trainer, algo) if cfg.resume else RunState()
     out = RunDir.create(cfg.log.dir, cfg.name, to_dict(cfg), cfg.log.wandb, cfg.log.wandb_project)
+    if cfg.resume:
+        adopt_reference(Path(cfg.resume), out.path / "checkpoints")
     for record in state.history:
         out.log(record["step"], {k: v for k, v in record.items() if k != "step"})
     return Run(cfg, model_dir, first_epoch, reward, teacher, heldout_agent, heldout, tokenizer, vision, trainer, algo,

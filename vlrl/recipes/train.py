@@ -42,7 +42,13 @@ from vlrl.metrics import (
     WarmStartRecord,
     update_figures,
 )
-from vlrl.recipes.checkpoint import latest_checkpoint, save_checkpoint
+from vlrl.recipes.checkpoint import (
+    BadCheckpoint,
+    auto_checkpoints,
+    latest_checkpoint,
+    save_checkpoint,
+    save_reference,
+)
 from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, task_stream
 from vlrl.recipes.summary import HELDOUT_MARKS, PAIRED, heldout_after, heldout_before, peak_rss_gb, print_summary
 from vlrl.rollout.chunks import ChunkTuner
@@ -60,17 +66,34 @@ from vlrl.worker_thread import WorkerThread
 
 def run_training(cfg: TrainConfig) -> Path:
     """`vlrl train`: ``train`` in an event loop of its own; a run that loses a data-parallel trainer rank resumes
-    from its last checkpoint (as a new run directory, like ``resume=``), ``distributed.max_restarts`` times."""
+    from its last checkpoint (as a new run directory, like ``resume=``), ``distributed.max_restarts`` times.
+    ``resume=auto``: from the newest whole checkpoint of a run of this name under ``log.dir`` (one that does not load
+    is named and the one before it taken), or from the beginning if there is none."""
+    candidates = auto_checkpoints(Path(cfg.log.dir), cfg.name) if cfg.resume == "auto" else None
+    if candidates is not None:
+        cfg = _auto_resume(cfg, candidates)
     restarts = 0
     while True:
         try:
             return asyncio.run(train(cfg))
+        except BadCheckpoint as e:
+            if candidates is None:
+                raise
+            print(f"resume=auto: passing over {e}", file=sys.stderr)
+            cfg = _auto_resume(cfg, candidates)
         except TrainerRankLost as e:
             restarts += 1
             if restarts > cfg.distributed.max_restarts:
                 raise
             print(f"vlrl train: {e}; resuming ({restarts}/{cfg.distributed.max_restarts})", file=sys.stderr)
             cfg = dataclasses.replace(cfg, resume=e.checkpoint or cfg.resume)
+
+
+def _auto_resume(cfg: TrainConfig, candidates: Iterator[Path]) -> TrainConfig:
+    found = next(candidates, None)
+    print(f"resume=auto: {found if found else f'no checkpoint of a run named {cfg.name!r} in {cfg.log.dir}'}"
+          f"{'' if found else '; starting from the beginning'}", file=sys.stderr)
+    return dataclasses.replace(cfg, resume=str(found) if found else "")
 
 
 async def train(cfg: TrainConfig) -> Path:
@@ -125,6 +148,8 @@ async def warm_start(run: Run, env: Env) -> None:
     await sync_weights(run.trainer, run.engine, run.compute)  # the sibling trained the trainer's own model
     if run.trainer.reference is not None:
         await run.compute.run(run.trainer.reset_reference)
+        # kept for the checkpoints: a run resumed from one has the warm-started reference, not the loaded model
+        await run.compute.run(lambda: save_reference(run.out.path / "checkpoints", run.trainer.weights()))
 
 
 async def rl_steps(run: Run, env: Env) -> None:

@@ -1,0 +1,156 @@
+"""A run killed anywhere resumes to the weights of a run that never stopped, and leaves no process behind.
+
+The config has what the quickstart has and the older resume tests lacked: a warm start on a teacher and a KL
+to the warm-started policy (whose reference a resumed run used to rebuild from the loaded model), and the task
+rendered in worker processes (which used to outlive a killed run)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REWARD
+from test_cli import ROOT, VLRL, vlrl
+from vlrl.recipes.checkpoint import BadCheckpoint, auto_checkpoints, check_checkpoint, latest_checkpoint
+
+STEPS = 4
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, tiny_dir) -> Path:
+    folder = tmp_path_factory.mktemp("resume")
+    (folder / "reward.py").write_text(REWARD)
+    path = folder / "train.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: killed
+        model: {{path: {tiny_dir}}}
+        env: {{tools: [], max_turns: 1, sandbox: {{workers: 1}}}}
+        task: {{name: synthetic_charts, args: {{kinds: [v_bar], difficulty: easy, workers: 2}},
+                reward: "{folder / 'reward.py'}:distinct_characters"}}
+        rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 8}}
+        optim: {{lr: 1.0e-3}}
+        algo: {{loss: {{kl_coef: 0.05}}}}
+        warmstart: {{agent: teacher, samples: 12, steps: 3, agent_args: {{p_tool: 0.0, p_correct: 0.5}}}}
+        steps: {STEPS}
+        checkpoint_every: 1
+        log: {{transcripts_every: 0, progress: false}}
+    """))
+    return path
+
+
+@pytest.fixture(scope="module")
+def whole(config, tmp_path_factory) -> Path:
+    """The run that never stopped."""
+    root = tmp_path_factory.mktemp("whole")
+    vlrl("train", str(config), f"log.dir={root}")
+    return (root / "latest").resolve()
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step-{STEPS}" / "model" / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_resumed_run_keeps_the_warm_started_kl_reference(config, whole, tmp_path):
+    checkpoints = whole / "checkpoints"
+    assert all((checkpoints / f"step-{k}" / "reference.pt").stat().st_ino == (checkpoints / "reference.pt").stat().st_ino
+               for k in range(1, STEPS + 1))  # one file, linked into every checkpoint
+    vlrl("train", str(config), f"log.dir={tmp_path}", f"resume={checkpoints / 'step-1'}")
+    assert_same_weights(whole, (tmp_path / "latest").resolve())
+
+
+def _runs(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("killed-*") if p.is_dir())
+
+
+def _kill_when(config: Path, root: Path, ready, poll_s: float) -> tuple[Path, list[psutil.Process]]:
+    """Start `vlrl train ... resume=auto`, SIGKILL it once ``ready(run_dir)`` holds; its run directory and the
+    processes it had started."""
+    before = set(_runs(root))
+    proc = subprocess.Popen([*VLRL, "train", str(config), f"log.dir={root}", "resume=auto"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    run_dir, children = None, []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            run_dir = run_dir or next(iter(set(_runs(root)) - before), None)
+            children = psutil.Process(proc.pid).children(recursive=True) or children
+            if run_dir is not None and ready(run_dir):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(poll_s)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert run_dir is not None
+    return run_dir, children
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was written (-1: it was not)."""
+    return time.time() - path.stat().st_mtime if path.is_file() else -1.0
+
+
+def _resumed_from(run_dir: Path) -> str:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["resume"]
+
+
+def test_killed_mid_step_and_mid_checkpoint_it_resumes_to_the_same_weights_and_leaves_no_process(config, whole,
+                                                                                                 tmp_path):
+    # 1. mid-step: half a second after its first checkpoint, while step 2 decodes or trains
+    first, children = _kill_when(config, tmp_path, lambda d: _age(d / "checkpoints" / "step-1" / "complete.json") > 0.5,
+                                 0.05)
+    assert len(children) >= 2  # the task's two renderers at least
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left behind: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
+    # 2. inside a checkpoint write: the moment a step-K.tmp folder appears
+    second, _ = _kill_when(config, tmp_path, lambda d: any((d / "checkpoints").glob("step-*.tmp")), 0.002)
+    assert _resumed_from(second) == str(latest_checkpoint(first))
+    torn = next((second / "checkpoints").glob("step-*.tmp"))
+    with pytest.raises(BadCheckpoint, match="no complete.json"):
+        check_checkpoint(torn)
+    # 3. to the end
+    vlrl("train", str(config), f"log.dir={tmp_path}", "resume=auto")
+    last = _runs(tmp_path)[-1]
+    expected = latest_checkpoint(second) or latest_checkpoint(first)
+    assert _resumed_from(last) == str(expected)
+    assert_same_weights(whole, last)
+
+
+def test_a_corrupt_checkpoint_is_named_and_auto_resume_takes_the_one_before(config, whole, tmp_path):
+    run = tmp_path / "killed-20261207-120000"
+    shutil.copytree(whole, run, symlinks=True)
+    checkpoints = run / "checkpoints"
+    weights = checkpoints / f"step-{STEPS}" / "model" / "model.safetensors"
+    with weights.open("r+b") as f:  # torn: shorter than written
+        f.truncate(weights.stat().st_size - 10)
+    with pytest.raises(BadCheckpoint, match=r"model/model.safetensors has \d+ bytes, \d+ were written"):
+        check_checkpoint(weights.parents[1])
+    assert next(auto_checkpoints(tmp_path, "killed")) == checkpoints / f"step-{STEPS - 1}"
+    state = checkpoints / f"step-{STEPS - 1}" / "state.pt"
+    state.write_bytes(b"\0" * state.stat().st_size)  # the size it was written with, other bytes
+    result = vlrl("train", str(config), f"log.dir={tmp_path / 'elsewhere'}", f"resume={state.parent}", check=False)
+    assert result.returncode == 2 and f"{state.parent}: does not load" in result.stderr, result.stderr[-2000:]
+    result = vlrl("train", str(config), f"log.dir={tmp_path}", "resume=auto")
+    assert f"passing over {state.parent}: does not load" in result.stderr
+    resumed = _runs(tmp_path)[-1]
+    assert _resumed_from(resumed) == str(checkpoints / f"step-{STEPS - 2}")
+    assert_same_weights(whole, resumed)
+    assert next(auto_checkpoints(tmp_path / "nothing-here", "killed"), None) is None
