@@ -132,3 +132,26 @@ def test_kv_cache_gib_bounds_the_running_batch_and_a_request_alone_still_runs(ti
     finally:
         run(unbounded.close())
         run(bounded.close())
+
+
+def test_a_batch_invariant_engine_gives_a_request_the_same_bits_whatever_runs_beside_it(tiny_dir, run, tokenizer,
+                                                                                        vision):
+    """Alone, or arriving with seven others of other lengths (and after them, so a prefix could be reused): the
+    same tokens and bit-identical logprobs (``determinism: strict`` rests on it)."""
+    engine = HFEngine(tiny_dir, batch_invariant=True)
+    prompts = [question_prompt(tokenizer, vision, QUESTIONS[i % 4] + " " * i, bar_chart([1 + i, 3, 2]))
+               for i in range(8)]
+    sampling = SamplingParams(max_tokens=12, temperature=1.0, seed=5, suppress_token_ids=engine.eos_ids)
+    image = [bar_chart([1, 3, 2])]
+
+    async def crowd():
+        return await asyncio.gather(*[engine.complete(p, [bar_chart([1 + i, 3, 2])], sampling, f"crowd-{i}")
+                                      for i, p in enumerate(prompts)])
+
+    try:
+        solo = run(engine.complete(prompts[0], image, sampling, "alone"))
+        crowded = run(crowd())[0]
+        assert crowded.token_ids == solo.token_ids and crowded.logprobs == solo.logprobs
+        assert engine.take_stats()["kv_peak_positions"] <= max(len(p) for p in prompts) + 12  # one row at a time
+    finally:
+        run(engine.close())

@@ -160,6 +160,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(train_config, tmp_path):
     ("model.min_pixels=5000 model.max_pixels=4000", "min_pixels 5000 is above max_pixels 4000"),
     ("model.max_pixels=100", "pixel bounds [3136, 100]"),
     ("verifier.model=policy verifier.max_pixels=3136", "min_pixels / max_pixels size a verifier model of its own"),
+    ("determinism=strict rollout.schedule=overlap", "determinism strict needs rollout.schedule 'sync', got 'overlap'"),
+    ("determinism=strict engine.kind=vllm", "determinism strict needs engine.kind 'hf', got 'vllm'"),
+    ("engine.kind=vllm engine.batch_invariant=true", "batch_invariant decoding is the HF engine's"),
 ])
 def test_bad_config_fails_before_any_work(train_config, tmp_path, override, message):
     result = vlrl("train", str(train_config), *override.split(), check=False)

@@ -214,6 +214,8 @@ class EngineConfig:
     replica_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # Ray resources per replica,
     #                                         e.g. {GPU: 1}, or {GPU: 2} with tensor_parallel_size 2
     restart_replicas: bool = True  # start a new replica (with the latest weights) in place of one that died
+    batch_invariant: bool = False  # (hf) every request prefilled and decoded alone, no KV reused from another:
+    #                                its numbers do not depend on what shares a step (set by determinism: strict)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -226,6 +228,8 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_gib < 0:
             raise ValueError(f"kv_cache_gib must be >= 0, got {self.kv_cache_gib}")
+        if self.batch_invariant and self.kind != "hf":
+            raise ValueError(f"batch_invariant decoding is the HF engine's (engine.kind hf), got {self.kind!r}")
 
 
 @dataclass
@@ -516,6 +520,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     resume: str = ""  # a checkpoint folder to continue from; auto: the newest whole checkpoint of a run of this name
+    determinism: Literal["default", "strict"] = "default"  # strict: the same config and seed give bitwise the same
+    #   trajectories, rewards, losses and weights however loaded the machine (engine.batch_invariant; sync, one
+    #   process, the HF engine); default: the same on an idle machine, see the README
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -547,6 +554,14 @@ class TrainConfig:
         if self.algo.name == "grpo" and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for GRPO (advantages are relative within a group), "
                              f"got {self.rollout.group_size}")
+        if self.determinism == "strict":
+            self.engine.batch_invariant = True
+            timed = {"engine.kind": (self.engine.kind, "hf"), "rollout.schedule": (self.rollout.schedule, "sync"),
+                     "distributed.backend": (self.distributed.backend, "none"),
+                     "algo.stream_chunk_tokens": (self.algo.stream_chunk_tokens, 0)}
+            for key, (got, needed) in timed.items():
+                if got != needed:  # where timing decides what shares a step or when a step closes
+                    raise ValueError(f"determinism strict needs {key} {needed!r}, got {got!r}")
 
 
 SECOND_LOOK = ("Look at the image again and check your answer. If it is wrong, correct it. "

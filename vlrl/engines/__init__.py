@@ -16,7 +16,7 @@ async def make_engine(model: ModelConfig, engine: EngineConfig) -> Engine:
             model.path, dtype=model.dtype, device=engine.device, max_model_len=max_len,
             max_num_seqs=engine.max_num_seqs, prefix_cache_tokens=engine.prefix_cache_tokens,
             max_prefill_tokens=engine.max_prefill_tokens, min_pixels=model.min_pixels, max_pixels=model.max_pixels,
-            kv_cache_gib=engine.kv_cache_gib,
+            kv_cache_gib=engine.kv_cache_gib, batch_invariant=engine.batch_invariant,
         )
     from vlrl.engines.vllm import VLLMEngine
 

@@ -191,9 +191,12 @@ class HFEngine(Engine):
         min_pixels: int = 0,
         max_pixels: int = 0,
         kv_cache_gib: float = 0.0,
+        batch_invariant: bool = False,
     ):
         """``kv_cache_gib`` (0: no bound but ``max_num_seqs``): a request waits while admitting it could grow the
-        running batch's keys and values past this many GiB before its rows end; a request alone always runs."""
+        running batch's keys and values past this many GiB before its rows end; a request alone always runs.
+        ``batch_invariant``: each request prefilled and decoded alone from its own ids, no KV taken from another
+        or kept for one, so its logits do not depend on which requests arrived together (``determinism: strict``)."""
         model_dir = check_model_dir(model_dir)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
@@ -205,8 +208,9 @@ class HFEngine(Engine):
         text = self.model.config.text_config
         self.vocab_size: int = text.vocab_size
         self.max_model_len = max_model_len or text.max_position_embeddings
-        self.max_num_seqs = max_num_seqs
-        self.prefix_cache_tokens = prefix_cache_tokens
+        self.batch_invariant = batch_invariant
+        self.max_num_seqs = 1 if batch_invariant else max_num_seqs
+        self.prefix_cache_tokens = 0 if batch_invariant else prefix_cache_tokens
         self.max_prefill_tokens = max_prefill_tokens
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.kv_bytes_per_token: int = (2 * text.num_hidden_layers * text.num_key_value_heads * head_dim
@@ -527,7 +531,9 @@ class HFEngine(Engine):
         # a verifier's piece whose KV is all cached has nothing to run
         works = [w for w in map(self._uncached, reqs) if w.ids]
         logits: dict[str, torch.Tensor] = {}
-        for run in padded_runs(works, self.max_prefill_tokens, lambda w: len(w.ids)):
+        runs = [[w] for w in works] if self.batch_invariant else padded_runs(works, self.max_prefill_tokens,
+                                                                            lambda w: len(w.ids))
+        for run in runs:
             logits.update(zip((w.req.id for w in run), self._forward_prefill(run)))
         return logits
 
@@ -622,6 +628,8 @@ class HFEngine(Engine):
         request's own key first on ties. Entries stay shared, no copy needed: a position
         a cache tensor holds is never written again (caches only append; see kv_cache).
         """
+        if self.batch_invariant:
+            return 0, None
         ids = torch.tensor(req.prompt_ids)
         limit = len(req.prompt_ids) - (1 if req.wants_logits else 0)  # logits need one token to run
         best, best_entry = 0, None
