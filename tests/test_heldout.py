@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from itertools import islice
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ from vlrl.builtin.tasks.mix import synthetic_charts_and_tables
 from vlrl.builtin.tasks.rewards import chartqa_relaxed
 from vlrl.builtin.tasks.tables import synthetic_tables
 from vlrl.config import EnvConfig, SandboxConfig
-from vlrl.eval.heldout import accuracy_by_task, evaluate_agent, majority_baseline, paired_bootstrap
+from vlrl.eval.heldout import accuracy_by_task, evaluate_agent, majority_baseline, paired_bootstrap, regressions
+from vlrl.recipes.summary import print_summary
 from vlrl.rollout.play import play_agent
 from vlrl.types import Sample
 
@@ -149,3 +151,25 @@ def test_accuracy_by_task_splits_a_mixed_held_out_set():
                        "tables": {"questions": 3, "warmstart": 0.0, "rl": 1.0}}
     with pytest.raises(ValueError, match="rl has 2 results for 6 questions"):
         accuracy_by_task(samples, {"rl": [1, 0]})
+
+
+def test_a_task_that_fell_below_its_warm_start_or_the_teacher_is_flagged_with_its_interval(capsys):
+    """Tables rise, charts fall below the warm start (and the teacher): the headline rises, the flag names charts."""
+    samples = [Sample(str(k), (), "q", ("A",), task=task) for k, task in enumerate(["charts", "tables"] * 20)]
+    charts, tables = range(0, 40, 2), range(1, 40, 2)
+    results = {"teacher": [0.0] * 40, "warmstart": [0.0] * 40, "rl": [0.0] * 40}
+    for k in list(charts)[:12]:
+        results["teacher"][k] = results["warmstart"][k] = 1.0  # 12 of 20 charts right before RL
+    for k in list(charts)[:8] + list(tables):
+        results["rl"][k] = 1.0  # RL: 8 of 20 charts, every table
+    found = regressions(samples, results, seed=3)
+    assert [(r["task"], r["below"]) for r in found] == [("charts", "warmstart"), ("charts", "teacher")]
+    chart = found[0]
+    assert (chart["questions"], chart["rl"], chart["warmstart"]) == (20, 0.4, 0.6)
+    expected = paired_bootstrap([results["warmstart"][k] for k in charts], [results["rl"][k] for k in charts], seed=3)
+    assert chart["rl_minus_ci95"] == list(expected) and expected[1] < 0  # here the fall is beyond chance
+    assert regressions(samples, {"warmstart": results["warmstart"], "rl": results["warmstart"]}) == []
+    print_summary({"regressions": found}, Path("run"))
+    shown = capsys.readouterr().out
+    assert "! charts: RL 0.400 is below the warm start 0.600 on 20 held-out questions" in shown
+    assert f"[{expected[0]:+.3f}, {expected[1]:+.3f}]" in shown and "below the teacher 0.600" in shown

@@ -1,5 +1,5 @@
-"""The `vlrl` command: model building, generation, training, evaluation, environments, tools, data, benchmarks,
-the scheduler's twin."""
+"""The `vlrl` command: model building, generation, training (and seed sweeps), evaluation, environments, tools,
+data, benchmarks, the scheduler's twin."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import os
 import sys
 
 from vlrl.allocator import keep_freed_memory
-from vlrl.commands import bench, data, env, eval, generate, model, plan, tools, train
+from vlrl.commands import bench, data, env, eval, generate, model, plan, sweep, tools, train
 
 # subcommand modules in the order `vlrl --help` lists them; each declares its arguments and runs itself
-COMMANDS = (model, generate, train, eval, env, tools, data, bench, plan)
+COMMANDS = (model, generate, train, sweep, eval, env, tools, data, bench, plan)
 
 
 def main(argv: list[str] | None = None) -> int:

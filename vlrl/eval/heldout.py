@@ -88,15 +88,45 @@ def accuracy_by_task(samples: Sequence[Sample], correct: dict[str, Sequence[floa
     ``correct`` maps a policy's name (teacher, warmstart, rl...) to its per-question results in
     the order of ``samples``; a mix can hide one task falling while the other rises.
     """
+    rows = _task_rows(samples, correct)
+    return {task: {"questions": len(at), **{name: sum(results[k] for k in at) / len(at)
+                                            for name, results in correct.items()}}
+            for task, at in rows.items()}
+
+
+BASELINES = {"warmstart": "warm start", "teacher": "teacher"}  # what RL must not fall below, on any task
+
+
+def regressions(samples: Sequence[Sample], correct: dict[str, Sequence[float]], seed: int = 0) -> list[dict[str, Any]]:
+    """Every task (and, in a mix, the whole set) on which RL (``correct["rl"]``) answers fewer questions right than
+    a baseline of ``BASELINES`` does, with the paired 95% interval of RL minus the baseline over that task's
+    questions: a headline that rose can hide a task that fell."""
+    rows = _task_rows(samples, correct)
+    if len(rows) > 1:
+        rows = {"all": list(range(len(samples))), **rows}
+    found = []
+    for task, at in rows.items():
+        rl = [correct["rl"][k] for k in at]
+        for name in BASELINES:
+            if name not in correct:
+                continue
+            base = [correct[name][k] for k in at]
+            if sum(rl) < sum(base):
+                low, high = paired_bootstrap(base, rl, seed=seed)
+                found.append({"task": task, "below": name, "questions": len(at), "rl": sum(rl) / len(at),
+                              name: sum(base) / len(at), "rl_minus_ci95": [low, high]})
+    return found
+
+
+def _task_rows(samples: Sequence[Sample], correct: dict[str, Sequence[float]]) -> dict[str, list[int]]:
+    """Task -> the positions of its questions; every policy's results must cover every question."""
     for name, results in correct.items():
         if len(results) != len(samples):
             raise ValueError(f"{name} has {len(results)} results for {len(samples)} questions")
     rows: dict[str, list[int]] = {}
     for at, sample in enumerate(samples):
         rows.setdefault(sample.task, []).append(at)
-    return {task: {"questions": len(at), **{name: sum(results[k] for k in at) / len(at)
-                                            for name, results in correct.items()}}
-            for task, at in rows.items()}
+    return rows
 
 
 def paired_bootstrap(before: Sequence[float], after: Sequence[float], resamples: int = 10_000,

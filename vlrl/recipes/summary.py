@@ -9,7 +9,15 @@ from typing import Any
 
 from vlrl.config import TaskConfig, TrainConfig
 from vlrl.env import Env
-from vlrl.eval.heldout import accuracy_by_task, evaluate_agent, evaluate_policy, majority_baseline, paired_bootstrap
+from vlrl.eval.heldout import (
+    BASELINES,
+    accuracy_by_task,
+    evaluate_agent,
+    evaluate_policy,
+    majority_baseline,
+    paired_bootstrap,
+    regressions,
+)
 from vlrl.task import open_task
 from vlrl.types import Sample
 
@@ -58,6 +66,7 @@ async def heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any,
             figures[name] = list(paired_bootstrap(before[baseline], after.correct, seed=cfg.seed))
     earlier = {key.removeprefix("heldout_correct_"): before[key] for key in PAIRED.values() if key in before}
     figures["heldout_by_task"] = accuracy_by_task(samples, earlier | {"rl": after.correct})
+    figures["regressions"] = regressions(samples, earlier | {"rl": after.correct}, seed=cfg.seed)
     return figures
 
 
@@ -90,5 +99,10 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
         for task, figures in by_task.items():
             shown = ", ".join(f"{name} {value:.3f}" for name, value in figures.items() if name != "questions")
             print(f"  {task:28s} {figures['questions']} questions: {shown}")
+    for fell in summary.get("regressions", []):
+        low, high = fell["rl_minus_ci95"]
+        print(f"  ! {fell['task']}: RL {fell['rl']:.3f} is below the {BASELINES[fell['below']]} "
+              f"{fell[fell['below']]:.3f} on {fell['questions']} held-out questions (RL minus it, paired 95% "
+              f"interval [{low:+.3f}, {high:+.3f}])")
     print(f"run written to {path} (summary.json, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
           "checkpoints/)")
