@@ -108,8 +108,8 @@ HOSTILE_CODE = [
     ("displaying a non-image", "display(42)", "display\\(\\) takes a PIL image, got int"),
     ("displaying a huge image", "from PIL import Image\ndisplay(Image.new('L', (4200, 4200)))", "too large"),
     ("corrupting the channel", "import os\nfor fd in range(3, 12):\n    try:\n        os.write(fd, b'garbage' * 100)\n"
-     "    except OSError:\n        pass", "channel|ended the sandbox|displayed no image"),
-    ("closing the channel", "import os\nos.closerange(3, 64)", "ended the sandbox|channel"),
+     "    except OSError:\n        pass", "broke the reply's format|displayed no image"),
+    ("closing the channel", "import os\nos.closerange(3, 64)", "ended its episode's process"),
 ]
 
 
@@ -205,6 +205,43 @@ def test_actions_never_block_the_event_loop(world):
     assert result.ok and ticks >= 50
 
 
+def test_an_action_cannot_change_what_another_episodes_actions_see():
+    """One worker serves both episodes. Episode A patches a tool's module, a builtin and a tool instance, and sees
+    its own patches; episode B, before and after, sees none of them; so does A once it ends and starts again.
+    Each episode's process is forked from the worker as it was when it loaded the tools."""
+    poison = textwrap.dedent("""
+        import builtins, vlrl.builtin.tools.focus as focus
+        focus.focus_on_x_values_with_mask = lambda *a, **k: 'poisoned'
+        builtins.sorted = lambda x: 'poisoned'
+        focus_on_x_values_with_mask.target = None
+        display(image_1)
+    """)
+    probe = textwrap.dedent("""
+        import vlrl.builtin.tools.focus as focus
+        assert sorted([2, 1]) == [1, 2], f"sorted is patched: {sorted([2, 1])}"
+        assert focus.focus_on_x_values_with_mask != 'poisoned' and callable(focus.focus_on_x_values_with_mask)
+        display(focus_on_x_values_with_mask(image_1, ['A'], x_values_bbox))
+    """)
+
+    async def scenario():
+        async with SandboxPool(["chart_table_focus"], SandboxConfig(workers=1)) as pool:
+            chart, meta = [Image.new("RGB", (120, 80), "white")], {"x_values_bbox": COLS}
+            before = await pool.code("b", probe, chart, meta)
+            poisoned = await pool.code("a", poison, chart, meta)
+            seen_by_a = await pool.code("a", "display(image_1) if sorted([1]) == 'poisoned' else None", chart, meta)
+            after = await pool.code("b", probe, chart, meta)
+            fresh = await pool.code("c", probe, chart, meta)
+            await pool.end_episode("a")
+            a_again = await pool.code("a", probe, chart, meta)
+            return before, poisoned, seen_by_a, after, fresh, a_again
+
+    before, poisoned, seen_by_a, after, fresh, a_again = asyncio.new_event_loop().run_until_complete(scenario())
+    assert poisoned.ok and seen_by_a.ok  # A's patches are A's
+    for result in (before, after, fresh, a_again):
+        assert result.ok, result.error
+        assert np.array_equal(np.asarray(result.images[0]), np.asarray(before.images[0]))
+
+
 def test_no_process_is_left_behind():
     """Every process of the pool's sandboxes (bubblewrap, its init, the worker) is gone after close."""
 
@@ -241,6 +278,14 @@ def test_missing_bubblewrap_is_said_loudly(monkeypatch):
         SandboxPool(["drawing"])
     with pytest.warns(RuntimeWarning, match="SANDBOX DISABLED"):
         SandboxPool(["drawing"], SandboxConfig(allow_unsandboxed=True))
+
+
+def test_a_pool_not_run_as_root_says_what_that_weakens(monkeypatch):
+    from vlrl.sandbox import pool as pool_module
+
+    monkeypatch.setattr(pool_module.os, "getuid", lambda: 1000)
+    with pytest.warns(RuntimeWarning, match="not running as root, so the workers share your uid"):
+        SandboxPool(["drawing"])
 
 
 def test_a_cancelled_action_does_not_answer_the_next_one(world):

@@ -73,7 +73,8 @@ class RolloutFigures(Section):
     tool_calls: float = figure("calls", "tool calls per trajectory")
     tool_error_rate: float = figure("fraction", "tool calls that failed (an error the model read)")
     parse_errors: float = figure("count", "actions per trajectory that did not parse")
-    sandbox_restarts: int = figure("count", "sandbox workers replaced after a crash or a hang", 0)
+    sandbox_restarts: int = figure("count", "sandbox processes started again after a crash or a hang (a worker, or an "
+                                            "episode's own process)", 0)
     turns: float = figure("turns", "policy turns per trajectory, the answer's included")
     response_length: float = figure("tokens", "policy tokens per trajectory (what the loss sees)")
     response_length_median: float = figure("tokens", "the median trajectory's policy tokens")

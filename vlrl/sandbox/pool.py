@@ -1,9 +1,11 @@
 """SandboxPool: (tool call | code, images, metadata) --> ActionResult, in pre-started workers.
 
 All I/O is asyncio (pipes to the worker processes), so the event loop never blocks on a
-tool. An episode sticks to one worker, so a class tool keeps its state across the
-episode's calls; a worker that times out, crashes or breaks the protocol is killed and
-replaced, and the action that did it gets an error the model can read.
+tool. An episode sticks to one worker, and runs in a process of its own there (forked from
+the worker: see ``vlrl.sandbox.worker``), so a class tool keeps its state across the
+episode's calls and no action sees what another episode's did; an action that ends its
+episode's process gets an error the model can read, and a worker that times out or breaks
+the protocol is killed and replaced.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class ActionResult:
     stdout: str = ""
     error: str | None = None
     seconds: float = 0.0
-    worker_replaced: bool = False  # the worker died or hung and was restarted
+    worker_replaced: bool = False  # the worker died or hung and was replaced, or the episode's process ended
 
 
 @dataclass
@@ -70,6 +72,11 @@ class SandboxPool:
                     "actions with resource limits only"
                 )
             warnings.warn("SANDBOX DISABLED: bubblewrap is missing; model-written code runs without isolation",
+                          RuntimeWarning, stacklevel=2)
+        if os.getuid() != 0:
+            warnings.warn("sandbox: not running as root, so the workers share your uid instead of one each: the "
+                          "process limit that keeps an action from forking counts every process you own, and a "
+                          "worker's actions can signal your other processes outside bubblewrap's PID namespace",
                           RuntimeWarning, stacklevel=2)
         self._slots = [_Slot(i) for i in range(config.workers)]
         self._where: dict[str, _Slot] = {}
@@ -150,6 +157,7 @@ class SandboxPool:
         return ActionResult(
             ok=header["ok"], text=str(header.get("text", "")), images=tuple(out_images),
             stdout=str(header.get("stdout", "")), error=header.get("error"), seconds=time.perf_counter() - start,
+            worker_replaced=header.get("restarted") is True,
         )
 
     async def _exchange(self, slot: _Slot, request: dict[str, Any], images: Sequence[Image.Image],

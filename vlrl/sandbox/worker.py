@@ -1,29 +1,43 @@
 """A sandbox worker: ``python -m vlrl.sandbox.worker CONFIG_JSON`` (started by SandboxPool).
 
-Loads the tools, drops to its slot's own uid (when started as root), caps processes,
-memory, CPU time, file size and open files, moves the protocol off fds 0 / 1 (which
-then point to /dev/null, so stray writes cannot corrupt it), says ready, and then
-answers one request at a time.
+Loads the tools, drops to its slot's own uid (when started as root), caps memory, file
+size and open files, moves the protocol off fds 0 / 1 (which then point to /dev/null, so
+stray writes cannot corrupt it), says ready, and then answers one request at a time.
+
+No action runs in the worker itself. Each episode gets a process of its own, forked from
+the worker as it was when it loaded the tools, on the episode's first action: its calls
+and code run there, one at a time, its class tools keep their state there, and whatever an
+action does to the interpreter (a patched module, a replaced builtin) stays there and ends
+with the episode (``end_episode``). An episode's process closes every descriptor but its
+own two pipes, may not fork or start threads (RLIMIT_NPROC 1), cannot be traced or read
+by the others (not dumpable), and has its CPU time per action capped; if an action kills
+it, the action's reply says so and the episode's next action starts a fresh process.
 """
 
 from __future__ import annotations
 
 import builtins
+import ctypes
 import io
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from PIL import Image
 
-from vlrl.sandbox.wire import MAX_IMAGE_PIXELS, encode, read_frame
+from vlrl.sandbox.wire import MAX_IMAGE_PIXELS, WireError, encode, read_frame
 from vlrl.tool import ToolError, ToolOutput, ToolSpec, as_output, load_tools
 
 BASE_UID = 60000
+EPISODE_PROCESSES = 64  # per worker; past it the least recently used episode's process ends (its state with it)
+PR_SET_DUMPABLE = 4
 
 
 class CappedText(io.TextIOBase):
@@ -53,9 +67,6 @@ class Worker:
 
     def handle(self, header: dict[str, Any], images: list[Image.Image]) -> tuple[dict[str, Any], list[Image.Image]]:
         op = header.get("op")
-        if op == "end_episode":
-            self.episodes.pop(str(header.get("episode")), None)
-            return {"ok": True}, []
         out = CappedText(self.max_output)
         start = time.perf_counter()
         self._limit_cpu()
@@ -135,18 +146,123 @@ def _describe(e: BaseException) -> str:
 
 
 def _confine(cfg: dict[str, Any]) -> None:
-    """Own uid per slot, one process, capped memory / file size / open files."""
+    """Own uid per slot, capped memory / file size / open files (an episode's process: see ``_seal``)."""
     if os.getuid() == 0:
         uid = BASE_UID + int(cfg["slot"])
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # no fork, no threads
     memory = int(cfg["memory_mb"]) << 20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(cfg["max_file_mb"]) << 20,) * 2)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _seal(keep: tuple[int, int]) -> None:
+    """An episode's process, just forked: only its own pipes open, no fork or thread (its uid already runs more
+    than one process), not dumpable (no other process of the uid may trace it or read its memory)."""
+    low, high = sorted(keep)
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 64)
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+@dataclass
+class _Episode:
+    pid: int
+    requests: int  # the worker writes the episode's requests here
+    replies: int  # and reads its replies here
+
+
+def _pipe_reader(fd: int) -> Callable[[int], Any]:
+    async def read_exactly(n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    return read_exactly
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Dispatcher:
+    """The worker's loop: each request to its episode's process (forked on first use), the reply back."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.episodes: OrderedDict[str, _Episode] = OrderedDict()
+
+    def handle(self, header: dict[str, Any], images: list[Image.Image]) -> tuple[dict[str, Any], list[Image.Image]]:
+        episode = str(header.get("episode"))
+        if header.get("op") == "end_episode":
+            self._end(episode)
+            return {"ok": True}, []
+        proc = self.episodes.get(episode) or self._fork(episode)
+        self.episodes.move_to_end(episode)
+        try:
+            _write_all(proc.requests, encode(header, images))
+            return _run_sync(read_frame(_pipe_reader(proc.replies)))
+        except (EOFError, BrokenPipeError, WireError) as e:
+            how = self._end(episode)
+            reason = "it broke the reply's format" if isinstance(e, WireError) else how
+            return {"ok": False, "error": f"the action ended its episode's process ({reason}); the episode's next "
+                                          f"action starts a fresh one, its tools' state anew", "text": "",
+                    "stdout": "", "restarted": True}, []
+
+    def _fork(self, episode: str) -> _Episode:
+        if len(self.episodes) >= EPISODE_PROCESSES:
+            self._end(next(iter(self.episodes)))
+        to_child, from_worker = os.pipe()
+        to_worker, from_child = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the episode's process: it never returns
+            code = 0
+            try:
+                os.close(from_worker), os.close(to_worker)
+                _seal((to_child, from_child))
+                read = _pipe_reader(to_child)
+                while True:
+                    reply = self.worker.handle(*_run_sync(read_frame(read)))
+                    _write_all(from_child, encode(*reply))
+            except EOFError:  # the worker closed the pipe: the episode is over
+                pass
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(to_child), os.close(from_child)
+        self.episodes[episode] = _Episode(pid, from_worker, to_worker)
+        return self.episodes[episode]
+
+    def _end(self, episode: str) -> str:
+        """End the episode's process (if it has one); how it ended."""
+        proc = self.episodes.pop(episode, None)
+        if proc is None:
+            return "it had none"
+        os.close(proc.requests), os.close(proc.replies)
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(proc.pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
+            name = signal.Signals(os.WTERMSIG(status)).name
+            return {"SIGXCPU": "it used up its CPU time", "SIGSEGV": "it crashed the interpreter"}.get(
+                name, f"signal {name}")
+        if os.WIFEXITED(status):
+            return f"exit code {os.WEXITSTATUS(status)}"
+        return "it was stopped"
 
 
 def main() -> None:
@@ -156,35 +272,24 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
 
-    async def read_exactly(n: int) -> bytes:
-        chunks, left = [], n
-        while left:
-            chunk = os.read(requests, min(left, 1 << 20))
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-
     def send(header: dict[str, Any], images: list[Image.Image]) -> None:
-        data = memoryview(encode(header, images))
-        while data:
-            data = data[os.write(replies, data) :]
+        _write_all(replies, encode(header, images))
 
     try:
-        worker = Worker(cfg)
+        dispatcher = Dispatcher(Worker(cfg))
         _confine(cfg)
     except BaseException as e:  # report why this worker cannot serve, then stop
         send({"ready": False, "error": f"{type(e).__name__}: {e}"}, [])
         return
 
-    send({"ready": True, "tools": sorted(worker.tools)}, [])
+    send({"ready": True, "tools": sorted(dispatcher.worker.tools)}, [])
+    read = _pipe_reader(requests)
     while True:
         try:
-            header, images = _run_sync(read_frame(read_exactly))
+            header, images = _run_sync(read_frame(read))
         except EOFError:
             return
-        send(*worker.handle(header, images))
+        send(*dispatcher.handle(header, images))
 
 
 def _run_sync(coro: Any) -> Any:
