@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, LookupError) as e:  # bad input: say what and where, no traceback
+    except (ValueError, OSError, LookupError) as e:  # bad input, a full disk: say what and where, no traceback
         print(f"vlrl: error: {e}", file=sys.stderr)
         return 2
 

@@ -67,8 +67,12 @@ class RunDir:
         record = {"step": step, **metrics}
         if phase == "rl":
             self.history.append(record)
-        with (self.path / ("metrics.jsonl" if phase == "rl" else f"{phase}.jsonl")).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.path / ("metrics.jsonl" if phase == "rl" else f"{phase}.jsonl")
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: say where, not only why
+            raise OSError(e.errno, f"{path} could not be written ({e.strerror or e})") from e
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 

@@ -17,6 +17,7 @@ passes over it to the one before, and ``resume=auto`` starts from what that find
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -56,20 +57,10 @@ class RunState:
 
 def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model_dir: Path,
                     algo: Algorithm | None = None) -> Path:
-    """Write ``folder`` (replacing it) and return it."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "model").mkdir(parents=True)
-    for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
-        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
-            shutil.copy2(f, tmp / "model" / f.name)
+    """Write ``folder`` (replacing it) and return it. A write that fails (a full disk) leaves no partial folder and
+    raises OSError naming the checkpoint, the reason, the space left there and the newest checkpoint still whole."""
     weights, optimizer = trainer.weights(), trainer.optimizer_state()  # sharded: gathered from every rank
-    if isinstance(trainer.model, PeftModel):  # the adapter to resume from, the merged model to serve
-        trainer.model.save_pretrained(tmp / "adapter")
-        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=weights)
-    else:
-        trainer.model.save_pretrained(tmp / "model", state_dict=weights)
-    torch.save({
+    saved = {
         "optimizer": optimizer,
         "scheduler": trainer.scheduler.state_dict(),
         "version": trainer.version,
@@ -77,15 +68,41 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
         "summary": state.summary,
         "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
         "algo": None if algo is None else algo.state(),  # the algorithm's own models (PPO's critic)
-    }, tmp / "state.pt")
-    reference = folder.parent / REFERENCE
+    }
+    tmp = folder.with_name(folder.name + ".tmp")
+    try:
+        _write_checkpoint(tmp, trainer, weights, saved, model_dir)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        free = shutil.disk_usage(folder.parent).free / 2**20
+        kept = next(whole_checkpoints(folder.parent.parent), None)
+        raise OSError(getattr(e, "errno", None) or errno.EIO,
+                      f"checkpoint {folder} could not be written ({why}; {free:.1f} MiB free there); "
+                      f"{f'{kept} is the newest one, intact' if kept else 'the run has no earlier one'}") from e
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _write_checkpoint(tmp: Path, trainer: PolicyTrainer, weights: dict[str, torch.Tensor], saved: dict[str, Any],
+                      model_dir: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "model").mkdir(parents=True)
+    for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, tmp / "model" / f.name)
+    if isinstance(trainer.model, PeftModel):  # the adapter to resume from, the merged model to serve
+        trainer.model.save_pretrained(tmp / "adapter")
+        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=weights)
+    else:
+        trainer.model.save_pretrained(tmp / "model", state_dict=weights)
+    torch.save(saved, tmp / "state.pt")
+    reference = tmp.parent / REFERENCE
     if reference.is_file():
         _link_or_copy(reference, tmp / REFERENCE)
     sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 def save_reference(checkpoints: Path, weights: dict[str, torch.Tensor]) -> Path:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from vlrl.sandbox.wire import MAX_IMAGE_PIXELS, WireError, encode, read_frame
+from vlrl.sandbox.wire import MAX_IMAGE_PIXELS, WireError, encode, read_frame, read_raw
 from vlrl.tool import ToolError, ToolOutput, ToolSpec, as_output, load_tools
 
 BASE_UID = 60000
@@ -204,22 +204,23 @@ class Dispatcher:
         self.worker = worker
         self.episodes: OrderedDict[str, _Episode] = OrderedDict()
 
-    def handle(self, header: dict[str, Any], images: list[Image.Image]) -> tuple[dict[str, Any], list[Image.Image]]:
+    def handle(self, header: dict[str, Any], frame: bytes) -> bytes:
+        """The reply frame to the request ``frame`` (whose header is ``header``), passed through unopened."""
         episode = str(header.get("episode"))
         if header.get("op") == "end_episode":
             self._end(episode)
-            return {"ok": True}, []
+            return encode({"ok": True})
         proc = self.episodes.get(episode) or self._fork(episode)
         self.episodes.move_to_end(episode)
         try:
-            _write_all(proc.requests, encode(header, images))
-            return _run_sync(read_frame(_pipe_reader(proc.replies)))
+            _write_all(proc.requests, frame)
+            return _run_sync(read_raw(_pipe_reader(proc.replies)))[1]
         except (EOFError, BrokenPipeError, WireError) as e:
             how = self._end(episode)
             reason = "it broke the reply's format" if isinstance(e, WireError) else how
-            return {"ok": False, "error": f"the action ended its episode's process ({reason}); the episode's next "
-                                          f"action starts a fresh one, its tools' state anew", "text": "",
-                    "stdout": "", "restarted": True}, []
+            return encode({"ok": False, "error": f"the action ended its episode's process ({reason}); the episode's "
+                                                 f"next action starts a fresh one, its tools' state anew", "text": "",
+                           "stdout": "", "restarted": True})
 
     def _fork(self, episode: str) -> _Episode:
         if len(self.episodes) >= EPISODE_PROCESSES:
@@ -286,10 +287,10 @@ def main() -> None:
     read = _pipe_reader(requests)
     while True:
         try:
-            header, images = _run_sync(read_frame(read))
+            header, frame = _run_sync(read_raw(read))
         except EOFError:
             return
-        send(*dispatcher.handle(header, images))
+        _write_all(replies, dispatcher.handle(header, frame))
 
 
 def _run_sync(coro: Any) -> Any:
