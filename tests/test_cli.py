@@ -99,8 +99,9 @@ def test_tools_run_one_action_prints_one_json_object(tmp_path):
 def test_bench_tools_json():
     out = vlrl("bench", "tools", "--calls", "40", "--json").stdout
     figures = json.loads(out.strip().splitlines()[-1])
-    assert set(figures) == {"p50_ms", "p95_ms", "calls_per_s", "inprocess_p50_ms"}
+    assert set(figures) == {"p50_ms", "p95_ms", "first_call_p50_ms", "calls_per_s", "inprocess_p50_ms"}
     assert 0 < figures["inprocess_p50_ms"] < figures["p50_ms"] <= figures["p95_ms"]
+    assert figures["first_call_p50_ms"] > figures["inprocess_p50_ms"]
 
 
 @pytest.mark.parametrize("agent", ["scripted", "random"])
