@@ -6,6 +6,7 @@ rendered in worker processes (which used to outlive a killed run)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -154,3 +155,37 @@ def test_a_corrupt_checkpoint_is_named_and_auto_resume_takes_the_one_before(conf
     assert _resumed_from(resumed) == str(checkpoints / f"step-{STEPS - 2}")
     assert_same_weights(whole, resumed)
     assert next(auto_checkpoints(tmp_path / "nothing-here", "killed"), None) is None
+
+
+@pytest.mark.vllm
+def test_a_dead_vllm_engine_core_costs_its_step_and_the_run_resumes_with_a_new_one(train_config, tmp_path):
+    """The engine core process killed mid-run: the step it was in is not trained, `vlrl train` says what died and
+    resumes from the last checkpoint with a new engine (distributed.max_restarts), and the run ends whole."""
+    root = tmp_path / "engine-killed"
+    proc = subprocess.Popen([*VLRL, "train", str(train_config), "engine.kind=vllm", f"steps={STEPS}",
+                             "checkpoint_every=1", f"log.dir={root}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.monotonic() + 600, None
+    while time.monotonic() < deadline and proc.poll() is None and killed is None:
+        first = next(iter(sorted(root.glob("e2e-*"))), None)
+        if first is not None and (first / "checkpoints" / "step-1" / "complete.json").is_file():
+            core = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in " ".join(
+                p.cmdline()) or p.name().startswith("VLLM::EngineCor")]
+            if core:
+                killed = core[0].pid
+                core[0].kill()
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=600)
+    assert killed is not None and proc.returncode == 0, err[-3000:]
+    assert "vLLM's engine core process died" in err and "resuming (1/1)" in err, err[-3000:]
+    first, second = sorted(root.glob("e2e-*"))
+    resumed_from = _resumed_from(second)
+    assert resumed_from.startswith(str(first / "checkpoints" / "step-"))
+    at = int(resumed_from.rsplit("-", 1)[1])
+    logged = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    # resumed from the checkpoint of the last step logged (or, killed between its log line and its checkpoint, the
+    # one before: that step is trained again from the same weights, its first update never kept)
+    assert logged[-1] < STEPS - 1 and at in (logged[-1], logged[-1] + 1)
+    assert [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()] == \
+        list(range(STEPS))
+    assert (second / "checkpoints" / f"step-{STEPS}" / "complete.json").is_file()

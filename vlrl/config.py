@@ -476,7 +476,8 @@ class DistributedConfig:
     rank_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # (ray) per rank, e.g. {GPU: 1}
     placement_timeout_s: float = 300.0  # (ray) how long to wait for the cluster to place the actors
     collective_timeout_s: float = 600.0  # (ray) a gradient all-reduce waiting longer than this fails the step
-    max_restarts: int = 1  # (ray) times `vlrl train` resumes from the last checkpoint after losing a trainer rank
+    max_restarts: int = 1  # times `vlrl train` resumes from the last checkpoint after losing a trainer rank or its
+    #                         engine's process
     trainer_threads: int = 0  # torch CPU threads of the trainer's process; 0: torch's default (every core). With
     #                           the engine in a Ray replica of {CPU: 1}, 1 gives the engine and the trainer a core each
 

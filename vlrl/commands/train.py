@@ -16,12 +16,12 @@ def add_to(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)  # before torch is imported: errors come fast
-    from vlrl.distributed import TrainerRankLost
+    from vlrl.engines.base import PartLost
     from vlrl.recipes.train import run_training
 
     try:
         run_training(cfg)
-    except TrainerRankLost as e:
+    except PartLost as e:
         print(f"vlrl: error: {e}", file=sys.stderr)
         return 1
     return 0

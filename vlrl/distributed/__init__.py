@@ -11,15 +11,11 @@ from typing import Iterator
 
 from vlrl.config import DistributedConfig, EngineConfig, ModelConfig
 from vlrl.engines import make_engine
-from vlrl.engines.base import Engine
+from vlrl.engines.base import Engine, PartLost
 
 
-class TrainerRankLost(RuntimeError):
-    """A data-parallel trainer rank died during a step; ``checkpoint`` is where the run resumes (None: its start)."""
-
-    def __init__(self, message: str, checkpoint: str | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
+class TrainerRankLost(PartLost):
+    """A data-parallel trainer rank died during a step."""
 
 
 @contextlib.contextmanager

@@ -27,6 +27,19 @@ T = TypeVar("T")
 NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
+class PartLost(RuntimeError):
+    """A part of a run that cannot be had back in place died (a trainer rank, the engine's process); ``checkpoint``
+    is where the run resumes (None: its start)."""
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class EngineLost(PartLost):
+    """The engine can serve no more: its own process died (what ``Engine.dead`` says)."""
+
+
 class Engine(abc.ABC):
     """Async engine: many concurrent requests, each streamed as Deltas."""
 
@@ -87,6 +100,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Abort every request and release the engine's resources."""
+
+    def dead(self) -> str | None:
+        """Why the engine can serve no more (a process of its own died), or None while it can."""
+        return None
 
     def take_stats(self) -> dict[str, float]:
         """Figures counted since the last call, for the step's metrics (a router: requests per replica, failovers)."""

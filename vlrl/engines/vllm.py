@@ -233,6 +233,11 @@ class VLLMEngine(Engine):
             del self._streams[request_id]
         remember(self._done, request_id, stream)
 
+    def dead(self) -> str | None:
+        if not self.llm.errored:  # type: ignore[attr-defined]
+            return None
+        return "vLLM's engine core process died (every request in flight failed with EngineDeadError)"
+
     async def close(self) -> None:
         for rid, stream in list(self._streams.items()):
             if stream.finish is None:

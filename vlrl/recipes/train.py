@@ -30,8 +30,8 @@ import torch
 from vlrl.algos.units import Batch
 from vlrl.clock import now
 from vlrl.config import TrainConfig
-from vlrl.distributed import TrainerRankLost, cluster
-from vlrl.engines.base import Engine
+from vlrl.distributed import cluster
+from vlrl.engines.base import Engine, EngineLost, PartLost
 from vlrl.env import Env, make_env
 from vlrl.metrics import (
     AlgoFigures,
@@ -65,8 +65,9 @@ from vlrl.worker_thread import WorkerThread
 
 
 def run_training(cfg: TrainConfig) -> Path:
-    """`vlrl train`: ``train`` in an event loop of its own; a run that loses a data-parallel trainer rank resumes
-    from its last checkpoint (as a new run directory, like ``resume=``), ``distributed.max_restarts`` times.
+    """`vlrl train`: ``train`` in an event loop of its own; a run that loses a data-parallel trainer rank or its
+    engine's process resumes from its last checkpoint (as a new run directory, like ``resume=``, with a new engine),
+    ``distributed.max_restarts`` times; the step it was in is not trained, so none is trained twice.
     ``resume=auto``: from the newest whole checkpoint of a run of this name under ``log.dir`` (one that does not load
     is named and the one before it taken), or from the beginning if there is none."""
     candidates = auto_checkpoints(Path(cfg.log.dir), cfg.name) if cfg.resume == "auto" else None
@@ -81,7 +82,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 raise
             print(f"resume=auto: passing over {e}", file=sys.stderr)
             cfg = _auto_resume(cfg, candidates)
-        except TrainerRankLost as e:
+        except PartLost as e:
             restarts += 1
             if restarts > cfg.distributed.max_restarts:
                 raise
@@ -115,10 +116,9 @@ async def train(cfg: TrainConfig) -> Path:
                 if run.heldout:
                     summary |= await heldout_after(cfg, env, run.engine, run.tokenizer, run.reward, run.heldout,
                                                    run.state.summary)
-        except TrainerRankLost as e:
-            last = latest_checkpoint(run.out.path)
-            raise TrainerRankLost(f"{e}; the run can resume from {last or 'its start'}",
-                                  str(last) if last else None) from e
+        except PartLost as e:
+            last = latest_checkpoint(run.out.path) or (Path(cfg.resume) if cfg.resume else None)
+            raise type(e)(f"{e}; the run can resume from {last or 'its start'}", str(last) if last else None) from e
         finally:
             await run.close()
     return finish(run, summary)
@@ -171,7 +171,13 @@ async def rl_steps(run: Run, env: Env) -> None:
     for step in range(state.step, cfg.steps):
         if tuner is not None:
             manager.chunk_tokens = tuner.current
-        record = await rl_step(run, step, manager, scheduler, stream)
+        try:
+            record = await rl_step(run, step, manager, scheduler, stream)
+        except Exception as e:  # a weight push to a dead engine, say: the step is done again after a resume
+            why = run.engine.dead()
+            if why is None:
+                raise
+            raise EngineLost(f"step {step}: {why}") from e
         if tuner is not None:
             tuner.observe(record.perf.step_s)
         await after_step(run, step, record, scheduler)
@@ -192,6 +198,9 @@ async def rl_step(run: Run, step: int, manager: RolloutManager, scheduler: Overl
     began = now()
     manager.timeline.mark(f"step {step}", began)
     result, record = await collect(run.cfg, step, manager, scheduler, stream)
+    why = run.engine.dead()
+    if why is not None:  # before the update: the step is done again after a resume, never trained twice
+        raise EngineLost(f"step {step}: {why}")
     rolled = now()
     batch = await run.compute.run(prepare, run, result.groups)
     record.algo = AlgoFigures(prepared=batch.metrics)
