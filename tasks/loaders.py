@@ -160,12 +160,18 @@ def _boxes(meta: Mapping[str, Any], size: tuple[int, int], loaded: Loaded) -> di
         value = meta.get(key)
         if not value:
             continue
+        if not isinstance(value, (Mapping, list, tuple)):
+            raise DataError(f"{key} must be a list of boxes or a map from label to box, got {type(value).__name__} "
+                            f"{value!r:.80}", problem="malformed box")
         if isinstance(value, Mapping):  # VTool-R1: {label: box}
             pairs = list(value.items())
         elif all(isinstance(b, Mapping) and "label" in b for b in value):  # vlrl: [{label, x1, ...}]
             pairs = [(b["label"], b) for b in value]
         else:  # ReFOCUS: boxes aligned with a label list
             labels = meta.get(labels_key) or []
+            if not isinstance(labels, (list, tuple)):
+                raise DataError(f"{labels_key} must be a list of labels, got {type(labels).__name__} {labels!r:.80}",
+                                problem="malformed labels")
             if len(labels) != len(value):
                 raise DataError(f"{key} has {len(value)} boxes for {len(labels)} {labels_key}",
                                 problem="boxes not aligned with labels")

@@ -3,6 +3,7 @@ a parsed turn (actions, errors or an answer) or a named configuration error; not
 
 from __future__ import annotations
 
+import json
 import random
 import string
 import time
@@ -119,3 +120,96 @@ def test_random_model_output_through_the_env_ends_or_goes_on_with_a_named_reason
                 await episode.close()
 
     run(episodes())
+
+
+def _row_mutation(rng: random.Random, images: dict[str, str]) -> dict:
+    """One way a dataset row goes wrong (or none)."""
+    nan = float("nan")
+    return rng.choice([
+        {}, {"image": images["corrupt"]}, {"image": images["truncated"]}, {"image": images["empty"]},
+        {"image": images["bomb"]}, {"image": "missing.png"}, {"image": 7}, {"question": None}, {"question": ""},
+        {"question": ["a", "b"]}, {"question": "?" * 100_000}, {"answer": None}, {"answer": ""}, {"answer": {"a": 1}},
+        {"x_values_bbox": [{"x1": nan, "y1": 0, "x2": 5, "y2": 5}]}, {"x_values_bbox": [{"x1": 9, "y1": 9, "x2": 1,
+                                                                                        "y2": 1}]},
+        {"x_values_bbox": [{"x1": "a", "y1": 0, "x2": 5, "y2": 5}]}, {"x_values_bbox": [{"x1": 0}]},
+        {"x_values_bbox": "boxes"}, {"x_values": [None]}, {"x_values": 3}, {"id": None},
+    ])
+
+
+def test_random_dataset_rows_load_or_are_counted_by_problem(tmp_path):
+    """Corrupt, truncated, empty and decompression-bomb images, wrong types, NaN and inverted boxes, empty and huge
+    questions: with on_error skip every row is a sample or a counted problem, and nothing else happens."""
+    from PIL import Image
+
+    from vlrl.builtin.tasks.loaders import refocus
+
+    good_png = tmp_path / "good.png"
+    Image.new("RGB", (120, 80), "white").save(good_png)
+    data = good_png.read_bytes()
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("1", (40_000, 40_000)).save(tmp_path / "bomb.png")  # 1.6 billion pixels in a few hundred kB
+    images = {name: f"{name}.png" for name in ("corrupt", "truncated", "empty", "bomb")}
+    rng = random.Random(4)
+    good = {"question": "Q?", "answer": "1", "image": "good.png", "x_values": ["A"], "y_values": [],
+            "x_values_bbox": [{"x1": 1, "y1": 1, "x2": 20, "y2": 20}], "y_values_bbox": []}
+    rows = [good | {"id": f"r{k}"} | _row_mutation(rng, images) for k in range(120)]
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    began = time.perf_counter()
+    loaded = refocus(path=str(path), on_error="skip")
+    kept = list(loaded)
+    assert time.perf_counter() - began < 60
+    assert loaded.rows_read == len(rows) == len(kept) + loaded.errors.total  # nothing silently dropped
+    assert kept and loaded.errors.total and all(s.question and s.answers and s.images for s in kept)
+
+
+WEIRD_TOOL = '''
+from PIL import Image
+from vlrl.tool import tool
+
+MODES = ["1", "L", "P", "RGBA", "I", "F", "CMYK", "LA", "RGB"]
+SIZES = [(1, 1), (3000, 20), (20, 3000), (2000, 2000), (5000, 5000), (28, 28)]
+
+@tool
+def weird(mode: int, size: int) -> Image.Image:
+    """An image of any mode and size."""
+    return Image.new(MODES[mode % len(MODES)], SIZES[size % len(SIZES)])
+'''
+
+
+def test_tool_images_of_any_mode_and_size_are_shown_or_refused_by_name(run, tokenizer, vision, tmp_path):
+    """Every PIL mode, slivers, a 1x1 and images far past the processor's bound: the observation holds the image
+    (its tokens matching what the processor makes of it) or a named error, and the episode goes on."""
+    from vlrl.builtin.envs.visual_tool import VisualToolEnv
+    from vlrl.builtin.tasks.charts import synthetic_charts
+    from vlrl.config import EnvConfig, SandboxConfig
+    from vlrl.rollout.play import text_turn
+
+    (tmp_path / "weird.py").write_text(WEIRD_TOOL)
+    sample = next(synthetic_charts(seed=5, kinds=["v_bar"], families=["retrieval"]))
+    rng = random.Random(6)
+    shown = refused = 0
+
+    async def episodes():
+        nonlocal shown, refused
+        config = EnvConfig(tools=[str(tmp_path / "weird.py")], max_turns=2, max_images=3,
+                           sandbox=SandboxConfig(workers=1, timeout_s=10, memory_mb=2048))
+        async with VisualToolEnv(config, tokenizer, vision) as env:
+            for case in range(16):
+                episode = env.reset(sample, f"weird-{case}")
+                call = json.dumps({"name": "weird", "arguments": {"mode": rng.randrange(9), "size": rng.randrange(6)}})
+                step = await episode.step(text_turn(tokenizer, f"<tool_call>{call}</tool_call>"))
+                assert not step.done, episode.trajectory.finish_reason
+                if step.observation.images:
+                    traj = episode.trajectory
+                    vision.check(traj.token_ids, [vision.token_count(im) for im in traj.images], where=f"case {case}")
+                    shown += 1
+                else:
+                    assert "error: " in step.observation.text
+                    refused += 1
+                await episode.close()
+
+    run(episodes())
+    assert shown and refused
