@@ -231,3 +231,28 @@ def test_grpo_steps_raise_the_reward_on_a_task_the_model_gets_partly_right(run, 
         run(sync_weights(trainer, engine))
     assert 0.1 < means[0] < 0.9, means  # partly right at the start
     assert means[-1] > means[0] + 0.2, means
+
+
+@pytest.mark.slow
+def test_a_thousand_trajectories_in_flight_complete_with_the_kv_cache_bounded(run, tiny_dir, tokenizer, vision):
+    """250 questions x 4 started at once on the HF engine with engine.kv_cache_gib at 64 MB: every trajectory ends
+    and is kept, the running batch never holds more keys and values than the bound, and the process grows by less
+    than 2 GB (what it grew by is printed)."""
+    import psutil
+
+    samples = list(islice(synthetic_charts(seed=11, kinds=["v_bar"]), 250))
+    engine = HFEngine(tiny_dir, max_num_seqs=256, kv_cache_gib=1 / 16)
+    before = psutil.Process().memory_info().rss
+    try:
+        result = rollout(run, engine, tokenizer, vision, NO_TOOLS, chartqa_relaxed, samples, group_size=4,
+                         max_tokens=8)
+        stats = engine.take_stats()
+    finally:
+        run(engine.close())
+    grown = (psutil.Process().memory_info().rss - before) / 2**30
+    assert len(result.groups) == 250 and len(result.trajectories) == 1000 and not result.dropped
+    assert 0 < stats["kv_peak_positions"] <= engine.max_kv_positions
+    print(f"1,000 trajectories: KV peak {stats['kv_peak_positions'] * engine.kv_bytes_per_token / 2**20:.1f} MiB "
+          f"(bound {engine.max_kv_positions * engine.kv_bytes_per_token / 2**20:.1f}), resident +{grown:.2f} GB, "
+          f"{result.seconds.wall:.1f} s")
+    assert grown < 2.0
