@@ -15,7 +15,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import count
 from typing import Callable, Iterator
 
-from vlrl.lifeline import die_with_parent
+from vlrl.lifeline import die_with
 from vlrl.types import Sample
 
 CHUNK = 8  # samples per job
@@ -30,7 +30,7 @@ def indexed_stream(make: Callable[[int], Sample], workers: int = 1) -> Iterator[
 
 
 def _pooled(make: Callable[[int], Sample], workers: int) -> Iterator[Sample]:
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with,
                                initargs=(os.getpid(),))  # a killed run leaves no renderer behind
     try:
         starts = count(0, CHUNK)

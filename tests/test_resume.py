@@ -189,3 +189,28 @@ def test_a_dead_vllm_engine_core_costs_its_step_and_the_run_resumes_with_a_new_o
     assert [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()] == \
         list(range(STEPS))
     assert (second / "checkpoints" / f"step-{STEPS}" / "complete.json").is_file()
+
+
+@pytest.mark.vllm
+def test_a_killed_vllm_run_leaves_none_of_vllms_processes_behind(train_config, tmp_path):
+    root = tmp_path / "vllm-killed"
+    started = {}
+
+    def after_first_checkpoint(run_dir):
+        started["children"] = psutil.Process(proc.pid).children(recursive=True)
+        started["names"] = [p.name() for p in started["children"]]
+        return (run_dir / "checkpoints" / "step-1" / "complete.json").is_file()
+
+    proc = subprocess.Popen([*VLRL, "train", str(train_config), "engine.kind=vllm", f"log.dir={root}", "steps=4",
+                             "checkpoint_every=1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        run_dir = next(iter(root.glob("e2e-*")), None)
+        if run_dir is not None and after_first_checkpoint(run_dir):
+            proc.kill()
+            break
+        time.sleep(0.1)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert sum(name.startswith("VLLM::") for name in started["names"]) >= 2, started["names"]  # core and worker
+    gone, alive = psutil.wait_procs(started["children"], timeout=15)
+    assert not alive, f"left behind: {[(p.pid, p.name()) for p in alive]}"

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from vlrl.lifeline import die_with_parent
+from vlrl.lifeline import die_with
 
 LENGTHS = (2048, 4096, 8192, 16384)
 IMAGES, IMAGE_SIZE = 4, (448, 448)  # 256 visual tokens each (28 x 28 pixels per token)
@@ -62,7 +62,7 @@ def trajectory(tokenizer: Any, vision: Any, length: int, seed: int = 0) -> Any:
 
 def _measure(model_dir: str, mode: str, length: int, device: str, queue: Any, parent: int) -> None:
     """One measurement in this (fresh) process; puts its figures on ``queue``."""
-    die_with_parent(parent)
+    die_with(parent)
     limit = int(psutil.virtual_memory().total * LIMIT)
     if device == "cpu":  # CUDA maps far more address space than it uses: a limit on it would stop the driver
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -125,8 +125,8 @@ class VLLMEngine(Engine):
         )
         # no local name for the AsyncLLM: something in vLLM's start-up keeps this frame alive (gc shows it as the
         # engine's only referrer), so a name here kept the engine until the interpreter exit, where its __del__ fails
-        return cls(model_dir, AsyncLLM.from_engine_args(args), vision, max_len, text.vocab_size,
-                   model_eos_ids(model_dir))
+        return await _bound_to_this_process(cls(model_dir, AsyncLLM.from_engine_args(args), vision, max_len,
+                                                text.vocab_size, model_eos_ids(model_dir)))
 
     async def generate(
         self,
@@ -325,3 +325,10 @@ def _check_expanded(request_id: str, ids: list[int], out: object) -> None:
             f"request {request_id!r}: vLLM ran a prompt of {len(seen)} tokens that differs from the "
             f"{len(ids)} ids given (image placeholder expansion disagrees with the processor)"
         )
+
+
+async def _bound_to_this_process(engine: VLLMEngine) -> VLLMEngine:
+    """``engine``, its worker processes (and through them its engine core) set to end with this process, however
+    this one ends: a killed run leaves none of vLLM's processes behind."""
+    await engine.llm.collective_rpc("vlrl_die_with", args=(os.getpid(),))  # type: ignore[attr-defined]
+    return engine

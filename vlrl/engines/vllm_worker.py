@@ -6,11 +6,22 @@ worker process, next to the model, so weights are replaced in place without a re
 
 from __future__ import annotations
 
+import os
+
 from safetensors.torch import load_file
+
+from vlrl.lifeline import die_with
 
 
 class WeightLoader:
-    """Loads named tensors from a safetensors file into the running model."""
+    """Loads named tensors from a safetensors file into the running model; ends with the vlrl process."""
+
+    def vlrl_die_with(self, root: int) -> int:
+        """End this worker, and the engine core process that started it, once ``root`` (the vlrl process that made
+        the engine) is gone, however it ended; returns this worker's pid."""
+        if os.getpid() != root:  # a process of vLLM's: under the engine core, or the engine core itself
+            die_with(root, also=() if os.getppid() == root else (os.getppid(),))
+        return os.getpid()
 
     def vlrl_load_weights(self, path: str) -> int:
         """Load every tensor of ``path`` (names as in the HF checkpoint); return how many.
