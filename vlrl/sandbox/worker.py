@@ -225,25 +225,27 @@ class Dispatcher:
     def _fork(self, episode: str) -> _Episode:
         if len(self.episodes) >= EPISODE_PROCESSES:
             self._end(next(iter(self.episodes)))
-        to_child, from_worker = os.pipe()
-        to_worker, from_child = os.pipe()
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the episode's process: it never returns
             code = 0
             try:
-                os.close(from_worker), os.close(to_worker)
-                _seal((to_child, from_child))
-                read = _pipe_reader(to_child)
+                os.close(requests_write)
+                os.close(replies_read)
+                _seal((requests_read, replies_write))
+                read = _pipe_reader(requests_read)
                 while True:
                     reply = self.worker.handle(*_run_sync(read_frame(read)))
-                    _write_all(from_child, encode(*reply))
+                    _write_all(replies_write, encode(*reply))
             except EOFError:  # the worker closed the pipe: the episode is over
                 pass
             except BaseException:
                 code = 1
             os._exit(code)
-        os.close(to_child), os.close(from_child)
-        self.episodes[episode] = _Episode(pid, from_worker, to_worker)
+        os.close(requests_read)
+        os.close(replies_write)
+        self.episodes[episode] = _Episode(pid, requests_write, replies_read)
         return self.episodes[episode]
 
     def _end(self, episode: str) -> str:
@@ -251,7 +253,8 @@ class Dispatcher:
         proc = self.episodes.pop(episode, None)
         if proc is None:
             return "it had none"
-        os.close(proc.requests), os.close(proc.replies)
+        os.close(proc.requests)
+        os.close(proc.replies)
         try:
             os.kill(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
