@@ -96,22 +96,26 @@ REWARD = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def train_config(tmp_path, tiny_dir) -> Path:
-    """A short `vlrl train` config on the tiny model (3 steps of 2 groups of 3, no tools), with a reward every
-    random model gets partly."""
-    (tmp_path / "reward.py").write_text(REWARD)
-    path = tmp_path / "train.yaml"
+def write_train_config(folder: Path, tiny_dir: Path) -> Path:
+    """``folder/train.yaml``: a short `vlrl train` config on the tiny model (3 steps of 2 groups of 3, no tools),
+    with a reward every random model gets partly (``folder/reward.py``)."""
+    (folder / "reward.py").write_text(REWARD)
+    path = folder / "train.yaml"
     path.write_text(textwrap.dedent(f"""
         name: e2e
         model: {{path: {tiny_dir}}}
         env: {{tools: [], max_turns: 1, sandbox: {{workers: 1}}}}
         task: {{name: synthetic_charts, args: {{kinds: [v_bar], difficulty: easy}},
-                reward: "{tmp_path / 'reward.py'}:distinct_characters"}}
+                reward: "{folder / 'reward.py'}:distinct_characters"}}
         rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 8}}
         optim: {{lr: 1.0e-3}}
         steps: 3
         checkpoint_every: 1
-        log: {{dir: {tmp_path / 'runs'}, transcripts_every: 2, progress: false}}
+        log: {{dir: {folder / 'runs'}, transcripts_every: 2, progress: false}}
     """))
     return path
+
+
+@pytest.fixture
+def train_config(tmp_path, tiny_dir) -> Path:
+    return write_train_config(tmp_path, tiny_dir)

@@ -10,7 +10,6 @@ import json
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REWARD
+from conftest import write_train_config
 from test_cli import ROOT, VLRL, vlrl
 from vlrl.recipes.checkpoint import BadCheckpoint, auto_checkpoints, check_checkpoint, latest_checkpoint
 
@@ -31,23 +30,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_dir) -> Path:
-    folder = tmp_path_factory.mktemp("resume")
-    (folder / "reward.py").write_text(REWARD)
-    path = folder / "train.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: killed
-        model: {{path: {tiny_dir}}}
-        env: {{tools: [], max_turns: 1, sandbox: {{workers: 1}}}}
-        task: {{name: synthetic_charts, args: {{kinds: [v_bar], difficulty: easy, workers: 2}},
-                reward: "{folder / 'reward.py'}:distinct_characters"}}
-        rollout: {{prompts_per_step: 2, group_size: 3, max_new_tokens: 8}}
-        optim: {{lr: 1.0e-3}}
-        algo: {{loss: {{kl_coef: 0.05}}}}
-        warmstart: {{agent: teacher, samples: 12, steps: 3, agent_args: {{p_tool: 0.0, p_correct: 0.5}}}}
-        steps: {STEPS}
-        checkpoint_every: 1
-        log: {{transcripts_every: 0, progress: false}}
-    """))
+    """The suite's short config with a warm start, a KL penalty and the task rendered by two workers."""
+    path = write_train_config(tmp_path_factory.mktemp("resume"), tiny_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["task"]["args"]["workers"] = 2
+    cfg |= {"name": "killed", "steps": STEPS, "algo": {"loss": {"kl_coef": 0.05}},
+            "warmstart": {"agent": "teacher", "samples": 12, "steps": 3,
+                          "agent_args": {"p_tool": 0.0, "p_correct": 0.5}},
+            "log": {"transcripts_every": 0, "progress": False}}
+    path.write_text(yaml.safe_dump(cfg))
     return path
 
 
