@@ -3,24 +3,31 @@
 - ``chartqa``: ChartQA as on the hub (``HuggingFaceM4/ChartQA``: ``image``, ``query``,
   ``label`` list, ``human_or_machine``) or as in its release (``imgname``, ``query``,
   ``label``, ``type``; images in ``png/`` beside the index or in ``image_dir``).
-- ``refocus``: ReFOCUS / VTool-R1 rows, either the parquet form (``figure_id``, ``query``,
-  ``answer`` with ``|||`` between accepted answers, ``images``, ``metadata`` JSON with the
-  boxes as ``{label: box}``) or the ReFOCUS JSON-lines form (``id``, ``question``,
-  ``answer``, ``image`` path, ``x_values`` / ``y_values`` / ``column_headers`` /
-  ``row_starters`` with box lists aligned to them). ``vlrl data synth`` writes this form.
+- ``refocus``: ReFOCUS / VTool-R1 rows, either the parquet form VTool-R1's preprocessing
+  writes (``figure_id``, ``query``, ``answer`` with ``|||`` between the items of a list
+  answer, every one expected; ``images``; ``metadata`` with the boxes as ``{label: box}``:
+  a JSON string for tables, whose row boxes are under ``row_starters`` and are scaled to
+  pixels, or for charts a struct holding every label of the file, ``None`` where a chart
+  lacks it, and ``{"x1": "none"}`` for an empty axis) or the ReFOCUS JSON-lines form (``id``,
+  ``question``, ``answer``, ``image`` path, ``x_values`` / ``y_values`` / ``column_headers`` /
+  ``row_starters`` with box lists aligned to them). ``vlrl data synth`` writes the parquet form.
+  ``tool_binding="vtool"`` also gives a bar chart's value boxes as ``columns_bbox`` and
+  ``rows_bbox`` (the x values of a vertical one, the y values of a horizontal one), as
+  VTool-R1 binds them, so a model trained that way calls the column and row tools on charts.
 - ``tablevqa``: TableVQA-Bench (``qa_id``, ``question``, ``gt``, ``image``) and rendered
   WikiTableQuestions rows (``answer_list``, ``figure_path``, table boxes normalised or in
   pixels). Multi-item answers become one ``||``-joined answer for ``multi_answer``.
 Every box comes out as vlrl's labelled list ``[{label, x1, y1, x2, y2}]`` in pixels (it
 keeps duplicate labels), checked against the image: an inverted box or one wholly
-outside the image is a bad row; one that runs past the edge is clamped and counted.
+outside the image is a bad row; one that runs past the edge is clamped and counted, and
+so is a field read as normalised (every coordinate in [0, 1]) rather than in pixels.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from vlrl.builtin.tools.regions import box_coords, is_relative, to_rect
 from vlrl.data.rows import Loaded, load_image, open_rows
@@ -32,6 +39,9 @@ from vlrl.types import Sample
 BOX_KEYS = {"x_values_bbox": "x_values", "y_values_bbox": "y_values", "columns_bbox": "column_headers",
             "rows_bbox": "row_starters"}
 SOURCE_TYPES = {"chartqa_v_bar": "v_bar", "chartqa_h_bar": "h_bar"}
+EMPTY_AXIS = "none"  # VTool-R1's chart files write {"x1": "none"} for an axis without boxes
+VALUE_BOXES = {"v_bar": "x_values_bbox", "h_bar": "y_values_bbox"}  # the boxes of a bar chart's values
+ToolBinding = Literal["vlrl", "vtool"]
 
 
 def _loaded(convert: Any, path: str, split: str, streaming: bool, num_shards: int, shard_index: int, seed: int,
@@ -62,12 +72,15 @@ def chartqa(seed: int = 0, path: str = "HuggingFaceM4/ChartQA", split: str = "te
     return _loaded(convert, path, split, streaming, num_shards, shard_index, seed, shuffle, on_error, limit)
 
 
-@task("refocus", reward="chartqa_relaxed")
+@task("refocus", reward="chartqa_relaxed_list")
 def refocus(seed: int = 0, path: str = "", split: str = "test", streaming: bool = False, num_shards: int = 1,
-            shard_index: int = 0, shuffle: bool = False, on_error: OnError = "fail", limit: int = 0) -> Loaded:
+            shard_index: int = 0, shuffle: bool = False, on_error: OnError = "fail", limit: int = 0,
+            tool_binding: ToolBinding = "vlrl") -> Loaded:
     """ReFOCUS / VTool-R1 chart and table questions with the boxes the focus tools use."""
     if not path:
         raise ValueError("refocus needs a path: a ReFOCUS / VTool-R1 parquet or JSON-lines file, or its folder")
+    if tool_binding not in ("vlrl", "vtool"):
+        raise ValueError(f"refocus tool_binding must be 'vlrl' or 'vtool', got {tool_binding!r}")
 
     def convert(row: dict[str, Any], loaded: Loaded, position: int) -> Sample:
         meta = row.get("metadata")
@@ -86,11 +99,21 @@ def refocus(seed: int = 0, path: str = "", split: str = "test", streaming: bool 
         else:
             pictures = (load_image(_text(row, "image"), loaded.source.base),)
         question = _text(row, "query" if "query" in row else "question")
-        answers = _answers(row.get("answer"), "answer", "|||")
+        answer = row.get("answer")
+        if isinstance(answer, str):  # VTool-R1: list items joined by |||, one answer
+            answers = ("||".join(_answers(answer, "answer", "|||")),)
+        else:
+            answers = _answers(answer, "answer")
+        if isinstance(meta.get("row_starters"), Mapping):  # VTool-R1's tables: the row boxes keyed by starter
+            meta["rows_bbox"] = meta.pop("row_starters")
         metadata = {k: v for k, v in meta.items() if k not in BOX_KEYS and k not in BOX_KEYS.values()}
         metadata |= _boxes(meta, pictures[0].size, loaded)
-        if "type" not in metadata and meta.get("source") in SOURCE_TYPES:
-            metadata["type"] = SOURCE_TYPES[meta["source"]]
+        kind = metadata.get("type") or meta.get("source")
+        if kind in SOURCE_TYPES:
+            metadata["type"] = SOURCE_TYPES[kind]
+        values = VALUE_BOXES.get(metadata.get("type", ""))
+        if tool_binding == "vtool" and values in metadata:
+            metadata["columns_bbox"] = metadata["rows_bbox"] = metadata[values]
         for key in ("question", "query", "answer", "image", "images", "metadata", "id", "figure_id"):
             metadata.pop(key, None)
         sample_id = str(row.get("figure_id") or row.get("id") or f"refocus-{split}-{position}")
@@ -163,8 +186,13 @@ def _boxes(meta: Mapping[str, Any], size: tuple[int, int], loaded: Loaded) -> di
         if not isinstance(value, (Mapping, list, tuple)):
             raise DataError(f"{key} must be a list of boxes or a map from label to box, got {type(value).__name__} "
                             f"{value!r:.80}", problem="malformed box")
-        if isinstance(value, Mapping):  # VTool-R1: {label: box}
-            pairs = list(value.items())
+        if isinstance(value, Mapping):  # VTool-R1: {label: box}, None for a label of another chart of the file
+            pairs = [(label, box) for label, box in value.items() if box is not None and box != EMPTY_AXIS]
+            if not pairs:
+                continue
+            # a struct's labels come in the file's order, not the chart's: put them back as they are drawn
+            across = "x1" if key in ("x_values_bbox", "columns_bbox") else "y1"
+            pairs.sort(key=lambda pair: _position(pair[1], across))
         elif all(isinstance(b, Mapping) and "label" in b for b in value):  # vlrl: [{label, x1, ...}]
             pairs = [(b["label"], b) for b in value]
         else:  # ReFOCUS: boxes aligned with a label list
@@ -181,8 +209,18 @@ def _boxes(meta: Mapping[str, Any], size: tuple[int, int], loaded: Loaded) -> di
         except ToolError as e:
             raise DataError(f"{key}: {e}", problem="malformed box") from None
         relative = all(is_relative(c) for c in coords)
+        if relative:
+            loaded.notes[f"{key} normalised"] += 1
         out[key] = [_pixel_box(str(label), c, size, key, relative, loaded) for (label, _), c in zip(pairs, coords)]
     return out
+
+
+def _position(box: Any, coordinate: str) -> float:
+    """Where a box lies along an axis, for ordering; a malformed box sorts first and is named when read."""
+    try:
+        return float(box[coordinate])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return float("-inf")
 
 
 def _pixel_box(label: str, coords: list[float], size: tuple[int, int], key: str, relative: bool,

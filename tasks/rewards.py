@@ -14,6 +14,9 @@ accuracy, except for the ``format`` reward.
 - ``exact_match``: equal after trimming, lower-casing, collapsing spaces and dropping a
   trailing period.
 - ``multi_answer``: ``||``-separated answers, in any order, each compared leniently.
+- ``chartqa_relaxed_list``: ``||``-separated answers, in any order, each under the official
+  relaxed accuracy; on a one-item answer it is ``chartqa_relaxed``. The ``refocus`` loader's
+  reward: a VTool-R1 list answer expects every item.
 """
 
 from __future__ import annotations
@@ -113,20 +116,34 @@ def _plain(text: str) -> str:
 _ITEM_SPLIT = re.compile(r"\s*(?:\|\||;|,(?!\d{3}(?!\d))|\band\b)\s*")
 
 
-def multi_answer_correctness(prediction: str, target: str) -> bool:
-    """Order-free: the prediction's items (split on ``||``, ``;``, ``,`` or "and") pair one to
-    one with the target's ``||``-separated items under ``lenient_correctness``."""
+def paired_items(prediction: str, target: str, compare: Callable[[str, str], bool]) -> bool:
+    """A list answer, order free: the prediction's items (split on ``||``, ``;``, ``,`` or "and")
+    pair one to one with the target's ``||``-separated items under ``compare``. A target of one
+    item is compared with the whole prediction, unsplit."""
     wanted = [t.strip() for t in target.split("||") if t.strip()]
+    if len(wanted) == 1:
+        return compare(prediction, wanted[0])
     given = [p for p in _ITEM_SPLIT.split(prediction.strip().strip("[]")) if p.strip()]
     if len(given) != len(wanted):
         return False
     left = list(given)
     for t in wanted:
-        match = next((p for p in left if lenient_correctness(p, t)), None)
+        match = next((p for p in left if compare(p, t)), None)
         if match is None:
             return False
         left.remove(match)
     return True
+
+
+def multi_answer_correctness(prediction: str, target: str) -> bool:
+    """``||``-separated answers in any order, each compared with ``lenient_correctness``."""
+    return paired_items(prediction, target, lenient_correctness)
+
+
+def relaxed_list_correctness(prediction: str, target: str) -> bool:
+    """``||``-separated answers in any order, each compared with the official ``relaxed_correctness``
+    (a target of one item: exactly ``relaxed_correctness``)."""
+    return paired_items(prediction, target, relaxed_correctness)
 
 
 def scored(compare: Callable[[str, str], bool]) -> Callable[[str, Sequence[str]], Score]:
@@ -147,6 +164,7 @@ chartqa_relaxed = register("reward", "chartqa_relaxed")(scored(relaxed_correctne
 chartqa_lenient = register("reward", "chartqa_lenient")(scored(lenient_correctness))
 exact_match = register("reward", "exact_match")(scored(exact_correctness))
 multi_answer = register("reward", "multi_answer")(scored(multi_answer_correctness))
+chartqa_relaxed_list = register("reward", "chartqa_relaxed_list")(scored(relaxed_list_correctness))
 
 
 @register("reward", "format")

@@ -123,3 +123,18 @@ def test_clipped_value_loss_by_hand():
     values, old, returns, mask = (torch.tensor([[x]]) for x in (1.0, 0.5, 2.0, 1))
     # unclipped (1 - 2)^2 = 1; clipped V = 0.5 + 0.2 = 0.7 -> (0.7 - 2)^2 = 1.69; 0.5 * max = 0.845
     assert clipped_value_loss(values, old, returns, mask, clip=0.2).item() == pytest.approx(0.845)
+
+
+def test_dual_clip_bounds_a_negative_advantages_loss():
+    # per token (ratio, A): (5, -1) -> -min(-5, -1.2) = 5, bounded by 3 x |A| = 3; (5, +1) -> -min(5, 1.2) = -1.2;
+    # (0.5, -1) -> -min(-0.5, -0.8) = 0.8 < 3: unchanged; (2, -0.5) -> -min(-1, -0.6) = 1.0 < 1.5: unchanged
+    ratios = torch.tensor([[5.0, 5.0, 0.5, 2.0]])
+    advantages = torch.tensor([[-1.0, 1.0, -1.0, -0.5]])
+    mask = torch.ones(1, 4)
+    args = (torch.log(ratios), torch.zeros(1, 4), advantages, mask, 0.2, 0.2, "seq-mean-token-sum")
+    plain = clipped_policy_loss(*args).loss.item()
+    dual = clipped_policy_loss(*args, dual_clip=3.0).loss.item()
+    assert plain == pytest.approx(5 - 1.2 + 0.8 + 1.0)
+    assert dual == pytest.approx(3 - 1.2 + 0.8 + 1.0)
+    with pytest.raises(ValueError, match="dual clip must be > 1"):
+        clipped_policy_loss(*args, dual_clip=0.5)

@@ -54,7 +54,7 @@ def test_chartqa_hub_layout_reads_the_split_asked_for(chartqa_hub):
     assert test[1].images[0].getpixel((5, 5)) == (0, 128, 0)
 
 
-def test_refocus_vtool_parquet_keeps_alternatives_and_dict_boxes(tmp_path):
+def test_refocus_vtool_parquet_reads_a_list_answer_and_dict_boxes(tmp_path):
     features = datasets.Features({"figure_id": datasets.Value("string"), "query": datasets.Value("string"),
                                   "answer": datasets.Value("string"), "images": datasets.List(datasets.Image()),
                                   "metadata": datasets.Value("string")})
@@ -64,7 +64,7 @@ def test_refocus_vtool_parquet_keeps_alternatives_and_dict_boxes(tmp_path):
         "figure_id": ["f1"], "query": ["Which is larger?"], "answer": ["A|||a"],
         "images": [[{"bytes": png(), "path": None}]], "metadata": [json.dumps(meta)]}, features)
     [s] = list(refocus(path=str(tmp_path / "vtool.parquet")))
-    assert s.id == "f1" and s.answers == ("A", "a") and s.metadata["type"] == "v_bar"
+    assert s.id == "f1" and s.answers == ("A||a",) and s.metadata["type"] == "v_bar"  # ||| joins a list's items
     # B runs past the 120 px edge: clamped, and counted
     assert s.metadata["x_values_bbox"] == [{"label": "A", "x1": 10, "y1": 5, "x2": 50, "y2": 75},
                                            {"label": "B", "x1": 60, "y1": 5, "x2": 119, "y2": 75}]
@@ -157,7 +157,7 @@ def test_shards_partition_the_rows_and_streaming_reads_the_same(chartqa_hub, tmp
 def test_each_loader_names_its_reward(chartqa_hub):
     rewards = {name: open_task(TaskConfig(name, {"path": str(chartqa_hub), "split": "test"}))[1]
                for name in ("chartqa", "refocus", "tablevqa")}
-    assert rewards == {"chartqa": "chartqa_relaxed", "refocus": "chartqa_relaxed", "tablevqa": "multi_answer"}
+    assert rewards == {"chartqa": "chartqa_relaxed", "refocus": "chartqa_relaxed_list", "tablevqa": "multi_answer"}
 
 
 def test_a_hub_name_offline_is_a_clear_error(tmp_path):

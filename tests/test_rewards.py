@@ -8,12 +8,14 @@ from vlrl.answer import extract_answer, has_final_answer
 from vlrl.builtin.tasks.rewards import (
     chartqa_lenient,
     chartqa_relaxed,
+    chartqa_relaxed_list,
     exact_match,
     format_reward,
     lenient_correctness,
     multi_answer,
     normalize,
     relaxed_correctness,
+    relaxed_list_correctness,
 )
 from vlrl.registry import resolve
 
@@ -76,6 +78,21 @@ def test_extraction_is_separate_from_comparison():
     assert extract_answer("\\boxed{unclosed") == "\\boxed{unclosed"
     assert has_final_answer("FINAL ANSWER: 2") and has_final_answer("\\boxed{2}")
     assert not has_final_answer("FINAL ANSWER:   \n") and not has_final_answer("2")
+    # VTool-R1 closes its answer with TERMINATE (the period before it ends the sentence)
+    assert extract_answer("THOUGHT 1: done.\nFINAL ANSWER: 3. TERMINATE") == "3"
+    assert extract_answer("FINAL ANSWER: a || b TERMINATE") == "a || b"
+    assert extract_answer("FINAL ANSWER: Terminated") == "Terminated"  # a word, not the marker
+
+
+def test_vtool_answers_score_under_the_relaxed_and_the_list_rewards():
+    assert chartqa_relaxed("FINAL ANSWER: 3. TERMINATE", ["3"]).total == 1.0
+    assert chartqa_relaxed("FINAL ANSWER: Yes. TERMINATE", ["Yes"]).total == 1.0
+    assert multi_answer("FINAL ANSWER: a || b TERMINATE", ["b||a"]).total == 1.0
+    assert chartqa_relaxed_list("FINAL ANSWER: 12 || 61 TERMINATE", ["60||12"]).total == 1.0  # 1.6% off
+    assert chartqa_relaxed_list("FINAL ANSWER: 12 TERMINATE", ["60||12"]).total == 0.0
+    # one item: exactly the official metric, the prediction unsplit
+    for prediction, target, official, _ in CASES:
+        assert relaxed_list_correctness(prediction, target) == official, (prediction, target)
 
 
 def test_exact_multi_and_format():
@@ -94,6 +111,7 @@ def test_normalize_reads_short_answers_only():
     assert normalize("the value in 2019 was 12 and in 2020 was 14").number is None
 
 
-@pytest.mark.parametrize("name", ["chartqa_relaxed", "chartqa_lenient", "exact_match", "multi_answer", "format"])
+@pytest.mark.parametrize("name", ["chartqa_relaxed", "chartqa_lenient", "exact_match", "multi_answer",
+                                  "chartqa_relaxed_list", "format"])
 def test_rewards_are_found_by_name(name):
     assert resolve("reward", name)("FINAL ANSWER: 5", ["5"]).total == 1.0

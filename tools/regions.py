@@ -103,8 +103,11 @@ def box_coords(box: Any) -> list[float]:
             return [float(box[k]) for k in ("x1", "y1", "x2", "y2")]
         except (KeyError, TypeError, ValueError):
             raise ToolError(f"box {box!r} needs numeric x1, y1, x2, y2") from None
-    if isinstance(box, Sequence) and len(box) == 4:
-        return [float(c) for c in box]
+    if isinstance(box, Sequence) and not isinstance(box, (str, bytes)) and len(box) == 4:
+        try:
+            return [float(c) for c in box]
+        except (TypeError, ValueError):
+            raise ToolError(f"box {box!r} needs numeric x1, y1, x2, y2") from None
     raise ToolError(f"box {box!r} is neither {{x1, y1, x2, y2}} nor [x1, y1, x2, y2]")
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import re
 
 _FINAL = re.compile(r"FINAL ANSWER\s*:[ \t]*([^\n]*)", re.IGNORECASE)
+# VTool-R1's closing word after its answer, and the sentence's period before it ("3. TERMINATE")
+_TERMINATE = re.compile(r"\.?\s*\bTERMINATE\b.*$")
 _BOXED = "\\boxed{"
 
 
 def extract_answer(text: str) -> str:
     """The answer in ``text``, by the first rule that applies:
 
-    1. after the last ``FINAL ANSWER:`` (to the end of its line), stripped;
+    1. after the last ``FINAL ANSWER:`` to the end of its line, stripped, without a closing
+       ``TERMINATE`` and the period before it (VTool-R1's format: ``FINAL ANSWER: 3. TERMINATE``);
     2. inside the last ``\\boxed{...}`` (braces balanced), stripped;
     3. the last non-empty line, stripped, when the text has several lines;
     4. the text itself, unchanged (a bare prediction is compared as given).
@@ -38,7 +41,7 @@ def _marked(text: str) -> str | None:
     """The stripped answer after the last ``FINAL ANSWER:``, else inside the last ``\\boxed{}``."""
     found = _FINAL.findall(text)
     if found:
-        return found[-1].strip()
+        return _TERMINATE.sub("", found[-1]).strip()
     boxed = _last_boxed(text)
     return None if boxed is None else boxed.strip()
 

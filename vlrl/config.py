@@ -146,6 +146,8 @@ class LossConfig:
 
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low: DAPO clip-higher
+    dual_clip: float = 0.0  # > 1: a negative advantage's token loss is at most dual_clip x |A| (dual-clip PPO;
+    #                         verl's clip_ratio_c, VTool-R1's 3.0); 0: off
     aggregation: Aggregation = "token-mean"
     kl_coef: float = 0.0  # > 0: KL to the frozen reference model
     kl_estimator: KLEstimator = "k3"
@@ -157,6 +159,10 @@ class LossConfig:
     importance_mode: Literal["truncate", "mask"] = "truncate"  # truncate: min(ratio, cap); mask: weight 1 inside
     #   [1 / cap, cap] and 0 outside (masked importance sampling: a token or trajectory too far off-policy is not
     #   trained on; loss/importance_weight is then the share kept)
+
+    def __post_init__(self) -> None:
+        if self.dual_clip and self.dual_clip <= 1.0:
+            raise ValueError(f"algo.loss.dual_clip must be > 1 (or 0: off), got {self.dual_clip}")
 
 
 @dataclass
@@ -399,12 +405,47 @@ class VerifierConfig(QuestionConfig):
 
 
 @dataclass
+class RewardJudgeConfig:
+    """A model that grades each answer against the ground truth, as a reward part (``vlrl.rewards.judge``)."""
+
+    model: str = ""  # "": none; "policy": the policy's own engine; else a model folder (its own tokenizer and chat
+    #                  template) on its own engine of engine.kind
+    prompt: str = ""  # a Jinja prompt file (question, ground_truth, answer, yes, no); "": vlrl/rewards/judge.jinja
+    verdict: Literal["generate", "p_yes"] = "generate"  # generate: the last mark in its reply; p_yes: P(yes) over
+    #                                                     yes_words / no_words as the reply's first token
+    yes: str = "<|YES|>"  # (generate) the marks of a right and a wrong answer
+    no: str = "<|NO|>"
+    yes_words: list[str] = field(default_factory=lambda: ["Yes"])  # (p_yes) one token each
+    no_words: list[str] = field(default_factory=lambda: ["No"])
+    temperature: float = 0.0  # (generate) 0: greedy; each trajectory's reply is seeded by its id
+    max_tokens: int = 64  # (generate) the reply's length at most
+    weight: float = 1.0  # reward = (1 - weight) x rule-based + weight x judge
+    ahead: bool = True  # prefill the prompt up to the answer (the question and ground truth) while the policy decodes
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"reward_judge.weight must be in [0, 1], got {self.weight}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"reward_judge.temperature must be in [0, 2], got {self.temperature}")
+        if self.max_tokens < 1:
+            raise ValueError(f"reward_judge.max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.yes or not self.no or self.yes in self.no or self.no in self.yes:
+            raise ValueError(f"reward_judge.yes and .no must be two marks neither of which holds the other, got "
+                             f"{self.yes!r} and {self.no!r}")
+
+
+@dataclass
 class AlgoConfig:
     """The RL algorithm and its loss."""
 
     name: Literal["grpo", "ppo"] = "grpo"
     scale_advantages: bool = True  # (grpo) false: Dr.GRPO (no division by the group's std)
     drop_uniform_groups: bool = False  # (grpo) skip groups whose rewards are all equal (counted in metrics)
+    # which policy tokens train: all_turns, or final_turn (VTool-R1: only the turn after the last tool result)
+    loss_mask: Literal["all_turns", "final_turn"] = "all_turns"
+    # a trajectory cut by env.max_turns or env.max_tool_calls trains on nothing and leaves its group's statistics,
+    # rather than being penalised (Mini-o3); counted as over_turn_masked
+    mask_over_turns: bool = False
     epochs: int = 1  # passes over each rollout's trajectories
     mini_batches: int = 1  # optimizer steps per pass; the step's trajectories must divide evenly
     loss: LossConfig = field(default_factory=LossConfig)
@@ -522,6 +563,7 @@ class TrainConfig:
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    reward_judge: RewardJudgeConfig = field(default_factory=RewardJudgeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     steps: int = 10
     seed: int = 0
@@ -605,6 +647,8 @@ class EvalConfig(SamplingConfig):
     ks: list[int] = field(default_factory=list)  # the k of every "@k" figure; empty: 1, 2, 4, ... up to N
     greedy: bool = True  # also one greedy trajectory per question
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    reward_judge: RewardJudgeConfig = field(default_factory=RewardJudgeConfig)  # grades the answers (correct = its
+    #                                                                              verdict) instead of the reward
     second_look: bool = False  # after each sampled answer, ask the policy to re-check it (self-correction)
     second_look_prompt: str = SECOND_LOOK
     subsets: int = 1000  # k-subsets per "-of-k" figure when there are more (else all, exactly)

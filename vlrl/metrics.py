@@ -72,11 +72,14 @@ class RolloutFigures(Section):
     tool_call_rate: float = figure("fraction", "trajectories that called a tool at least once")
     tool_calls: float = figure("calls", "tool calls per trajectory")
     tool_error_rate: float = figure("fraction", "tool calls that failed (an error the model read)")
+    tool_uses: dict[str, int] = figure("count", "tool calls by tool (code: python blocks)", {})
+    tool_success: dict[str, float] = figure("fraction", "tool calls that ran without an error, by tool", {})
     parse_errors: float = figure("count", "actions per trajectory that did not parse")
     sandbox_restarts: int = figure("count", "sandbox processes started again after a crash or a hang (a worker, or an "
                                             "episode's own process)", 0)
     turns: float = figure("turns", "policy turns per trajectory, the answer's included")
-    response_length: float = figure("tokens", "policy tokens per trajectory (what the loss sees)")
+    response_length: float = figure("tokens", "policy tokens per trajectory (every turn, whatever algo.loss_mask "
+                                              "trains)")
     response_length_median: float = figure("tokens", "the median trajectory's policy tokens")
     response_length_max: int = figure("tokens", "the longest trajectory's policy tokens", 0)
     behavior_version: int = figure("version", "the oldest weight version that sampled a trained token", -1)
@@ -129,7 +132,9 @@ class AlgoFigures(Section):
 
     NAMESPACE = "algo"
     prepared: dict[str, float] = family("count", "the algorithm's own counts (GRPO: uniform_groups_dropped, groups "
-                                        "whose rewards all agree, when algo.drop_uniform_groups); with "
+                                        "whose rewards all agree, when algo.drop_uniform_groups; "
+                                        "over_turn_masked, trajectories cut by the turn limits and left out, when "
+                                        "algo.mask_over_turns); with "
                                         "algo.stream_chunk_tokens, <model>_streamed_tokens and <model>_late_tokens "
                                         "for the KL reference and the critic: tokens computed while the trajectories "
                                         "decoded, and after the rollout", "<count>")

@@ -103,8 +103,9 @@ class Segment:
     """A contiguous piece of a trajectory, born in one place.
 
     ``prompt`` and ``observation`` segments are inputs (loss mask 0) and carry the images
-    whose placeholders they contain; ``policy`` segments are sampled (loss mask 1) and
-    carry one behavior logprob and one policy version per token.
+    whose placeholders they contain; ``policy`` segments are sampled (loss mask 1, unless a
+    loss-mask policy left them untrained: ``vlrl.algos.masks``) and carry one behavior
+    logprob and one policy version per token.
     """
 
     kind: SegmentKind
@@ -112,6 +113,7 @@ class Segment:
     images: tuple[Image.Image, ...] = ()
     logprobs: tuple[float, ...] = ()
     versions: tuple[int, ...] = ()
+    trained: bool = True  # (policy) whether its tokens carry the loss
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -132,6 +134,18 @@ class Score:
 
     total: float
     parts: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward may read beside the response and the accepted answers: a reward function that takes a
+    keyword ``context`` is handed one (``reward(text, answers, context=...)``); plain ones are called as before."""
+
+    question: str
+    metadata: dict[str, Any]  # the sample's (its task, boxes, family, ...)
+    tool_stats: dict[str, int]  # ``Trajectory.tool_stats()``: calls, errors, parse errors, sandbox restarts
+    turns: int  # policy turns
+    finish_reason: str | None  # how the episode ended (answer, length, max_turns, ...)
 
 
 @dataclass(frozen=True)
@@ -193,7 +207,7 @@ class Trajectory:
 
     @property
     def loss_mask(self) -> list[int]:
-        return [int(s.kind == "policy") for s in self.segments for _ in s.token_ids]
+        return [int(s.kind == "policy" and s.trained) for s in self.segments for _ in s.token_ids]
 
     @property
     def behavior_logprobs(self) -> list[float]:

@@ -18,24 +18,39 @@ import torch
 from vlrl.types import Aggregation, KLEstimator
 
 
-def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """A_i = (r_i - mean_j r_j) / (std_j r_j + eps) within each group (row of ``rewards``, shape (groups, G)).
 
     ``scale=False`` drops the division by the std (Dr.GRPO: the std re-weights easy and
     hard prompts and biases the update towards them). The std is Bessel-corrected, as in
-    TRL and verl. A group whose rewards are all equal gets A = 0 (no signal).
+    TRL and verl. A group whose rewards are all equal gets A = 0 (no signal). ``valid``
+    (bool, the shape of ``rewards``) leaves trajectories out of their group's mean and std
+    (over-turn masking); they get A = 0, and so does a group with fewer than two left.
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (groups, G) with G >= 2, got shape {tuple(rewards.shape)}")
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if valid is None:
+        centred = rewards - rewards.mean(dim=1, keepdim=True)
+        return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale else centred
+    weight = valid.to(rewards.dtype)
+    n = weight.sum(dim=1, keepdim=True)
+    mean = (rewards * weight).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = (rewards - mean) * weight * (n >= 2)
     if not scale:
         return centred
-    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    std = ((centred ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    return centred / (std + eps)
 
 
-def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """Bool per group: its rewards are not all equal (a group that agrees teaches nothing; DAPO filters them)."""
-    return (rewards != rewards[:, :1]).any(dim=1)
+def informative_groups(rewards: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool per group: its rewards (those ``valid``) are not all equal (a group that agrees teaches nothing; DAPO
+    filters them)."""
+    if valid is None:
+        return (rewards != rewards[:, :1]).any(dim=1)
+    low = torch.where(valid, rewards, torch.inf).min(dim=1).values
+    high = torch.where(valid, rewards, -torch.inf).max(dim=1).values
+    return high > low
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation, total: float | None = None) -> torch.Tensor:
@@ -74,17 +89,23 @@ class PolicyLoss:
 def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                         aggregation: Aggregation = "token-mean",
-                        weights: torch.Tensor | None = None, total: float | None = None) -> PolicyLoss:
+                        weights: torch.Tensor | None = None, total: float | None = None,
+                        dual_clip: float = 0.0) -> PolicyLoss:
     """The PPO / GRPO surrogate, per token:
 
         L_{i,t} = -min( rho * A,  clip(rho, 1 - clip_low, 1 + clip_high) * A )
 
+    and with ``dual_clip`` = c > 1, where A < 0 (dual-clip PPO, Ye et al. 2020; verl's
+    ``clip_ratio_c``, VTool-R1's 3.0): L_{i,t} = min(L_{i,t}, -c * A), so a token whose ratio
+    has run far above 1 under a negative advantage cannot push the loss without bound.
     ``advantages`` is (B,) (one per trajectory, GRPO) or (B, T) (per token, PPO with GAE).
     ``clip_high > clip_low`` is DAPO's clip-higher: a rare token may grow more before the
     clip stops it, which keeps entropy from collapsing. ``weights`` (B, T) multiplies each
     token's loss: the importance weights of ``off_policy_weights``. ``total``: see
     ``aggregate``.
     """
+    if dual_clip and dual_clip <= 1.0:
+        raise ValueError(f"the dual clip must be > 1 (or 0: off), got {dual_clip}")
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     log_ratio = logprobs - old_logprobs
@@ -92,6 +113,9 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)
+    if dual_clip:
+        advantages = advantages.expand_as(per_token)
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, -dual_clip * advantages), per_token)
     if weights is not None:
         per_token = per_token * weights
     loss = aggregate(per_token, mask, aggregation, total)

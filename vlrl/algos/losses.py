@@ -56,7 +56,7 @@ def clipped_surrogate(x: LossInputs, cfg: LossConfig, total: float) -> LossTerms
         weights = off_policy_weights(x.old_logprobs, x.behavior_logprobs, cfg.importance_cap, x.sampled,
                                      cfg.importance_level, cfg.importance_mode)
     out = clipped_policy_loss(x.logprobs, x.old_logprobs, x.advantages, x.mask, cfg.clip_low, cfg.clip_high,
-                              cfg.aggregation, weights, total)
+                              cfg.aggregation, weights, total, cfg.dual_clip)
     loss = out.loss
     tokens = float(x.mask.sum())
     sums = {"clip_fraction": out.clip_fraction * tokens, "ratio": out.ratio_mean * tokens}

@@ -24,6 +24,7 @@ import torch
 from vlrl.algos.critic import Critic
 from vlrl.algos.grpo import group_advantages, informative_groups
 from vlrl.algos.losses import ClippedSurrogate
+from vlrl.algos.masks import LossMask, masked, over_turn
 from vlrl.algos.ppo import gae
 from vlrl.config import AlgoConfig
 from vlrl.trainer.batches import TrainItem, pad
@@ -110,8 +111,9 @@ class GRPO:
         self.objective = ClippedSurrogate(setting.cfg.loss)
 
     def prepare(self, groups: Sequence[Group]) -> Batch:
-        items, uniform = grpo_items(groups, self.cfg.scale_advantages, self.cfg.drop_uniform_groups)
-        return Batch(items, {"uniform_groups_dropped": uniform})
+        items, uniform = grpo_items(groups, self.cfg.scale_advantages, self.cfg.drop_uniform_groups,
+                                    self.cfg.loss_mask, self.cfg.mask_over_turns)
+        return Batch(items, {"uniform_groups_dropped": uniform} | _masked_figures(groups, self.cfg))
 
     def update(self, trainer: PolicyTrainer, batch: Batch, step: int) -> dict[str, Any]:
         return update_epochs(trainer, batch.items, self.cfg.epochs, self.cfg.mini_batches, _rng(self.seed, step))
@@ -136,8 +138,8 @@ class PPO(GRPO):
                              setting.dtype).to(setting.device)
 
     def prepare(self, groups: Sequence[Group]) -> ValueBatch:
-        items, values, returns = ppo_items(groups, self.critic)
-        return ValueBatch(items, values=values, returns=returns)
+        items, values, returns = ppo_items(groups, self.critic, self.cfg.loss_mask, self.cfg.mask_over_turns)
+        return ValueBatch(items, _masked_figures(groups, self.cfg), values=values, returns=returns)
 
     def update(self, trainer: PolicyTrainer, batch: Batch, step: int) -> dict[str, Any]:
         assert isinstance(batch, ValueBatch), "PPO updates from the batch its own prepare made"
@@ -168,26 +170,33 @@ def make_algorithm(setting: Setting) -> Algorithm:
     return ALGORITHMS[setting.cfg.name](setting)
 
 
-def grpo_items(groups: Sequence[Group], scale: bool = True, drop_uniform: bool = False) -> tuple[list[TrainItem], int]:
-    """GRPO training items from whole groups; returns them and how many groups were dropped as uniform."""
+def grpo_items(groups: Sequence[Group], scale: bool = True, drop_uniform: bool = False,
+               loss_mask: LossMask = "all_turns", mask_over_turns: bool = False) -> tuple[list[TrainItem], int]:
+    """GRPO training items from whole groups, each trajectory masked by ``loss_mask`` (``vlrl.algos.masks``); an
+    over-turn trajectory, when masked, leaves its group's statistics and the items. Returns the items and how many
+    groups were dropped as uniform."""
     if not groups:
         return [], 0
     rewards = torch.tensor([[t.reward for t in g.trajectories] for g in groups], dtype=torch.float32)
-    advantages = group_advantages(rewards, scale=scale)
-    keep = informative_groups(rewards) if drop_uniform else torch.ones(len(groups), dtype=torch.bool)
-    items = [TrainItem(t, float(a)) for g, row, k in zip(groups, advantages, keep) if k
-             for t, a in zip(g.trajectories, row)]
+    valid = torch.tensor([[not (mask_over_turns and over_turn(t)) for t in g.trajectories] for g in groups])
+    everyone = bool(valid.all())
+    advantages = group_advantages(rewards, scale=scale, valid=None if everyone else valid)
+    keep = informative_groups(rewards, None if everyone else valid) if drop_uniform \
+        else torch.ones(len(groups), dtype=torch.bool)
+    items = [TrainItem(masked(t, loss_mask), float(a)) for g, row, ok, k in zip(groups, advantages, valid, keep) if k
+             for t, a, v in zip(g.trajectories, row, ok) if v]
     return items, int((~keep).sum())
 
 
-def ppo_items(groups: Sequence[Group], critic: Critic) -> tuple[list[TrainItem], list[torch.Tensor],
-                                                                 list[torch.Tensor]]:
+def ppo_items(groups: Sequence[Group], critic: Critic, loss_mask: LossMask = "all_turns",
+              mask_over_turns: bool = False) -> tuple[list[TrainItem], list[torch.Tensor], list[torch.Tensor]]:
     """PPO training items: per-token advantages by GAE over the critic's values, whitened over the batch.
 
-    The outcome reward sits on each trajectory's last policy token. Returns the items, the
+    Each trajectory is masked by ``loss_mask`` (a masked over-turn one is left out). The
+    outcome reward sits on each trajectory's last trained token. Returns the items, the
     values they were computed with and the returns (the critic's targets).
     """
-    trajs = [t for g in groups for t in g.trajectories]
+    trajs = [masked(t, loss_mask) for g in groups for t in g.trajectories if not (mask_over_turns and over_turn(t))]
     if not trajs:
         return [], [], []
     values = critic.values(trajs)
@@ -207,6 +216,13 @@ def ppo_items(groups: Sequence[Group], critic: Critic) -> tuple[list[TrainItem],
     whitened = (advantages - mean) / (std + 1e-8) * mask
     items = [TrainItem(t, whitened[k, : len(masks[k])].clone()) for k, t in enumerate(trajs)]
     return items, values, [returns[k, : len(masks[k])].clone() for k in range(len(trajs))]
+
+
+def _masked_figures(groups: Sequence[Group], cfg: AlgoConfig) -> dict[str, Any]:
+    """How many trajectories over-turn masking left out of the step's update (when it is on)."""
+    if not cfg.mask_over_turns:
+        return {}
+    return {"over_turn_masked": sum(over_turn(t) for g in groups for t in g.trajectories)}
 
 
 def _rng(seed: int, step: int) -> random.Random:

@@ -27,7 +27,8 @@ import datasets
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from vlrl.task import DataError, OnError, RowErrors
+from vlrl.config import TaskConfig
+from vlrl.task import DataError, OnError, RowErrors, open_task
 from vlrl.types import Sample
 
 INDEX_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -201,3 +202,19 @@ def detect_format(columns: Sequence[str]) -> str:
         return "chartqa"
     raise ValueError(f"cannot tell the format of a dataset with columns {sorted(keys)}; "
                      "pass --format chartqa, refocus or tablevqa")
+
+
+def open_dataset(path: str, fmt: str = "auto", split: str = "", seed: int = 0, **args: Any) -> tuple[str, Loaded]:
+    """The loader's name and the samples of a dataset file, folder or hub name (``fmt``, or told by its columns)."""
+    if fmt == "auto":
+        first = next(iter(open_rows(path, split or "test").rows), None)
+        if first is None:
+            raise ValueError(f"{path}: the dataset has no rows")
+        fmt = detect_format(list(first))
+    args["path"] = path
+    if split:
+        args["split"] = split
+    samples, _ = open_task(TaskConfig(name=fmt, args=args), seed)
+    if not isinstance(samples, Loaded):
+        raise ValueError(f"format {fmt!r} is not a dataset loader (chartqa, refocus, tablevqa)")
+    return fmt, samples

@@ -18,7 +18,7 @@ from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
 from vlrl.config import TaskConfig
-from vlrl.data.rows import detect_format, open_rows
+from vlrl.data.rows import open_dataset
 from vlrl.task import open_task
 from vlrl.types import Sample
 
@@ -87,16 +87,7 @@ def show(path: str, n: int, out: str | Path, fmt: str = "auto", split: str = "",
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if Path(path).exists() or path.count("/") == 1:
-        if fmt == "auto":
-            rows = open_rows(path, split or "test").rows
-            first = next(iter(rows), None)
-            if first is None:
-                raise ValueError(f"{path}: the dataset has no rows")
-            fmt = detect_format(list(first))
-        args: dict[str, Any] = {"path": path, "on_error": "skip", "limit": n}
-        if split:
-            args["split"] = split
-        samples, _ = open_task(TaskConfig(name=fmt, args=args), seed)
+        _, samples = open_dataset(path, fmt, split, seed, on_error="skip", limit=n)
     else:
         samples, _ = open_task(TaskConfig(name=path), seed)
     chosen = list(islice(samples, n))

@@ -1,7 +1,7 @@
 """`vlrl data synth`: a task's samples --> a dataset folder that the ``refocus`` loader reads back.
 
 The folder holds ``images/<id>.png`` and ``data.parquet`` in the ReFOCUS / VTool-R1 schema
-(``figure_id``, ``query``, ``answer`` with ``|||`` between accepted answers, ``images`` as
+(``figure_id``, ``query``, ``answer`` with ``|||`` between a list answer's items, ``images`` as
 paths relative to the folder, ``metadata`` JSON with the boxes, the family, the difficulty
 and the data table). The synthetic tasks make sample k from (seed, k) alone and render
 ahead in ``workers`` processes, so the same seed writes the same bytes whatever the worker
@@ -54,7 +54,10 @@ def synthesize(task: TaskConfig, seed: int, n: int, out: str | Path) -> Path:
 
 
 def _write_one(sample: Sample, out: Path) -> dict[str, Any]:
+    if len(sample.answers) != 1:  # the format holds one answer (perhaps a list), no alternatives
+        raise ValueError(f"sample {sample.id!r} has {len(sample.answers)} accepted answers; the ReFOCUS / VTool-R1 "
+                         "format holds one")
     name = f"images/{sample.id}.png"
     sample.images[0].save(out / name, format="PNG")
-    return {"figure_id": sample.id, "query": sample.question, "answer": "|||".join(sample.answers),
+    return {"figure_id": sample.id, "query": sample.question, "answer": "|||".join(sample.answers[0].split("||")),
             "images": [{"path": name, "bytes": None}], "metadata": json.dumps(sample.metadata)}

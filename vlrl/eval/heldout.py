@@ -39,8 +39,10 @@ class Heldout:
 
 
 def trajectory_accuracy(traj: Trajectory) -> float:
-    """Whether a rewarded trajectory's answer was right: the reward's ``accuracy`` part, else its total."""
-    return float(traj.reward_parts.get("accuracy", traj.reward or 0.0))
+    """Whether a rewarded trajectory's answer was right: the reward judge's verdict where one graded it
+    (``reward_judge``: its score at least a half), else the reward's ``accuracy`` part, else its total."""
+    parts = traj.reward_parts
+    return float(parts["judge"] >= 0.5) if "judge" in parts else float(parts.get("accuracy", traj.reward or 0.0))
 
 
 def answer_accuracy(reward: Reward, answer: str, answers: Sequence[str]) -> float:

@@ -39,10 +39,11 @@ from vlrl.distributed import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.env import make_env
 from vlrl.eval.heldout import answer_accuracy, trajectory_accuracy
-from vlrl.eval.judges import open_model_verifier
+from vlrl.eval.judges import open_model_verifier, open_reward_judge
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.registry import resolve
+from vlrl.rewards.judge import AnswerJudge
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
 from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
@@ -53,14 +54,15 @@ from vlrl.vision import VisionInputs
 RESULTS = "results.jsonl"
 # settings that change a question's results: a run resumes only into a folder made with the same ones
 RESULT_KEYS = ("model", "engine", "env", "task", "seed", "samples", "greedy", "max_new_tokens", "temperature",
-               "top_p", "top_k", "judge", "second_look", "second_look_prompt")
+               "top_p", "top_k", "judge", "reward_judge", "second_look", "second_look_prompt")
 
 
 async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run (or resume) ``cfg`` and write its report; returns the report."""
     model_dir = check_model_dir(cfg.model.path)
-    if cfg.judge.external:
-        check_model_dir(cfg.judge.external)
+    for folder in (cfg.judge.external, "" if cfg.reward_judge.model == "policy" else cfg.reward_judge.model):
+        if folder:
+            check_model_dir(folder)
     source, reward_name = open_task(cfg.task, cfg.seed)
     reward = resolve("reward", reward_name)
     questions = _questions(source, cfg)
@@ -87,14 +89,16 @@ async def _run(cfg: EvalConfig, todo: list[int], questions: list[Sample], tokeni
                reward: Any, out: Path, done: int, start: float) -> None:
     """Answer the questions ``todo`` in batches, appending each batch's records to the results."""
     engine = await open_engine(cfg.model, cfg.engine, cfg.distributed)
-    external = external_engine = None
+    external = external_engine = grader_engine = None
     try:
         j = cfg.judge
         if j.external:
             external, external_engine = await open_model_verifier(j.external, "judge.external", j, cfg.model,
                                                                   tokenizer, cfg.engine, cfg.distributed)
+        grader, grader_engine = await open_reward_judge(cfg.reward_judge, engine, tokenizer, cfg.model, cfg.engine,
+                                                        cfg.distributed)
         async with make_env(cfg.env, tokenizer, vision) as env:
-            run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out)
+            run = _Evaluation(cfg, engine, external, env, tokenizer, vision, reward, out, grader)
             for at in range(0, len(todo), cfg.batch_questions):
                 batch = todo[at: at + cfg.batch_questions]
                 began = time.perf_counter()
@@ -108,8 +112,9 @@ async def _run(cfg: EvalConfig, todo: list[int], questions: list[Sample], tokeni
                       f"{time.perf_counter() - start:.0f} s", flush=True)
     finally:
         await engine.close()
-        if external_engine is not None:
-            await external_engine.close()
+        for own in (external_engine, grader_engine):
+            if own is not None:
+                await own.close()
 
 
 def _questions(source: Any, cfg: EvalConfig) -> list[Sample]:
@@ -160,13 +165,14 @@ class _Evaluation:
     """What every question needs: the engines, the env's rollout managers, the verifiers, the reward."""
 
     def __init__(self, cfg: EvalConfig, engine: Engine, external: Verifier | None, env: Any, tokenizer: Any,
-                 vision: VisionInputs, reward: Reward, out: Path):
+                 vision: VisionInputs, reward: Reward, out: Path, grader: AnswerJudge | None = None):
         self.cfg, self.engine, self.tokenizer, self.vision, self.reward, self.out = (
             cfg, engine, tokenizer, vision, reward, out)
         self.sampling = cfg.sampling()
-        self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples, timeline=False)
+        self.sampler = RolloutManager(engine, env, tokenizer, reward, self.sampling, cfg.samples, timeline=False,
+                                      judge=grader)
         self.greedy = RolloutManager(engine, env, tokenizer, reward, cfg.sampling(temperature=0.0, top_p=1.0, top_k=0),
-                                     1, timeline=False) if cfg.greedy else None
+                                     1, timeline=False, judge=grader) if cfg.greedy else None
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
         self.external_judge = external

@@ -17,10 +17,11 @@ from vlrl.config import TrainConfig, to_dict
 from vlrl.distributed import open_engine
 from vlrl.engines.base import Engine, check_model_dir
 from vlrl.engines.hf import HFEngine
-from vlrl.eval.judges import open_model_verifier
+from vlrl.eval.judges import open_model_verifier, open_reward_judge
 from vlrl.recipes.checkpoint import RunState, adopt_reference, load_checkpoint
 from vlrl.recipes.summary import heldout_samples
 from vlrl.registry import resolve
+from vlrl.rewards.judge import AnswerJudge
 from vlrl.rewards.verifier import Verifier
 from vlrl.rollout.manager import Reward, RolloutManager
 from vlrl.rollout.scheduler import ExtraTuner, OverlapScheduler
@@ -53,13 +54,15 @@ class Run:
     engine: Engine | None = None
     verifier: Verifier | None = None
     verifier_engine: Engine | None = None  # the verifier's own engine (None: none, or the policy's)
+    judge: AnswerJudge | None = None  # the reward judge (reward_judge)
+    judge_engine: Engine | None = None  # its own engine (None: none, or the policy's)
     ranks: Any = None  # trainer ranks 1.. (None: one rank)
     started: float = 0.0  # perf_counter when the engine was up
     loop_threads: int | None = None  # the event loop thread's torch threads before the run kept it to one
 
     async def close(self) -> None:
         """Close the engines, the other trainer ranks and the trainer's thread."""
-        for engine in (self.engine, self.verifier_engine):
+        for engine in (self.engine, self.verifier_engine, self.judge_engine):
             if engine is not None:
                 await engine.close()
         if self.ranks is not None:
@@ -77,8 +80,9 @@ def build(cfg: TrainConfig) -> Run:
         torch.set_num_threads(cfg.distributed.trainer_threads)
     if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"model.device {cfg.model.device!r}: torch sees no CUDA device on this machine")
-    if cfg.verifier.model not in ("", "policy"):
-        check_model_dir(cfg.verifier.model)
+    for folder in (cfg.verifier.model, cfg.reward_judge.model):
+        if folder not in ("", "policy"):
+            check_model_dir(folder)
     first_epoch, reward_name = open_task(cfg.task, cfg.seed)
     reward = resolve("reward", reward_name)
     ws, judge = cfg.warmstart, cfg.heldout.agent
@@ -122,6 +126,8 @@ async def start(run: Run) -> None:
 
         run.ranks = await RemoteRanks.start(run.trainer, run.model_dir, cfg.distributed, run.compute)
     run.verifier, run.verifier_engine = await open_verifier(cfg, run.engine, run.tokenizer)
+    run.judge, run.judge_engine = await open_reward_judge(cfg.reward_judge, run.engine, run.tokenizer, cfg.model,
+                                                          cfg.engine, cfg.distributed)
 
 
 def shares_engine_thread(cfg: TrainConfig, engine: Engine) -> bool:

@@ -53,7 +53,7 @@ from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, 
 from vlrl.recipes.summary import HELDOUT_MARKS, PAIRED, heldout_after, heldout_before, peak_rss_gb, print_summary
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.feed import OnThread
-from vlrl.rollout.figures import rollout_record
+from vlrl.rollout.figures import rollout_record, watch_tool_use
 from vlrl.rollout.manager import RolloutManager, RolloutResult
 from vlrl.rollout.play import play_agent
 from vlrl.rollout.scheduler import OverlapScheduler
@@ -164,7 +164,7 @@ async def rl_steps(run: Run, env: Env) -> None:
     manager = RolloutManager(run.engine, env, run.tokenizer, run.reward, cfg.rollout.sampling(),
                              cfg.rollout.group_size, "async" if overlap else cfg.rollout.schedule, run.verifier,
                              cfg.verifier.weight, tuner.current if tuner else int(cfg.verifier.chunk_tokens),
-                             streams=streams, stream_chunk=cfg.algo.stream_chunk_tokens)
+                             streams=streams, stream_chunk=cfg.algo.stream_chunk_tokens, judge=run.judge)
     scheduler = make_scheduler(cfg, manager, state) if overlap else None
     stream = islice(task_stream(cfg, run.first_epoch), state.cursor, None)
     progress = progress_bar(cfg, cfg.steps, state.step, cfg.name)
@@ -180,7 +180,10 @@ async def rl_steps(run: Run, env: Env) -> None:
             raise EngineLost(f"step {step}: {why}") from e
         if tuner is not None:
             tuner.observe(record.perf.step_s)
-        await after_step(run, step, record, scheduler)
+        warning = watch_tool_use(state.summary.setdefault("tool_health", {}), step, record.rollout.tool_call_rate)
+        if warning is not None:
+            print(warning, file=sys.stderr)
+        await after_step(run, step, record, scheduler)  # the checkpoint keeps the tool-use watch with the summary
         if progress is not None:
             reward = record.reward or RewardFigures()
             progress.update(1)

@@ -126,7 +126,7 @@ class YesNo:
     """The verifier's question after the trajectory; the score is P(Yes) over Yes / No as its reply's first token."""
 
     def __init__(self, tokenizer: Any, question: str, yes: Sequence[str], no: Sequence[str]):
-        yes_ids, no_ids = _single_tokens(tokenizer, yes, "yes"), _single_tokens(tokenizer, no, "no")
+        yes_ids, no_ids = single_tokens(tokenizer, yes, "yes"), single_tokens(tokenizer, no, "no")
         if set(yes_ids) & set(no_ids):
             raise ValueError(f"verifier: yes words {list(yes)} and no words {list(no)} share a token")
         self.token_ids, self.k = yes_ids + no_ids, len(yes_ids)
@@ -136,7 +136,7 @@ class YesNo:
         return self.ask.after(ids)
 
     def score(self, traj_id: str, logprobs: Sequence[float]) -> float:
-        yes, no = _logsumexp(logprobs[: self.k]), _logsumexp(logprobs[self.k :])
+        yes, no = logsumexp(logprobs[: self.k]), logsumexp(logprobs[self.k :])
         if not (math.isfinite(yes) and math.isfinite(no)):
             raise ValueError(f"verifier: no Yes/No probability for trajectory {traj_id!r} "
                              f"(log P(yes) = {yes}, log P(no) = {no})")
@@ -206,21 +206,21 @@ def _key(traj_id: str) -> str:
     return f"{traj_id}/verify"
 
 
-def _single_tokens(tokenizer: Any, words: Sequence[str], what: str) -> list[int]:
+def single_tokens(tokenizer: Any, words: Sequence[str], what: str, who: str = "verifier") -> list[int]:
     """Each word's one token id; ValueError naming a word the tokenizer splits or lacks."""
     if not words:
-        raise ValueError(f"verifier: no {what} words given")
+        raise ValueError(f"{who}: no {what} words given")
     ids = []
     for word in words:
         pieces = tokenizer.encode(word, add_special_tokens=False)
         if len(pieces) != 1:
-            raise ValueError(f"verifier: the {what} word {word!r} is {len(pieces)} tokens {pieces} in this "
+            raise ValueError(f"{who}: the {what} word {word!r} is {len(pieces)} tokens {pieces} in this "
                              "tokenizer; give words that are one token each")
         ids.append(pieces[0])
     return ids
 
 
-def _logsumexp(values: Sequence[float]) -> float:
+def logsumexp(values: Sequence[float]) -> float:
     top = max(values)
     if not math.isfinite(top):
         return top

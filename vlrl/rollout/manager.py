@@ -8,6 +8,9 @@ logprob and the weight version that sampled it. G trajectories of one sample for
 trajectory after all have finished (the baseline the papers compare against); ``async``
 rewards each as it ends.
 
+With a ``judge`` (a model grading the answer against the ground truth, ``vlrl.rewards.judge``),
+its score is the reward part ``judge`` and weighs its ``weight`` in the total; the sample's
+part of its prompt is prefilled as each trajectory starts (``reward_judge.ahead``).
 With a ``verifier`` (a model judging the answer, ``vlrl.rewards.verifier``), its P(Yes) is
 the reward part ``verifier`` and weighs ``verifier_weight`` in the total. Under ``async``
 with ``chunk_tokens`` > 0 each trajectory streams to it while decoding (``VerifierFeed``:
@@ -24,6 +27,7 @@ groups whole).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Callable, Literal, Sequence
@@ -32,10 +36,11 @@ from vlrl.clock import now
 from vlrl.engines.base import Engine, collect
 from vlrl.engines.sampling import continued
 from vlrl.env import Env
+from vlrl.rewards.judge import AnswerJudge, Judgement
 from vlrl.rewards.verifier import Verdict, Verifier
 from vlrl.rollout.feed import Feed, OnThread, StreamedFeed, VerifierFeed
 from vlrl.rollout.timeline import Timeline
-from vlrl.types import Completion, Delta, Group, Sample, SamplingParams, Score, Timings, Trajectory
+from vlrl.types import Completion, Delta, Group, RewardContext, Sample, SamplingParams, Score, Timings, Trajectory
 
 Schedule = Literal["sync", "async"]
 Reward = Callable[[str, Sequence[str]], Score]
@@ -101,7 +106,7 @@ class RolloutManager:
     def __init__(self, engine: Engine, env: Env, tokenizer: Any, reward: Reward, sampling: SamplingParams,
                  group_size: int, schedule: Schedule = "sync", verifier: Verifier | None = None,
                  verifier_weight: float = 0.0, chunk_tokens: int = 0, timeline: bool = True,
-                 streams: Sequence[OnThread] = (), stream_chunk: int = 0):
+                 streams: Sequence[OnThread] = (), stream_chunk: int = 0, judge: AnswerJudge | None = None):
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if schedule not in ("sync", "async"):
@@ -115,6 +120,8 @@ class RolloutManager:
         self.verifier, self.verifier_weight = verifier, verifier_weight
         self.chunk_tokens = chunk_tokens  # the overlap scheduler may retune it between rollouts
         self.streams, self.stream_chunk = list(streams), stream_chunk
+        self.judge = judge
+        self._ahead: dict[str, asyncio.Task[None]] = {}  # the judge's prefill of each trajectory's sample, running
         self._open = asyncio.Event()  # cleared while paused: no trajectory starts or resumes decoding
         self._open.set()
         self._running: dict[str, str] = {}  # trajectory id -> its engine request in flight
@@ -197,6 +204,9 @@ class RolloutManager:
                                             for i in whole for m in by_sample[i]))
             for k, i in enumerate(whole):
                 by_sample[i] = scored[k * self.group_size: (k + 1) * self.group_size]
+            for member in (m for i, members in by_sample.items() if i not in whole for m in members):
+                if isinstance(member, Trajectory):  # a broken group's ended members are never rewarded
+                    self._drop_ahead(member.id)
         for i, sample in enumerate(samples):
             result.add(sample, by_sample[i])
         end = now()
@@ -213,6 +223,8 @@ class RolloutManager:
         feeds: list[Feed] = [*([feed] if feed is not None else []), *streamed]
         traj.timings = Timings()
         start = now()
+        if self.judge is not None and self.judge.cfg.ahead:  # the sample's part of its prompt, while the policy decodes
+            self._ahead[traj_id] = asyncio.create_task(self.judge.ahead(traj_id, sample.question, sample.answers))
         self._live[traj_id] = traj
         work = self._work[traj_id] = KeptWork(traj_id)
         try:
@@ -242,6 +254,7 @@ class RolloutManager:
         except BaseException:
             for each in feeds:
                 each.cancel()
+            self._drop_ahead(traj_id)
             raise
         finally:
             self._live.pop(traj_id, None)
@@ -308,9 +321,19 @@ class RolloutManager:
         self.timeline.add(traj.id, "paused", t0, t1)
 
     async def _reward(self, traj: Trajectory, sample: Sample, feed: VerifierFeed | None = None) -> None:
-        """The rule-based reward of the final answer, mixed with the verifier's verdict if there is one."""
+        """The rule-based reward of the final answer, mixed with the judge's and then the verifier's verdicts where
+        there are ones."""
         t0 = now()
-        score_trajectory(traj, sample, self.tokenizer, self.reward)
+        try:
+            text = score_trajectory(traj, sample, self.tokenizer, self.reward)
+            if self.judge is not None:
+                ahead = self._ahead.pop(traj.id, None)
+                if ahead is not None:
+                    await ahead
+                mix_judgement(traj, await self.judge.judge(traj.id, sample.question, sample.answers, text),
+                              self.judge.cfg.weight)
+        finally:
+            self._drop_ahead(traj.id)
         if self.verifier is not None:
             feed = feed or VerifierFeed(self.verifier, traj.id, 0, self.timeline)
             try:
@@ -320,6 +343,12 @@ class RolloutManager:
                 raise
             mix_verdict(traj, verdict, self.verifier_weight)
         traj.timings.reward_s = now() - t0
+
+    def _drop_ahead(self, traj_id: str) -> None:
+        """Stop the judge's prefill for a trajectory that will not be judged (or has been)."""
+        ahead = self._ahead.pop(traj_id, None)
+        if ahead is not None:
+            ahead.cancel()
 
     async def _reward_or_error(self, traj: Trajectory, sample: Sample) -> Trajectory | Exception:
         try:
@@ -347,12 +376,33 @@ async def _tap(stream: AsyncIterator[Delta], feeds: Sequence[Feed]) -> AsyncIter
         yield delta
 
 
-def score_trajectory(traj: Trajectory, sample: Sample, tokenizer: Any, reward: Reward) -> None:
-    """Reward the final policy turn's text (decoded for the reward only; training keeps the ids)."""
+def score_trajectory(traj: Trajectory, sample: Sample, tokenizer: Any, reward: Reward) -> str:
+    """Reward the final policy turn's text (decoded for the reward only; training keeps the ids); returns the text.
+    A reward that takes ``context`` also gets the question, the sample's metadata and the trajectory's tool use."""
     last = next((s for s in reversed(traj.segments) if s.kind == "policy"), None)
     text = tokenizer.decode(last.token_ids, skip_special_tokens=True) if last is not None else ""
-    score = reward(text, sample.answers)
+    if takes_context(reward):
+        context = RewardContext(sample.question, sample.metadata, traj.tool_stats(), traj.turns, traj.finish_reason)
+        score = reward(text, sample.answers, context=context)  # type: ignore[call-arg]
+    else:
+        score = reward(text, sample.answers)
     traj.reward, traj.reward_parts = score.total, dict(score.parts)
+    return text
+
+
+def takes_context(reward: Reward) -> bool:
+    """Whether ``reward`` has a ``context`` parameter (``RewardContext``)."""
+    try:
+        return "context" in inspect.signature(reward).parameters
+    except (TypeError, ValueError):  # a builtin or a callable without a signature: a plain reward
+        return False
+
+
+def mix_judgement(traj: Trajectory, judgement: Judgement, weight: float) -> None:
+    """total = (1 - weight) x rule-based + weight x the judge's score; its parts recorded."""
+    assert traj.reward is not None
+    traj.reward = (1.0 - weight) * traj.reward + weight * judgement.score
+    traj.reward_parts |= judgement.parts()
 
 
 def mix_verdict(traj: Trajectory, verdict: Verdict, weight: float) -> None:
