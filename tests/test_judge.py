@@ -53,9 +53,40 @@ def test_the_prompt_holds_question_truth_and_the_extracted_answer_last(tokenizer
         RewardJudgeConfig(yes="<|YES|>", no="YES")
 
 
-@pytest.mark.parametrize("engine_fixture", ["hf_engine", "vllm_engine"])
+@pytest.fixture(scope="module")
+def text_judge_dir(tmp_path_factory):
+    """A tiny text-only language model (Qwen2, no vision): what VTool-R1's judges are."""
+    from vlrl.model.tiny import build_tiny_text_model
+
+    return build_tiny_text_model(tmp_path_factory.mktemp("judge") / "tiny-text")
+
+
+@pytest.fixture(scope="module")
+def text_hf_engine(text_judge_dir, loop):
+    from vlrl.engines.hf import HFEngine
+
+    engine = HFEngine(text_judge_dir)
+    yield engine
+    loop.run_until_complete(engine.close())
+
+
+@pytest.fixture(scope="module")
+def text_vllm_engine(text_judge_dir, loop):
+    from vlrl.engines.vllm import VLLMEngine
+
+    engine = loop.run_until_complete(VLLMEngine.create(text_judge_dir))
+    yield engine
+    loop.run_until_complete(engine.close())
+
+
+ENGINES = ["hf_engine", pytest.param("vllm_engine", marks=pytest.mark.vllm), "text_hf_engine",
+           pytest.param("text_vllm_engine", marks=pytest.mark.vllm)]
+
+
+@pytest.mark.parametrize("engine_fixture", ENGINES)
 def test_batched_on_each_engine_and_the_same_with_or_without_the_prompt_ahead(request, run, tokenizer,
                                                                              engine_fixture):
+    """The policy's VLM folder and a text-only language model, each on both engines."""
     engine = request.getfixturevalue(engine_fixture)
     answers = [f"FINAL ANSWER: {a}" for a in ("B", "C", "12", "B || C", "none", "A", "D", "7")]
     for verdict in ("p_yes", "generate"):
@@ -103,9 +134,10 @@ def test_the_hf_engine_prefills_the_judges_prompts_together(run, tokenizer, tiny
         run(engine.close())
 
 
-def test_a_rollout_rewarded_by_the_judge_and_eval_graded_by_it(tmp_path, tiny_dir):
+@pytest.mark.slow
+def test_a_rollout_rewarded_by_the_judge_and_eval_graded_by_it(tmp_path, tiny_dir, text_judge_dir):
     """`vlrl train` with the policy as its own judge: every step's reward has the judge's parts and its weight;
-    `vlrl eval` with it: each sample's correctness is the judge's verdict."""
+    `vlrl eval` with a text-only judge on an engine of its own: each sample's correctness is its verdict."""
     from conftest import write_train_config
 
     config = write_train_config(tmp_path, tiny_dir)
@@ -119,7 +151,8 @@ def test_a_rollout_rewarded_by_the_judge_and_eval_graded_by_it(tmp_path, tiny_di
         assert s["reward/mean"] == pytest.approx(0.5 * s["reward/accuracy"] + 0.5 * s["reward/judge"], abs=1e-6)
     report = json.loads(vlrl("eval", "configs/eval_quick.yaml", f"model.path={tiny_dir}", "questions=2", "samples=2",
                              "judge.external=", "judge.policy=false", "second_look=false", "greedy=false",
-                             "reward_judge.model=policy", "reward_judge.verdict=p_yes", f"out={tmp_path / 'eval'}",
+                             f"reward_judge.model={text_judge_dir}", "reward_judge.verdict=p_yes",
+                             f"out={tmp_path / 'eval'}",
                              "--json").stdout.strip().splitlines()[-1])
     assert report["questions"] == 2
     for line in (tmp_path / "eval" / "results.jsonl").read_text().splitlines():
@@ -137,17 +170,26 @@ def test_correctness_is_the_judges_verdict_where_one_graded():
     assert trajectory_accuracy(traj) == 1.0
 
 
-def test_data_score_with_a_judge_counts_its_verdicts(tmp_path, tiny_dir):
+def test_a_text_only_model_takes_no_image(run, text_hf_engine):
+    from PIL import Image
+
+    from vlrl.types import SamplingParams
+
+    with pytest.raises(ValueError, match="text-only model and takes no images"):
+        run(text_hf_engine.complete([1, 2, 3], [Image.new("RGB", (56, 56))], SamplingParams(max_tokens=2), "img"))
+
+
+def test_data_score_with_a_judge_counts_its_verdicts(tmp_path, text_judge_dir):
     rows = [{"question": QUESTION, "prediction": "FINAL ANSWER: B", "answer": "B", "split": "human"},
             {"question": QUESTION, "prediction": "C", "answer": ["B"], "split": "augmented"},
             {"question": QUESTION, "prediction": "\\boxed{B}", "answer": "B"}]
     path = tmp_path / "preds.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = vlrl("data", "score", "--pred", str(path), "--judge", str(tiny_dir), "--judge-verdict", "p_yes",
+    out = vlrl("data", "score", "--pred", str(path), "--judge", str(text_judge_dir), "--judge-verdict", "p_yes",
                "--json").stdout
     report = json.loads(out.strip().splitlines()[-1])
     assert report["n"] == 3 and sum(report["judge_verdicts"].values()) == 3
     assert set(report["judge_verdicts"]) <= {"yes", "no"} and 0 <= report["overall"] <= 100
     path.write_text(json.dumps({"prediction": "B", "answer": "B"}) + "\n")
-    failed = vlrl("data", "score", "--pred", str(path), "--judge", str(tiny_dir), check=False)
+    failed = vlrl("data", "score", "--pred", str(path), "--judge", str(text_judge_dir), check=False)
     assert failed.returncode != 0 and "needs each row's 'question'" in failed.stderr

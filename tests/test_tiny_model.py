@@ -88,3 +88,21 @@ def test_a_focus_tool_call_is_a_handful_of_tokens(tokenizer):
         call = f'<tool_call>{{"name": "{name}", "arguments": {{"{target}_to_focus_on": ["A", "B", "C"]}}}}</tool_call>'
         ids = tokenizer.encode(call, add_special_tokens=False)
         assert len(ids) <= 14 and tokenizer.decode(ids) == call
+
+
+def test_a_text_only_model_shares_the_tokenizer_and_has_no_vision(tmp_path, tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vlrl.vision import VisionInputs
+
+    a = build_tiny_model(tmp_path / "a", seed=2, arch="qwen2")
+    b = build_tiny_model(tmp_path / "b", seed=2, arch="qwen2")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    config = json.loads((a / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and "vision_config" not in config
+    assert AutoTokenizer.from_pretrained(a).get_vocab() == tokenizer.get_vocab()
+    model = AutoModelForCausalLM.from_pretrained(a)
+    ids = torch.tensor([tokenizer.encode("Is 3 the answer?")])
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+    vision = VisionInputs(a)
+    assert vision.text_only and vision.vision_token_ids == () and vision.prepare_for([1, 2], [], "here") == []

@@ -44,7 +44,17 @@ class VisionInputs:
         # image id -> (a weak reference to the image, its prepared form): an engine is handed a trajectory's same
         # images with every turn and every verifier piece, and resizing them each time was most of admitting one
         self._prepared: OrderedDict[int, tuple[weakref.ref, Image.Image]] = OrderedDict()
+        self.model_dir = str(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
+        self.text_only = not hasattr(config, "vision_config")  # a language model: ids only, never an image
+        if self.text_only:
+            if min_pixels or max_pixels:
+                raise ValueError(f"{model_dir} is a text-only model: it has no pixel bounds (got min_pixels "
+                                 f"{min_pixels}, max_pixels {max_pixels})")
+            self.processor = None
+            self.image_token_id = self.vision_start_id = self.vision_end_id = self.video_token_id = -1
+            self.merge = self.patch = self.min_pixels = self.max_pixels = 0
+            return
         self.processor = AutoImageProcessor.from_pretrained(model_dir)
         if min_pixels or max_pixels:
             size = self.processor.size
@@ -68,7 +78,9 @@ class VisionInputs:
 
     @property
     def vision_token_ids(self) -> tuple[int, ...]:
-        """Ids a policy must never sample: they only make sense next to an image."""
+        """Ids a policy must never sample: they only make sense next to an image (none for a text-only model)."""
+        if self.text_only:
+            return ()
         return (self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id)
 
     def prepare(self, image: Image.Image) -> Image.Image:
@@ -133,6 +145,8 @@ class VisionInputs:
 
     def prepare_for(self, ids: Sequence[int], images: Sequence[Image.Image], where: str) -> list[Image.Image]:
         """The prepared images of a request, after checking that ``ids`` hold their runs."""
+        if self.text_only and images:
+            raise ValueError(f"{where}: {self.model_dir} is a text-only model and takes no images, got {len(images)}")
         prepared = [self.prepare(im) for im in images]
         self.check(ids, [self.token_count(im) for im in prepared], where=where)
         return prepared

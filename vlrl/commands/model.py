@@ -11,7 +11,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     tiny = model_sub.add_parser("tiny", help="write a tiny random Qwen2-VL folder (no download)")
     tiny.add_argument("--out", required=True, help="folder to write")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl"])
+    tiny.add_argument("--arch", default="qwen2-vl", choices=["qwen2-vl", "qwen2.5-vl", "qwen2"],
+                      help="qwen2: a text-only language model (a judge), no vision")
     tiny.add_argument("--max-pixels", type=int, default=None,
                       help="largest image the processor passes (28 x 28 pixels per image token; default "
                            "448 x 448, or the shape's)")

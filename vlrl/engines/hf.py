@@ -10,7 +10,8 @@ prefill also reads the KV of a running request of its conversation (a verifier s
 while its trajectory decodes computes almost nothing). Then they
 join one left-padded batch whose KV cache persists across steps; every step decodes one
 token for every running request. Model work runs on the engine's own thread under a lock, so the
-event loop never blocks and weight updates happen between steps.
+event loop never blocks and weight updates happen between steps. A text-only model folder (a
+judge: ``Qwen2ForCausalLM`` and the like) runs too, with 1-D positions and no images.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import AsyncIterator, Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer, DynamicCache
 
 from vlrl.engines.base import (
     Engine,
@@ -200,12 +201,13 @@ class HFEngine(Engine):
         model_dir = check_model_dir(model_dir)
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
-        self.model = AutoModelForImageTextToText.from_pretrained(
+        self.vision = VisionInputs(model_dir, min_pixels, max_pixels)
+        auto = AutoModelForCausalLM if self.vision.text_only else AutoModelForImageTextToText
+        self.model = auto.from_pretrained(
             model_dir, dtype=DTYPES[dtype], attn_implementation=attention_for(device)).to(device).eval()
         self.device = torch.device(device)
-        self.vision = VisionInputs(model_dir, min_pixels, max_pixels)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        text = self.model.config.text_config
+        text = self.model.config.get_text_config()
         self.vocab_size: int = text.vocab_size
         self.max_model_len = max_model_len or text.max_position_embeddings
         self.batch_invariant = batch_invariant
@@ -540,7 +542,8 @@ class HFEngine(Engine):
     def _uncached(self, req: _Request) -> _Prefill:
         """What the request's prefill must compute: the prompt after its longest cached prefix (kept or running)."""
         ids = req.prompt_ids
-        positions = mrope_positions(self.model, torch.tensor([ids]), self.vision.grid(req.images))
+        positions = torch.arange(len(ids)).expand(3, 1, -1) if self.vision.text_only else \
+            mrope_positions(self.model, torch.tensor([ids]), self.vision.grid(req.images))
         runs = self.vision.pad_runs(ids)
         start, kv = self._reuse_prefix(req, runs)
         req.next_pos = int(positions.max()) + 1
@@ -573,15 +576,16 @@ class HFEngine(Engine):
         images = [im for w in works for im in w.images]
         pixels = self.vision.encode(images)
         last = sorted({n - 1 for n in new})  # the positions whose logits are read: no (rows x length x vocab) logits
+        vision = {} if pixels is None else {"pixel_values": pixels.pixel_values.to(self.device, self.model.dtype),
+                                            "image_grid_thw": pixels.grid_thw.to(self.device)}
         out = self.model(
             input_ids=input_ids.to(self.device),
-            position_ids=positions.to(self.device),
+            position_ids=self._positions(positions),
             attention_mask=mask.to(self.device) if len(works) > 1 else None,
             past_key_values=cache,
-            pixel_values=pixels.pixel_values.to(self.device, self.model.dtype) if pixels is not None else None,
-            image_grid_thw=pixels.grid_thw.to(self.device) if pixels is not None else None,
             use_cache=True,
             logits_to_keep=torch.tensor(last, device=self.device),
+            **vision,
         )
         self._stats["prefill_forwards"] += 1
         self._stats["prefill_rows"] += len(works)
@@ -604,7 +608,7 @@ class HFEngine(Engine):
         mask = torch.cat([batch.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
         out = self.model(
             input_ids=input_ids,
-            position_ids=positions.to(self.device),
+            position_ids=self._positions(positions),
             attention_mask=mask.to(self.device),
             past_key_values=batch.cache,
             use_cache=True,
@@ -620,6 +624,11 @@ class HFEngine(Engine):
             out.logits[:, -1], [r.sampling for r in rows], [r.generator for r in rows], [r.suppress for r in rows]
         )
         return [(r, t, lp, self.version) for r, t, lp in zip(rows, tokens, logprobs)]
+
+    def _positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary positions (3, B, L) as the model takes them: all three for a VLM's multimodal rotary embedding,
+        one row (B, L) for a text-only model."""
+        return (positions[0] if self.vision.text_only else positions).to(self.device)
 
     def _reuse_prefix(self, req: _Request, runs: list[tuple[int, int]]) -> tuple[int, KV | None]:
         """The longest kept prefix of the prompt (its length, and its KV cropped to it).

@@ -97,7 +97,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         config = AutoConfig.from_pretrained(model_dir)
-        text = config.text_config
+        text = config.get_text_config()
         max_len = max_model_len or text.max_position_embeddings
         from vllm.platforms import current_platform
 
@@ -116,8 +116,10 @@ class VLLMEngine(Engine):
             enable_prefix_caching=enable_prefix_caching,
             block_size=block_size,
             tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": max_images_per_prompt, "video": 0},
-            mm_processor_kwargs={"size": {"shortest_edge": vision.min_pixels, "longest_edge": vision.max_pixels}},
+            **({} if vision.text_only else {  # a text-only model (a judge) has no processor to configure
+                "limit_mm_per_prompt": {"image": max_images_per_prompt, "video": 0},
+                "mm_processor_kwargs": {"size": {"shortest_edge": vision.min_pixels,
+                                                 "longest_edge": vision.max_pixels}}}),
             worker_extension_cls="vlrl.engines.vllm_worker.WeightLoader",
             seed=seed,
             enforce_eager=True,

@@ -12,6 +12,10 @@ A shape (``SHAPES``: Qwen2.5-VL-3B, -7B) keeps what makes a released checkpoint 
 at the sizes users train (the 151,936-row vocabulary, head_dim 128, the context length,
 the processor's pixel bounds up to thousands of visual tokens per image) at a width and
 depth this CPU runs, so tests and benchmarks meet those shapes.
+
+``arch="qwen2"`` writes a text-only Qwen2 language model of the same text sizes, with the
+same tokenizer and chat template and no vision: what a text-only judge (VTool-R1 grades
+with Qwen2.5-7B-Instruct) is in tests.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -173,6 +179,7 @@ ARCHS = {
     "qwen2-vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor),
     "qwen2.5-vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor),
 }
+TEXT_ONLY = "qwen2"  # the text-only architecture (no vision, no processor)
 
 
 @dataclass(frozen=True)
@@ -265,10 +272,12 @@ def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl",
     """
     if shape is not None and shape not in SHAPES:
         raise ValueError(f"unknown model shape {shape!r}; known: {sorted(SHAPES)}")
+    if arch == TEXT_ONLY and shape is None:
+        return build_tiny_text_model(out, seed)
     form = SHAPES[shape] if shape is not None else None
     arch = "qwen2.5-vl" if shape is not None else arch
     if arch not in ARCHS:
-        raise ValueError(f"unknown tiny model arch {arch!r}; supported: {sorted(ARCHS)}")
+        raise ValueError(f"unknown tiny model arch {arch!r}; supported: {sorted([*ARCHS, TEXT_ONLY])}")
     min_pixels = IMAGE_MIN_PIXELS if form is None else form.min_pixels
     max_pixels = max_pixels or (IMAGE_MAX_PIXELS if form is None else form.max_pixels)
     if not min_pixels <= max_pixels:
@@ -287,4 +296,25 @@ def build_tiny_model(out: str | Path, seed: int = 0, arch: str = "qwen2-vl",
     )
     model.save_pretrained(out)
     build_processor(tokenizer, arch, max_pixels, min_pixels).save_pretrained(out)
+    return out
+
+
+def build_tiny_text_model(out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2 language model to ``out`` (the VLM's text sizes, tokenizer and chat template, 1-D
+    rotary positions, no vision); the same seed gives the same bytes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = resources.files("vlrl.model").joinpath("chat_template.jinja").read_text()
+    ids = tokenizer.convert_tokens_to_ids
+    text = {**TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    config = Qwen2Config(**text, vocab_size=len(tokenizer), bos_token_id=ids("<|endoftext|>"),
+                         eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), initializer_range=0.05)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
+                                               eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
+                                               pad_token_id=config.pad_token_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
