@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import yaml
@@ -33,6 +34,10 @@ def test_the_table_has_each_tasks_figures_per_seed_their_mean_and_t_interval():
     assert table["charts"]["gain"]["per_seed"] == pytest.approx({0: 0.0, 1: -0.1, 2: 0.1})
     assert table["tables"]["teacher"]["ci95"] == pytest.approx([0.5, 0.5])
     assert mean_interval([0.3]) == (0.3, None)
+    # two seeds of 0.85 and 0.98: t(0.975, 1) = 12.706 takes the interval far past 1, and an accuracy stops there
+    low = 0.915 - 12.706 * statistics.stdev([0.85, 0.98]) / math.sqrt(2)
+    assert mean_interval([0.85, 0.98], (0.0, 1.0))[1] == pytest.approx([max(low, 0.0), 1.0])
+    assert table["tables"]["rl"]["ci95"] == pytest.approx([1.0, 1.0])
 
 
 @pytest.mark.slow

@@ -93,19 +93,22 @@ def sweep_table(summaries: dict[int, dict[str, Any]]) -> dict[str, dict[str, dic
                 if value is not None:
                     table.setdefault(task, {}).setdefault(name, {"per_seed": {}})["per_seed"][seed] = value
     for figures in table.values():
-        for cell in figures.values():
-            cell["mean"], cell["ci95"] = mean_interval(list(cell["per_seed"].values()))
+        for name, cell in figures.items():
+            bounds = (-1.0, 1.0) if name == "gain" else (0.0, 1.0)
+            cell["mean"], cell["ci95"] = mean_interval(list(cell["per_seed"].values()), bounds)
     return table
 
 
-def mean_interval(values: list[float]) -> tuple[float, list[float] | None]:
-    """The mean and the 95% interval of the mean (Student's t; None from one value)."""
+def mean_interval(values: list[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+                  ) -> tuple[float, list[float] | None]:
+    """The mean and the 95% interval of the mean (Student's t; None from one value), cut to ``bounds``: an
+    accuracy's interval never runs past 0 or 1, however few the seeds."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, None
     t = T975[len(values) - 2] if len(values) - 1 <= len(T975) else 1.96
     half = t * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, [mean - half, mean + half]
+    return mean, [max(mean - half, bounds[0]), min(mean + half, bounds[1])]
 
 
 def markdown(sweep: dict[str, Any]) -> str:
