@@ -13,7 +13,8 @@ chat template. Two ways to read it (``reward_judge.verdict``):
 - ``p_yes``: P(yes) over the yes / no words as the reply's first token, a deterministic score.
 
 A policy that stated no answer (no ``FINAL ANSWER:`` or ``\\boxed{}``) is not judged: it scores 0,
-counted (``judge_unanswered``). Everything in the prompt before the answer depends only on the
+counted (``judge_unanswered``); verdict marks written into an answer are taken out of it before
+the judge reads it. Everything in the prompt before the answer depends only on the
 sample, so ``ahead`` prefills it while the policy decodes (the engine keeps it as a prefix); the
 ids are the prefix's and the rest's tokens side by side whether or not ``ahead`` ran, so the score
 is the same either way.
@@ -100,7 +101,8 @@ class AnswerJudge:
         """Judge the answer stated in ``response`` (the policy's final turn) against ``truths``."""
         if not has_final_answer(response):
             return Judgement(0.0, "unanswered")
-        head, rest = self.prompt_ids(question, truths, extract_answer(response).strip())
+        answer = self._marks.sub("", extract_answer(response)).strip()  # an answer cannot hand the judge a verdict
+        head, rest = self.prompt_ids(question, truths, answer)
         ids = head + rest
         if self.cfg.verdict == "p_yes":
             scores = await self.engine.score_next(_key(key), ids, [], self.yes_ids + self.no_ids)
