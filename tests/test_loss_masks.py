@@ -112,3 +112,15 @@ def test_a_reward_that_takes_context_reads_the_question_and_the_tool_use(tokeniz
     assert seen == {"question": "Which is largest?", "calls": 2, "turns": 3, "finish": "answer", "task": "largest"}
     score_trajectory(traj, sample, tokenizer, plain)  # a plain reward is called as before
     assert traj.reward == 1.0
+
+
+def test_mini_batches_of_a_step_whose_items_no_longer_divide_evenly():
+    from vlrl.algos.units import mini_batch_slices
+
+    def cut(n, k):
+        return [len(range(n)[part]) for part in mini_batch_slices(n, k)]
+
+    assert cut(12, 4) == [3, 3, 3, 3]  # the even case, as before
+    assert cut(11, 4) == [3, 3, 3, 2]  # an over-turn trajectory left out
+    assert cut(3, 4) == [1, 1, 1]  # fewer items than mini-batches: one each, none empty
+    assert cut(0, 4) == []

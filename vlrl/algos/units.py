@@ -93,14 +93,21 @@ def update_epochs(trainer: PolicyTrainer, items: Sequence[TrainItem], epochs: in
         return trainer.step(items)
     old = trainer.logprobs(items)
     items = [dataclasses.replace(it, old_logprobs=lp) for it, lp in zip(items, old)]
-    size = len(items) // mini_batches
     runs: list[dict[str, float]] = []
     for _ in range(epochs):
         order = rng.sample(items, len(items))
-        runs += [trainer.step(order[k: k + size]) for k in range(0, len(order), size)]
+        runs += [trainer.step(order[part]) for part in mini_batch_slices(len(order), mini_batches)]
     merged = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
     return merged | {"grad_norm": runs[-1]["grad_norm"], "lr": runs[-1]["lr"], "optimizer_steps": len(runs),
                      "update_s": sum(r["update_s"] for r in runs)}
+
+
+def mini_batch_slices(n: int, mini_batches: int) -> list[slice]:
+    """``n`` items cut into at most ``mini_batches`` runs of equal size but the last, none empty. A step's items
+    divide evenly when every group trains (the config checks it); dropped groups or masked trajectories can
+    leave fewer or an uneven count."""
+    size = max(1, -(-n // mini_batches))
+    return [slice(k, k + size) for k in range(0, n, size)]
 
 
 class GRPO:
