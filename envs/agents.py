@@ -1,7 +1,8 @@
 """Agents without a model, to try a VisualToolEnv: episode --> text of the next policy turn.
 
 - ``scripted``: an expert that focuses on what the question names (or outlines every
-  category), reads the result, and answers with the sample's answer. Its trajectories
+  category) or, where ``compare_bars`` is offered, enlarges the two bars the answer turns
+  on, reads the result, and answers with the sample's answer. Its trajectories
   show the protocol end to end and serve as demonstrations for a supervised warm start.
 - ``teacher``: the scripted expert made imperfect (tool use and accuracy below 1), the
   kind of traces a warm start imitates before RL has to do better.
@@ -25,6 +26,7 @@ Confusion = Literal["value", "neighbor"]
 CONFUSIONS = get_args(Confusion)
 # metadata key -> (the focus tools' target, whether its first region is a header those tools keep)
 TARGETS = {key: (target, keep_header) for target, (key, _, keep_header) in FOCUS_TARGETS.items()}
+COMPARE = "compare_bars"  # vlrl.builtin.tools.bars, named here so reading it registers no tool
 
 
 def tool_call_text(name: str, arguments: dict[str, Any]) -> str:
@@ -51,7 +53,7 @@ class ScriptedAgent:
         traj = episode.trajectory
         if traj.actions or traj.turns > 0:
             return f"{self.final_thought(episode, edited=True)}FINAL ANSWER: {self.answer(episode)}"
-        action = self.focus(episode) if self.wants_tool(episode) else None
+        action = self.tool_call(episode) if self.wants_tool(episode) else None
         return action or f"{self.final_thought(episode, edited=False)}FINAL ANSWER: {self.answer(episode)}"
 
     def wants_tool(self, episode: ToolEpisode) -> bool:
@@ -62,6 +64,12 @@ class ScriptedAgent:
 
     def answer(self, episode: ToolEpisode) -> str:
         return episode.sample.answers[0]
+
+    def tool_call(self, episode: ToolEpisode) -> str | None:
+        """``compare_bars`` where the env offers it, else a focus tool; None without the boxes either needs."""
+        if COMPARE in episode.tool_names:
+            return self.compare(episode)
+        return self.focus(episode)
 
     def focus(self, episode: ToolEpisode) -> str | None:
         """A focus-tool call on the labels the question names (or all of them), or None without boxes."""
@@ -74,12 +82,29 @@ class ScriptedAgent:
             labels = labels[1:]  # the header row: the focus tools keep it anyway, and it is no category
         named = [label for label in labels if re.search(rf"\b{re.escape(label)}\b", episode.sample.question, re.I)]
         op = "mask" if named else "draw"
-        name = f"focus_on_{target}_with_{op}"
-        arguments = {f"{target}_to_focus_on": named or labels}
         thought = "" if self.brief else f"THOUGHT: I will {op} the {target.replace('_', ' ')} to read the image.\n"
+        return thought + self.call_text(episode, f"focus_on_{target}_with_{op}",
+                                        {f"{target}_to_focus_on": named or labels}, (f"all_{target}_bounding_boxes", key))
+
+    def compare(self, episode: ToolEpisode) -> str:
+        """A ``compare_bars`` call on the right label and the one closest to it in value, in the chart's order (so
+        the order tells nothing), or on every bar when the sample has no data table."""
+        values = asked_values(episode.sample.metadata)
+        right = episode.sample.answers[0]
+        if right in values and len(values) > 1:
+            closest = min((c for c in values if c != right), key=lambda c: abs(values[c] - values[right]))
+            named = [c for c in values if c in (right, closest)]
+        else:
+            named = list(dict.fromkeys(label_names(episode.bound["bars_bbox"], "bars_bbox")))
+        thought = "" if self.brief else "THOUGHT: I will enlarge the ends of the closest bars.\n"
+        return thought + self.call_text(episode, COMPARE, {"bars_to_compare": named},
+                                        ("all_bars_bounding_boxes", "bars_bbox"))
+
+    def call_text(self, episode: ToolEpisode, name: str, arguments: dict[str, Any], boxes: tuple[str, str]) -> str:
+        """The call in the env's action format (JSON when offered, else code); ``boxes``: (parameter, metadata key)."""
         if "json" in episode.env.config.action_formats:
-            return thought + tool_call_text(name, arguments if self.brief else {"image": "image_1", **arguments})
-        return thought + code_text(name, arguments, {f"all_{target}_bounding_boxes": key})
+            return tool_call_text(name, arguments if self.brief else {"image": "image_1", **arguments})
+        return code_text(name, arguments, {boxes[0]: boxes[1]})
 
 
 @register("agent", "teacher")

@@ -17,7 +17,9 @@ must read the axis), and more distractors (dashed reference lines with their own
 drawn behind the marks) as it rises. Below it, ``starter`` (only when asked for by name)
 is the quickstart's rung for a model trained from scratch in minutes: 3-4 bars on a
 square figure, no printed values, and a largest / smallest value that stands out from the
-runner-up.
+runner-up. ``close`` (also only by name) is starter with the two largest values 2-6% apart
+(the third at most the runner-up / 1.5): which two lead is plain at any size, which of them
+leads takes a closer look (a few pixels at 112 px; ``tools.bars.compare_bars`` enlarges it).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class Level:
     square: bool = False  # square figures: shrunk to a few image tokens, each bar keeps tokens of its own
     data_bars: bool = False  # tables: a bar under each number, its length the value (a spreadsheet's data bars)
     spare_columns: int = 1  # tables: up to this many extra columns beyond the distractors, drawn at random
+    top_gap: tuple[float, float] | None = None  # the largest is (1 + lo) to (1 + hi) x the runner-up (spread: the rest)
 
 
 LEVELS = {
     "starter": Level((3, 4), 0.0, 0, spread=1.5, square=True, data_bars=True, spare_columns=0),
+    "close": Level((3, 4), 0.0, 0, spread=1.5, square=True, data_bars=True, spare_columns=0, top_gap=(0.02, 0.06)),
     "easy": Level((3, 4), 1.0, 0),
     "medium": Level((5, 7), 0.5, 1),
     "hard": Level((8, 10), 0.0, 2),
@@ -319,7 +323,7 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
         values = [_shares(rng, n)]
     else:
         decimals, top = rng.random() < 0.3, rng.choice(SCALES)  # one scale for every series of a chart
-        values = [_distinct_values(rng, n, decimals, top, level.spread) for _ in series]
+        values = [_distinct_values(rng, n, decimals, top, level.spread, level.top_gap) for _ in series]
     references = [] if kind == "pie" else _references(rng, values, level.distractors)
     chart = render(kind, categories, series, values, Style.draw(rng, kind == "pie", level.square),
                    value_labels=rng.random() < level.p_value_labels, references=references)
@@ -331,17 +335,40 @@ def chart_sample(rng: random.Random, sample_id: str, kinds: Sequence[Kind] = KIN
     return Sample(sample_id, (chart.image,), question.text, (question.answer,), metadata, "synthetic_charts")
 
 
-def _distinct_values(rng: random.Random, n: int, decimals: bool, top: int, spread: float = 1.0) -> list[Decimal]:
+def _distinct_values(rng: random.Random, n: int, decimals: bool, top: int, spread: float = 1.0,
+                     top_gap: tuple[float, float] | None = None) -> list[Decimal]:
     """n distinct values below ``top``, at least 2 apart in their last digit (so thresholds fit between).
 
     ``spread`` > 1: redrawn until the largest is >= spread x the runner-up and the smallest
     <= the next one / spread (for 4 values at 1.5, about one draw in eight qualifies).
+    ``top_gap`` (lo, hi): instead, the largest is (1 + lo) to (1 + hi) x the runner-up, in the
+    upper half of the scale, and every other value <= the runner-up / spread.
     """
+    grid = range(2, top * (10 if decimals else 1), 2)
     while True:
-        picks = rng.sample(range(2, top * (10 if decimals else 1), 2), n)
-        ranked = sorted(picks)
-        if spread <= 1 or n < 2 or (ranked[-1] >= spread * ranked[-2] and ranked[1] >= spread * ranked[0]):
-            return [Decimal(p) / 10 if decimals else Decimal(p) for p in picks]
+        if top_gap:
+            picks = _close_pair(rng, n, grid, spread, top_gap)
+            if picks is None:
+                continue
+        else:
+            picks = rng.sample(grid, n)
+            ranked = sorted(picks)
+            if not (spread <= 1 or n < 2 or (ranked[-1] >= spread * ranked[-2] and ranked[1] >= spread * ranked[0])):
+                continue
+        return [Decimal(p) / 10 if decimals else Decimal(p) for p in picks]
+
+
+def _close_pair(rng: random.Random, n: int, grid: range, spread: float, top_gap: tuple[float, float]
+                ) -> list[int] | None:
+    """One draw for ``top_gap``: the two leaders, then the rest below the runner-up / spread, shuffled (None: retry)."""
+    largest = rng.choice(grid[len(grid) // 2:])
+    second = 2 * round(largest / (1 + rng.uniform(*top_gap)) / 2)
+    lower = [v for v in grid if v * spread <= second]
+    if not top_gap[0] <= largest / second - 1 <= top_gap[1] or len(lower) < n - 2:
+        return None
+    picks = [largest, second, *rng.sample(lower, n - 2)]
+    rng.shuffle(picks)
+    return picks
 
 
 def _shares(rng: random.Random, n: int) -> list[Decimal]:

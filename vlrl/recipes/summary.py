@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 from itertools import islice
 from pathlib import Path
@@ -27,6 +28,11 @@ HELDOUT_MARKS = {"teacher (held-out)": "teacher_accuracy", "warm start (held-out
 # paired 95% intervals of RL minus a baseline over the same held-out questions: figure -> the baseline's
 # per-question results (the warm start's: the RL gain; the teacher's: whether RL beats it)
 PAIRED = {"rl_gain_ci95": "heldout_correct_warmstart", "rl_vs_teacher_ci95": "heldout_correct_teacher"}
+# per-question lists: kept in the run's state (a resumed run pairs against them), written to heldout.jsonl
+# (runs compared question by question: `vlrl compare`), never in summary.json
+PER_QUESTION = {"heldout_correct_teacher": ("correct", "teacher"), "heldout_correct_warmstart": ("correct", "warmstart"),
+                "heldout_correct_rl": ("correct", "rl"), "heldout_tools_teacher": ("tool_called", "teacher"),
+                "heldout_tools_warmstart": ("tool_called", "warmstart"), "heldout_tools_rl": ("tool_called", "rl")}
 
 
 def heldout_samples(cfg: TrainConfig) -> list[Sample]:
@@ -48,10 +54,11 @@ async def heldout_before(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any
     if agent is not None:
         judged = await evaluate_agent(env, tokenizer, reward, agent, samples, tag="heldout-agent")
         figures |= {"teacher_accuracy": judged.accuracy, "teacher_tool_call_rate": judged.tool_call_rate,
-                    "heldout_correct_teacher": judged.correct}
+                    "heldout_correct_teacher": judged.correct, "heldout_tools_teacher": judged.tool_called}
     before = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-ws")
     figures |= {"heldout_accuracy_warmstart": before.accuracy, "tool_call_rate_warmstart": before.tool_call_rate,
-                "heldout_dropped_warmstart": dict(before.dropped), "heldout_correct_warmstart": before.correct}
+                "heldout_dropped_warmstart": dict(before.dropped), "heldout_correct_warmstart": before.correct,
+                "heldout_tools_warmstart": before.tool_called}
     return figures
 
 
@@ -60,7 +67,8 @@ async def heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any,
     """After RL: the policy's greedy accuracy, paired intervals against the figures before, and per task."""
     after = await evaluate_policy(engine, env, tokenizer, reward, samples, cfg.rollout.max_new_tokens, "heldout-rl")
     figures: dict[str, Any] = {"heldout_accuracy_rl": after.accuracy, "tool_call_rate_rl": after.tool_call_rate,
-                               "heldout_dropped_rl": dict(after.dropped)}  # reason -> questions counted wrong
+                               "heldout_dropped_rl": dict(after.dropped),  # reason -> questions counted wrong
+                               "heldout_correct_rl": after.correct, "heldout_tools_rl": after.tool_called}
     for name, baseline in PAIRED.items():
         if baseline in before:
             figures[name] = list(paired_bootstrap(before[baseline], after.correct, seed=cfg.seed))
@@ -68,6 +76,21 @@ async def heldout_after(cfg: TrainConfig, env: Env, engine: Any, tokenizer: Any,
     figures["heldout_by_task"] = accuracy_by_task(samples, earlier | {"rl": after.correct})
     figures["regressions"] = regressions(samples, earlier | {"rl": after.correct}, seed=cfg.seed)
     return figures
+
+
+def write_heldout(path: Path, samples: list[Sample], summary: dict[str, Any]) -> None:
+    """Move the per-question lists out of ``summary`` into ``path`` (JSON lines): a question's id, task and
+    answers, and for each policy whether it was right and whether it called a tool."""
+    lists = {key: summary.pop(key) for key in PER_QUESTION if key in summary}
+    if not samples or not lists:
+        return
+    with path.open("w") as f:
+        for at, sample in enumerate(samples):
+            row: dict[str, Any] = {"id": sample.id, "task": sample.task, "answers": list(sample.answers)}
+            for key, values in lists.items():
+                field, policy = PER_QUESTION[key]
+                row.setdefault(field, {})[policy] = values[at]
+            f.write(json.dumps(row) + "\n")
 
 
 def peak_rss_gb() -> float:

@@ -50,7 +50,14 @@ from vlrl.recipes.checkpoint import (
     save_reference,
 )
 from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, task_stream
-from vlrl.recipes.summary import HELDOUT_MARKS, PAIRED, heldout_after, heldout_before, peak_rss_gb, print_summary
+from vlrl.recipes.summary import (
+    HELDOUT_MARKS,
+    heldout_after,
+    heldout_before,
+    peak_rss_gb,
+    print_summary,
+    write_heldout,
+)
 from vlrl.rollout.chunks import ChunkTuner
 from vlrl.rollout.feed import OnThread
 from vlrl.rollout.figures import rollout_record, watch_tool_use
@@ -337,8 +344,7 @@ def finish(run: Run, summary: dict[str, Any]) -> Path:
                 "final_accuracy": last.get("reward/accuracy"),
                 "wall_seconds": time.perf_counter() - run.started, "peak_rss_gb": peak_rss_gb(),
                 "weights_version": run.trainer.version}
-    for baseline in PAIRED.values():  # per-question lists: kept for resume, not for the summary
-        summary.pop(baseline, None)
+    write_heldout(out.path / "heldout.jsonl", run.heldout, summary)
     out.finish(summary)
     print_summary(summary, out.path)
     return out.path
