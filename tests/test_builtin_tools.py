@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from vlrl.builtin.tasks.charts import chart_sample
 from vlrl.builtin.tools import draw, focus
+from vlrl.builtin.tools.bars import compare_bars
 from vlrl.tool import ToolError
 
 INSET, WIDTH, ALPHA = 2, 3, 0.3
@@ -190,3 +193,56 @@ def test_tools_never_modify_their_input():
     focus.focus_on_columns_with_mask(image, ["Team"], COLUMNS)
     draw.draw_box(image, [1, 1, 20, 20])
     assert (arr(image) == before).all()
+
+
+def bar_ends(image: Image.Image, colour: str, vertical: bool) -> list[int]:
+    """Where each run of ``colour`` begins (vertical bars: the top row of each run of columns, left to right;
+    horizontal: the last column of each run of rows, top to bottom), read off the pixels."""
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    mask = (np.abs(arr(image) - rgb).sum(axis=2) < 60)
+    if not vertical:
+        mask = mask.T[::-1]  # the right end of a row becomes the top of a column
+    columns = mask.any(axis=0)
+    ends, at = [], 0
+    while at < len(columns):
+        if not columns[at]:
+            at += 1
+            continue
+        start = at
+        while at < len(columns) and columns[at]:
+            at += 1
+        ends.append(int(np.argmax(mask[:, start:at].any(axis=1))))
+    return ends if vertical else ends[::-1]
+
+
+@pytest.mark.parametrize("kind", ["v_bar", "h_bar"])
+def test_compare_bars_enlarges_the_difference_between_the_named_bars_ends(kind):
+    checked = 0
+    for seed in range(6):
+        s = chart_sample(random.Random(seed), "c", kinds=[kind], families=["largest"], difficulty="close",
+                         labels="letters")
+        cats, values = s.metadata["table"]["categories"], [float(v) for v in s.metadata["table"]["series"]["Value"]]
+        leaders = sorted(sorted(range(len(cats)), key=lambda c: -values[c])[:2])  # in the chart's order
+        boxes = {b["label"]: b for b in s.metadata["bars_bbox"]}
+        end = (lambda b: b["y1"]) if kind == "v_bar" else (lambda b: -b["x2"])  # smaller: longer
+        before = abs(end(boxes[cats[leaders[0]]]) - end(boxes[cats[leaders[1]]]))
+        out = compare_bars.target(s.images[0], [cats[c] for c in leaders], s.metadata["bars_bbox"])
+        assert out.size == s.images[0].size
+        ends = bar_ends(out, s.metadata["bars_bbox"][0]["color"], vertical=kind == "v_bar")
+        assert len(ends) == 2, ends  # the two named bars (any bar between them ends far below the band)
+        first_longer = values[leaders[0]] > values[leaders[1]]
+        if kind == "h_bar":
+            ends = [-e for e in ends]  # a right end further right is longer
+        assert (ends[0] < ends[1]) == first_longer
+        assert abs(ends[0] - ends[1]) >= 3 * before  # at least three times as many pixels apart
+        checked += 1
+    assert checked == 6
+
+
+def test_compare_bars_names_what_it_cannot_find():
+    boxes = [{"label": "A", "x1": 10, "y1": 20, "x2": 30, "y2": 80}, {"label": "B", "x1": 40, "y1": 25, "x2": 60,
+                                                                      "y2": 80}]
+    with pytest.raises(ToolError, match=r"unknown bar\(s\) \['Z'\]; the image has \['A', 'B'\]"):
+        compare_bars.target(noise(), ["A", "Z"], boxes)
+    with pytest.raises(ToolError, match="name at least one bar"):
+        compare_bars.target(noise(), [], boxes)

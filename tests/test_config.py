@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # every shipped config, with the dataclass that reads it
 SHIPPED = {"generate.yaml": GenerateConfig, "quickstart.yaml": TrainConfig, "chartqa_grpo.yaml": TrainConfig,
            "tablevqa_grpo.yaml": TrainConfig, "ppo_critic.yaml": TrainConfig, "eval_quick.yaml": EvalConfig,
-           "vtool_r1_chart.yaml": TrainConfig, "vtool_r1_table.yaml": TrainConfig}
+           "vtool_r1_chart.yaml": TrainConfig, "vtool_r1_table.yaml": TrainConfig, "close_bars.yaml": TrainConfig}
 
 
 @dataclass

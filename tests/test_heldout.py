@@ -64,6 +64,31 @@ def test_the_teachers_calls_on_the_quickstarts_charts_and_tables_never_fail(run,
             assert f'"rows_to_focus_on": {json.dumps(body)}' in tokenizer.decode(traj.token_ids), sample.id
 
 
+def test_offered_compare_bars_the_teacher_names_the_two_leaders_in_chart_order_and_the_tool_runs(run, tokenizer,
+                                                                                                    vision):
+    """On the close rung its call names the answer and the runner-up, left to right (which of them comes first says
+    nothing about the answer); the tool runs, and with p_correct 0.5 its wrong answers are that runner-up."""
+    samples = list(islice(synthetic_charts(seed=6, kinds=["v_bar"], families=["largest"], difficulty="close",
+                                           labels="letters"), 40))
+
+    async def go():
+        async with VisualToolEnv(EnvConfig(tools=["vlrl.builtin.tools.bars:compare_bars"], max_turns=2,
+                                           sandbox=SandboxConfig(workers=2)), tokenizer, vision) as env:
+            return await play_agent(env, tokenizer, TeacherAgent(seed=0, p_tool=1.0, p_correct=0.5, brief=True),
+                                    samples, "compare")
+
+    first_is_answer = set()
+    for traj, sample in zip(run(go()), samples):
+        cats = sample.metadata["table"]["categories"]
+        values = [float(v) for v in sample.metadata["table"]["series"]["Value"]]
+        leaders = [cats[c] for c in sorted(sorted(range(len(cats)), key=lambda c: -values[c])[:2])]
+        assert [(a.name, a.ok, a.error) for a in traj.actions] == [("compare_bars", True, None)], sample.id
+        assert f'"bars_to_compare": {json.dumps(leaders)}' in tokenizer.decode(traj.token_ids), sample.id
+        assert traj.answer in leaders, sample.id
+        first_is_answer.add(leaders[0] == sample.answers[0])
+    assert first_is_answer == {True, False}
+
+
 def test_a_verbose_teacher_gives_a_long_tail_of_answers_and_the_same_answers(run, tokenizer, vision):
     samples = list(islice(synthetic_charts(seed=3, kinds=("v_bar",), difficulty="easy"), 200))
 

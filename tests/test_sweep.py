@@ -51,6 +51,14 @@ def test_a_sweep_runs_each_seed_and_tabulates_its_held_out_figures(train_config,
         run = json.loads((out / f"seed-{seed}" / "latest" / "summary.json").read_text())
         assert sweep["table"]["all"]["rl"]["per_seed"][str(seed)] == run["heldout_accuracy_rl"]
         assert yaml.safe_load((out / f"seed-{seed}" / "latest" / "config.yaml").read_text())["seed"] == seed
+        questions = [json.loads(line) for line in (out / f"seed-{seed}" / "latest" / "heldout.jsonl").open()]
+        assert len(questions) == 6 and not any(key.startswith("heldout_correct") for key in run)
+        assert statistics.fmean(q["correct"]["rl"] for q in questions) == run["heldout_accuracy_rl"]
+        assert statistics.fmean(q["tool_called"]["rl"] for q in questions) == run["tool_call_rate_rl"]
     assert "| all | RL |" in (out / "sweep.md").read_text()
+    shown = vlrl("compare", str(out), str(out), "--out", str(tmp_path / "cmp")).stdout  # a sweep against itself
+    same = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert same["seeds"] == [0, 1] and all(same["per_seed"][s]["rl"]["ci95"] == [0.0, 0.0] for s in ("0", "1"))
+    assert "| mean |" in shown
     bad = vlrl("sweep", str(train_config), "--seeds", "x", check=False)
     assert bad.returncode == 2 and "--seeds must be" in bad.stderr

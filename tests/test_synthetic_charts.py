@@ -203,3 +203,20 @@ def test_workers_render_the_same_stream_in_the_same_order():
         [(s.id, s.question, s.images[0].tobytes()) for s in alone]
     with pytest.raises(ValueError, match="workers must be >= 1"):
         synthetic_charts(workers=0)  # when the task is opened, not at its first sample
+
+
+def test_the_close_rung_puts_two_bars_within_a_few_percent_and_the_rest_far_below():
+    samples = list(islice(synthetic_charts(seed=5, kinds=["v_bar"], families=["largest"], difficulty="close",
+                                           labels="letters"), 40))
+    leader_left = set()
+    for s in samples:
+        cats = s.metadata["table"]["categories"]
+        values = [Decimal(v) for v in s.metadata["table"]["series"]["Value"]]
+        ranked = sorted(values)
+        assert 3 <= len(values) <= 4 and len(set(values)) == len(values)
+        assert Decimal("1.02") <= ranked[-1] / ranked[-2] <= Decimal("1.06")
+        assert all(v * Decimal("1.5") <= ranked[-2] for v in ranked[:-2])
+        assert s.answers == (solve(s.question, cats, values),)
+        leader_left.add(values.index(ranked[-1]) < values.index(ranked[-2]))
+    assert len({s.answers[0] for s in samples}) >= 3  # the leader's place varies
+    assert leader_left == {True, False}  # and which side of the runner-up it stands: position gives nothing away

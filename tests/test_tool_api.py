@@ -145,9 +145,9 @@ def test_a_ten_line_user_tool_file_works_like_a_builtin(tmp_path):
 
 
 def test_builtins_load_through_entry_points_and_modules():
-    by_ep = load_tools(["chart_table_focus", "drawing"])
-    by_module = load_tools(["vlrl.builtin.tools.focus", "vlrl.builtin.tools.draw"])
-    assert by_ep == by_module and len(by_ep) == 17
+    by_ep = load_tools(["chart_table_focus", "drawing", "bar_compare"])
+    by_module = load_tools(["vlrl.builtin.tools.focus", "vlrl.builtin.tools.draw", "vlrl.builtin.tools.bars"])
+    assert by_ep == by_module and len(by_ep) == 18
     assert load_tools(["zoom_in"]) == {"zoom_in": by_ep["zoom_in"]}
     with pytest.raises(LookupError, match="unknown tool 'no_such_tool'"):
         load_tools(["no_such_tool"])

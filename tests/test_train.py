@@ -209,6 +209,25 @@ def test_the_shipped_quickstart_runs_end_to_end_when_shrunk(tmp_path, tiny_dir):
 
 
 @pytest.mark.slow
+def test_the_close_bars_arms_run_shrunk_and_their_teachers_are_right_on_the_same_questions(tmp_path, tiny_dir):
+    """configs/close_bars.yaml with its tool and without (`env.tools=[]`): the same held-out questions, and the
+    teacher right on the same ones in both arms (equal warm-start material); only the tool arm's teacher calls."""
+    runs = {}
+    for arm, extra in (("tools", []), ("no-tools", ["env.tools=[]"])):
+        vlrl("train", "configs/close_bars.yaml", f"model.path={tiny_dir}", f"log.dir={tmp_path / arm}",
+             "log.progress=false", "warmstart.samples=16", "warmstart.steps=2", "warmstart.batch_size=8",
+             "heldout.samples=12", "steps=1", "rollout.prompts_per_step=2", *extra)
+        run = (tmp_path / arm / "latest").resolve()
+        runs[arm] = (json.loads((run / "summary.json").read_text()),
+                     [json.loads(line) for line in (run / "heldout.jsonl").read_text().splitlines()])
+    (tools, with_tool), (plain, without) = runs["tools"], runs["no-tools"]
+    assert [q["id"] for q in with_tool] == [q["id"] for q in without] and len(with_tool) == 12
+    assert [q["correct"]["teacher"] for q in with_tool] == [q["correct"]["teacher"] for q in without]
+    assert tools["teacher_tool_call_rate"] > 0 and plain["teacher_tool_call_rate"] == 0
+    assert not any(q["tool_called"]["rl"] for q in without)
+
+
+@pytest.mark.slow
 def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     path = tmp_path / "ws.yaml"
     path.write_text(textwrap.dedent(f"""

@@ -8,10 +8,10 @@ import os
 import sys
 
 from vlrl.allocator import keep_freed_memory
-from vlrl.commands import bench, data, env, eval, generate, model, plan, sweep, tools, train
+from vlrl.commands import bench, compare, data, env, eval, generate, model, plan, sweep, tools, train
 
 # subcommand modules in the order `vlrl --help` lists them; each declares its arguments and runs itself
-COMMANDS = (model, generate, train, sweep, eval, env, tools, data, bench, plan)
+COMMANDS = (model, generate, train, sweep, compare, eval, env, tools, data, bench, plan)
 
 
 def main(argv: list[str] | None = None) -> int:

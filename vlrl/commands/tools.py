@@ -13,7 +13,7 @@ from vlrl.config import SandboxConfig
 if TYPE_CHECKING:
     from vlrl.tool import ToolSpec
 
-BUILTIN = ["chart_table_focus", "drawing"]
+BUILTIN = ["chart_table_focus", "drawing", "bar_compare"]
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
