@@ -195,48 +195,48 @@ def test_tools_never_modify_their_input():
     assert (arr(image) == before).all()
 
 
-def bar_ends(image: Image.Image, colour: str, vertical: bool) -> list[int]:
-    """Where each run of ``colour`` begins (vertical bars: the top row of each run of columns, left to right;
-    horizontal: the last column of each run of rows, top to bottom), read off the pixels."""
+def bar_runs(image: Image.Image, colour: str, vertical: bool) -> list[tuple[int, int]]:
+    """(where the run begins across, where it ends along) for each run of ``colour``, read off the pixels: for
+    vertical bars, each run of columns' first column and its top row, left to right; for horizontal bars, each
+    run of rows' first row and its last column, top to bottom."""
     rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
     mask = (np.abs(arr(image) - rgb).sum(axis=2) < 60)
     if not vertical:
-        mask = mask.T[::-1]  # the right end of a row becomes the top of a column
-    columns = mask.any(axis=0)
-    ends, at = [], 0
-    while at < len(columns):
-        if not columns[at]:
+        mask = mask.T[::-1]  # rows become columns (top to bottom), the right end of a row the top of a column
+    lines = mask.any(axis=0)
+    runs, at = [], 0
+    while at < len(lines):
+        if not lines[at]:
             at += 1
             continue
         start = at
-        while at < len(columns) and columns[at]:
+        while at < len(lines) and lines[at]:
             at += 1
-        ends.append(int(np.argmax(mask[:, start:at].any(axis=1))))
-    return ends if vertical else ends[::-1]
+        top = int(np.argmax(mask[:, start:at].any(axis=1)))
+        runs.append((start, top if vertical else mask.shape[0] - 1 - top))
+    return runs
 
 
 @pytest.mark.parametrize("kind", ["v_bar", "h_bar"])
-def test_compare_bars_enlarges_the_difference_between_the_named_bars_ends(kind):
-    checked = 0
+def test_compare_bars_enlarges_the_difference_between_the_named_bars_ends_and_keeps_their_places(kind):
+    vertical = kind == "v_bar"
     for seed in range(6):
         s = chart_sample(random.Random(seed), "c", kinds=[kind], families=["largest"], difficulty="close",
                          labels="letters")
         cats, values = s.metadata["table"]["categories"], [float(v) for v in s.metadata["table"]["series"]["Value"]]
         leaders = sorted(sorted(range(len(cats)), key=lambda c: -values[c])[:2])  # in the chart's order
-        boxes = {b["label"]: b for b in s.metadata["bars_bbox"]}
-        end = (lambda b: b["y1"]) if kind == "v_bar" else (lambda b: -b["x2"])  # smaller: longer
-        before = abs(end(boxes[cats[leaders[0]]]) - end(boxes[cats[leaders[1]]]))
+        boxes = [b for c in leaders for b in s.metadata["bars_bbox"] if b["label"] == cats[c]]
         out = compare_bars.target(s.images[0], [cats[c] for c in leaders], s.metadata["bars_bbox"])
         assert out.size == s.images[0].size
-        ends = bar_ends(out, s.metadata["bars_bbox"][0]["color"], vertical=kind == "v_bar")
-        assert len(ends) == 2, ends  # the two named bars (any bar between them ends far below the band)
-        first_longer = values[leaders[0]] > values[leaders[1]]
-        if kind == "h_bar":
-            ends = [-e for e in ends]  # a right end further right is longer
-        assert (ends[0] < ends[1]) == first_longer
-        assert abs(ends[0] - ends[1]) >= 3 * before  # at least three times as many pixels apart
-        checked += 1
-    assert checked == 6
+        runs = bar_runs(out, boxes[0]["color"], vertical)
+        assert len(runs) == 2, runs  # the two named bars; the others end short of the band
+        # each where it stood in the chart (the first column of a vertical bar, the first row of a horizontal one)
+        assert [start for start, _ in runs] == pytest.approx([b["x1" if vertical else "y1"] for b in boxes], abs=2)
+        ends = [end for _, end in runs]
+        before = [b["y1"] if vertical else b["x2"] for b in boxes]
+        longer_first = values[leaders[0]] > values[leaders[1]]
+        assert ((ends[0] < ends[1]) if vertical else (ends[0] > ends[1])) == longer_first
+        assert abs(ends[0] - ends[1]) >= 3 * abs(before[0] - before[1])  # at least three times as far apart
 
 
 def test_compare_bars_names_what_it_cannot_find():

@@ -3,8 +3,9 @@
 The model names bars by their category label; the boxes come from the sample's ``bars_bbox``
 (each bar's pixel box, as `synthetic_charts` writes it). The result is the band of the image
 around the named bars' ends (tops of vertical bars, right ends of horizontal ones), stretched
-to the size of the image, so a few pixels of difference become a large part of it. Bars
-keep their left-to-right (top-to-bottom) order; any other bar inside the band stays in it.
+across to the size of the image, so a few pixels of difference become a large part of it.
+Along the other axis nothing moves: every bar keeps its place (a bar's label is where it
+was in the chart), and a bar that ends short of the band leaves its place empty.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from vlrl.builtin.tools.regions import labeled_rects
 from vlrl.tool import Metadata, ToolError, tool
 
 MIN_PAD = 8  # pixels around the ends: the band is never thinner than 2 x this
-SIDE_PAD = 4  # pixels beside the outermost named bars
 
 
 @tool
@@ -39,15 +39,13 @@ def compare_bars(image: Image.Image, bars_to_compare: list[str],
     unknown = sorted(wanted - known)
     if unknown:
         raise ToolError(f"compare_bars: unknown bar(s) {unknown}; the image has {sorted(known)}")
-    named = [rect for label, rect in bars if label in wanted]
     # vertical bars stand on one baseline (one bottom), horizontal bars start from one left edge
     vertical = len({r[3] for _, r in bars}) <= len({r[0] for _, r in bars})
-    across = 0 if vertical else 1  # the axis the bars are side by side on
-    ends = [r[1] if vertical else r[2] for r in named]
+    ends = [r[1] if vertical else r[2] for label, r in bars if label in wanted]
     pad = max(MIN_PAD, max(ends) - min(ends))
-    limit = image.size[1 - across] - 1
-    band = (max(min(ends) - pad, 0), min(max(ends) + pad, limit))
-    side = (max(min(r[across] for r in named) - SIDE_PAD, 0),
-            min(max(r[across + 2] for r in named) + SIDE_PAD, image.size[across] - 1))
-    box = (side[0], band[0], side[1], band[1]) if vertical else (band[0], side[0], band[1], side[1])
-    return image.crop((box[0], box[1], box[2] + 1, box[3] + 1)).resize(image.size, Image.BICUBIC)
+    width, height = image.size
+    if vertical:
+        low, high = max(min(ends) - pad, 0), min(max(ends) + pad, height - 1)
+        return image.crop((0, low, width, high + 1)).resize(image.size, Image.BICUBIC)
+    low, high = max(min(ends) - pad, 0), min(max(ends) + pad, width - 1)
+    return image.crop((low, 0, high + 1, height)).resize(image.size, Image.BICUBIC)

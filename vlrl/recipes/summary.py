@@ -127,5 +127,5 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
         print(f"  ! {fell['task']}: RL {fell['rl']:.3f} is below the {BASELINES[fell['below']]} "
               f"{fell[fell['below']]:.3f} on {fell['questions']} held-out questions (RL minus it, paired 95% "
               f"interval [{low:+.3f}, {high:+.3f}])")
-    print(f"run written to {path} (summary.json, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
+    print(f"run written to {path} (summary.json, heldout.jsonl, metrics.jsonl, reward.png, accuracy.png, transcripts/, "
           "checkpoints/)")
