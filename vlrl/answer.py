@@ -32,6 +32,13 @@ def extract_answer(text: str) -> str:
     return text
 
 
+def stated_answers(text: str) -> list[str]:
+    """Every answer ``text`` states, in order: each ``FINAL ANSWER:`` line (as ``extract_answer`` reads the last),
+    else each ``\\boxed{}``; empty ones left out. Several mean the text changed its answer, or repeated it."""
+    found = [_TERMINATE.sub("", a).strip() for a in _FINAL.findall(text)] or [b.strip() for b in _all_boxed(text)]
+    return [a for a in found if a]
+
+
 def has_final_answer(text: str) -> bool:
     """Whether ``text`` states a non-empty answer with ``FINAL ANSWER:`` or ``\\boxed{}``."""
     return bool(_marked(text))
@@ -47,7 +54,21 @@ def _marked(text: str) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    start = text.rfind(_BOXED)
+    return _boxed_at(text, text.rfind(_BOXED))
+
+
+def _all_boxed(text: str) -> list[str]:
+    found, start = [], text.find(_BOXED)
+    while start >= 0:
+        inside = _boxed_at(text, start)
+        if inside is not None:
+            found.append(inside)
+        start = text.find(_BOXED, start + 1)
+    return found
+
+
+def _boxed_at(text: str, start: int) -> str | None:
+    """What the ``\\boxed{`` at ``start`` holds (braces balanced); None without one there, or unbalanced."""
     if start < 0:
         return None
     depth, i = 1, start + len(_BOXED)

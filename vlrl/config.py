@@ -613,6 +613,9 @@ class TrainConfig:
                     raise ValueError(f"determinism strict needs {key} {needed!r}, got {got!r}")
 
 
+# phrases that mark a model revising itself (`vlrl eval`'s self-correction figures), matched as whole words, any case
+REVISION_PHRASES = ("wait", "let me re-check", "let me recheck", "let me check again", "double-check",
+                    "on second thought", "i made a mistake", "that is wrong", "let me look again", "actually")
 SECOND_LOOK = ("Look at the image again and check your answer. If it is wrong, correct it. "
                "End with: FINAL ANSWER: <answer>")
 
@@ -651,6 +654,7 @@ class EvalConfig(SamplingConfig):
     #                                                                              verdict) instead of the reward
     second_look: bool = False  # after each sampled answer, ask the policy to re-check it (self-correction)
     second_look_prompt: str = SECOND_LOOK
+    revision_phrases: list[str] = field(default_factory=lambda: list(REVISION_PHRASES))  # self-correction's phrases
     subsets: int = 1000  # k-subsets per "-of-k" figure when there are more (else all, exactly)
     bootstrap: int = 1000  # resamples of the questions behind each 95% interval
     batch_questions: int = 8  # questions in flight at once; results are written after each

@@ -22,6 +22,12 @@ image removed, ``external`` = the external verifier):
   wrong answer right / a right one wrong.
 - ``second_look_changed`` / ``_fixed`` / ``_broken`` / ``_accuracy``: the same for the
   answer given when asked to re-check, and the accuracy after the re-check.
+- ``revision_rate`` (and ``revision_rate_answer`` / ``_phrase`` / ``_tool_recall``): a sample
+  revised itself while it reasoned (``vlrl.eval.revisions``: a stated answer changed, a
+  revision phrase, a tool called again after a result). ``accuracy_with_revision`` /
+  ``accuracy_without_revision``: accuracy of the samples that did / did not.
+  ``revision_fixed`` / ``revision_broken``: of the samples whose stated answer changed, the
+  share whose first answer was wrong and last right / right and last wrong.
 - ``tool_call_rate``: a sample called a tool. ``tool_error_rate``: a call failed.
   ``accuracy_with_tool`` / ``accuracy_without_tool``: accuracy of the samples that did / did not.
 """
@@ -50,6 +56,8 @@ from vlrl.eval.metrics import (
 )
 
 JUDGES = {"self": "image", "self_noimage": "noimage", "external": "external"}  # score key -> condition name
+REVISION_KINDS = ("answer", "phrase", "tool_recall")
+REVISION_EXAMPLES = 3  # revised trajectories quoted in report.md
 VERIFIER_STATS: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
     "accuracy": accuracy_at, "auroc": auroc, "ece": expected_calibration_error}
 
@@ -98,6 +106,7 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
         "figures": figures,
         "roc": {JUDGES[j]: roc_curve(*zip(*[p for q in pool for p in q])) if any(pool) else ([], [])
                 for j, pool in pools.items()},
+        "revision_examples": revision_examples(records),
         "counts": {"trajectories": sum(len(r["samples"]) for r in records), "dropped": dropped,
                    "second_look_errors": second_look_errors,
                    "tool_revisions_possible": int(sum(ratios["tool_revision_rate"].den))
@@ -145,6 +154,8 @@ def _tally_samples(add: Add, samples: Sequence[dict[str, Any]], judges: Sequence
         add("tool_call_rate", float(s["tool_calls"] > 0))
         add("tool_error_rate", s["tool_errors"], s["tool_calls"])
         add("accuracy_with_tool" if s["tool_calls"] else "accuracy_without_tool", right)
+        if "revision" in s:
+            _tally_revision(add, s["revision"], right)
         for name, revision in (("tool_revision", s.get("tool_revision")), ("second_look", s.get("second_look"))):
             if revision is None or "error" in revision:
                 continue
@@ -154,6 +165,30 @@ def _tally_samples(add: Add, samples: Sequence[dict[str, Any]], judges: Sequence
             add(f"{name}_broken", float(changed and revision["after"] < 1 <= revision["before"]))
             if name == "second_look":
                 add("second_look_accuracy", revision["after"])
+
+
+def _tally_revision(add: Add, revision: dict[str, Any], right: float) -> None:
+    """One sample's self-correction: whether it revised itself (by each sign), its accuracy on that side, and
+    whether a changed answer was fixed or broken. Every figure is added, with no denominator where it does
+    not apply, so each is reported (as none) even when no sample revised."""
+    revised = bool(revision["kinds"])
+    add("revision_rate", float(revised))
+    for kind in REVISION_KINDS:
+        add(f"revision_rate_{kind}", float(kind in revision["kinds"]))
+    add("accuracy_with_revision", right if revised else 0.0, float(revised))
+    add("accuracy_without_revision", 0.0 if revised else right, float(not revised))
+    changed = revision["changed"]
+    add("revision_fixed", float(changed and revision["before"] < 1 <= right), float(changed))
+    add("revision_broken", float(changed and right < 1 <= revision["before"]), float(changed))
+
+
+def revision_examples(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first revised samples, answer changes first: what they wrote, their signs, first and last answers."""
+    found = [{"question": r["id"], "sample": k, "correct": s["correct"], **{key: s["revision"][key] for key in (
+             "kinds", "phrases", "first", "last", "text")}}
+             for r in records for k, s in enumerate(r["samples"]) if s.get("revision", {}).get("kinds")]
+    found.sort(key=lambda e: "answer" not in e["kinds"])  # stable: in question order within each kind
+    return found[:REVISION_EXAMPLES]
 
 
 def _ratio_figure(ratio: _Ratio, resamples: np.ndarray) -> dict[str, Any]:
@@ -239,6 +274,18 @@ def _markdown(report: dict[str, Any]) -> str:
                          f"{_cell(f[f'{name}_broken'])} | {f[changed]['n']} |")
     if "second_look_accuracy" in f:
         lines.append(f"\nAccuracy after the second look: {_cell(f['second_look_accuracy'])}.")
+    if "revision_rate" in f:
+        lines += ["", "Within a trajectory (a stated answer changed, a revision phrase, a tool called again after a "
+                  "result):", "", "| revised | by answer | by phrase | by tool re-call | accuracy revised | not revised "
+                  "| answer changes fixed | broken |", "|---|---|---|---|---|---|---|---|",
+                  f"| {_cell(f['revision_rate'])} | " + " | ".join(_cell(f[f"revision_rate_{k}"])
+                                                                    for k in REVISION_KINDS)
+                  + f" | {_cell(f['accuracy_with_revision'])} | {_cell(f['accuracy_without_revision'])} | "
+                  f"{_cell(f['revision_fixed'])} | {_cell(f['revision_broken'])} |"]
+        for e in report.get("revision_examples", []):
+            lines += ["", f"Question {e['question']}, sample {e['sample']} ({', '.join(e['kinds'])}; first answer "
+                      f"{e['first']!r}, last {e['last']!r}, {'right' if e['correct'] >= 1 else 'wrong'}):", "",
+                      "```text", e["text"], "```"]
     lines += ["", "## Tool use", "", "| call rate | error rate | accuracy with a call | without |",
               "|---|---|---|---|",
               f"| {_cell(f.get('tool_call_rate'))} | {_cell(f.get('tool_error_rate'))} | "
@@ -306,7 +353,8 @@ def _plot_roc(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("the verifiers on the model's answers", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    if report["roc"]:  # an evaluation without verifiers draws the diagonal alone
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

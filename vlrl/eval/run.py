@@ -42,6 +42,7 @@ from vlrl.eval.heldout import answer_accuracy, trajectory_accuracy
 from vlrl.eval.judges import open_model_verifier, open_reward_judge
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
+from vlrl.eval.revisions import excerpt, find_revisions
 from vlrl.registry import resolve
 from vlrl.rewards.judge import AnswerJudge
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
@@ -223,6 +224,12 @@ class _Evaluation:
         record["scores"] = {name: done[name].score for name in ("self", "self_noimage", "external") if name in done}
         if record["stated"]:  # an answer stated before a tool result, then the final one
             record["tool_revision"] = revision(self.reward, record["stated"][0], answer, sample)
+        turns = policy_turns(traj, self.tokenizer)
+        found = find_revisions(turns, traj.actions, self.cfg.revision_phrases,
+                               lambda a, b: same_answer(self.reward, a, b))
+        if found["kinds"]:  # whether its first answer was right (its last is the record's), and what it wrote
+            found |= {"before": _correct(self.reward, found["first"], sample), "text": excerpt(turns)}
+        record["revision"] = found
         if "second_look" in done:
             revised = done["second_look"]
             if isinstance(revised, ValueError):  # e.g. the trajectory already fills the context: counted
@@ -249,10 +256,15 @@ class _Evaluation:
         write_trajectory(traj, self.tokenizer, self.out / "transcripts" / kind / traj.id.replace("/", "_"))
 
 
+def policy_turns(traj: Trajectory, tokenizer: Any) -> list[str]:
+    """The text of each of the trajectory's policy turns."""
+    return [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in traj.segments if s.kind == "policy"]
+
+
 def outcome(traj: Trajectory, tokenizer: Any) -> dict[str, Any]:
     """What a trajectory answered (as the reward read it) and how it got there; ``stated``: the answers
     its earlier turns gave before a tool result."""
-    turns = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in traj.segments if s.kind == "policy"]
+    turns = policy_turns(traj, tokenizer)
     answer = extract_answer(turns[-1]).strip() if turns else ""
     stats = traj.tool_stats()
     return {"answer": answer or None, "correct": trajectory_accuracy(traj),
