@@ -145,7 +145,8 @@ def taught(tmp_path_factory):
 
 
 REQUIRED = ("pass@1", "pass@4", "maj@4", "bestof@4_self", "bestof@4_self_noimage", "bestof@4_external",
-            "verifier_auroc_image", "verifier_auroc_noimage", "revision_rate", "accuracy_with_revision",
+            "verifier_auroc_image", "verifier_auroc_noimage", "bestof@4_selfgen", "verifier_auroc_gen",
+            "revision_rate", "accuracy_with_revision",
             "accuracy_without_revision", "questions", "seconds")
 
 

@@ -627,12 +627,32 @@ class JudgeConfig(QuestionConfig):
     policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
     external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none); a reward-model folder is
     #                     read by its scalar head
+    # generative verification (vlrl.eval.written): who also writes a check of each answer ending in a verdict
+    generate: list[Literal["self", "external"]] = field(default_factory=list)
+    generate_prompt: str = ""  # a Jinja file for the user turn (marker, yes, no); "": vlrl/eval/verify.jinja
+    generate_marker: str = "VERDICT:"  # the verdict is the word after its last occurrence
+    generate_yes: list[str] = field(default_factory=lambda: ["yes", "right", "correct"])
+    generate_no: list[str] = field(default_factory=lambda: ["no", "wrong", "incorrect"])
+    generate_max_tokens: int = 128
+    generate_temperature: float = 0.0  # 0: greedy; else each verification is seeded by its request id
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (self.min_pixels or self.max_pixels) and not self.external:
             raise ValueError("min_pixels / max_pixels size the external verifier's images; there is none (external "
                              "is empty): the policy judges at model.min_pixels / max_pixels")
+        if "external" in self.generate and not self.external:
+            raise ValueError("judge.generate names 'external' but judge.external is empty: name a verifier folder")
+        if len(set(self.generate)) != len(self.generate):
+            raise ValueError(f"judge.generate names a verifier twice: {self.generate}")
+        if self.generate_max_tokens < 1 or not 0 <= self.generate_temperature <= 2:
+            raise ValueError(f"judge.generate_max_tokens must be >= 1 and generate_temperature in [0, 2], got "
+                             f"{self.generate_max_tokens} and {self.generate_temperature}")
+        if not self.generate_marker.strip() or set(map(str.lower, self.generate_yes)) & set(
+                map(str.lower, self.generate_no)) or not self.generate_yes or not self.generate_no:
+            raise ValueError(f"judge.generate_marker must not be empty and generate_yes / generate_no must be two "
+                             f"lists with no word in common, got {self.generate_marker!r}, {self.generate_yes}, "
+                             f"{self.generate_no}")
 
 
 @dataclass

@@ -8,14 +8,16 @@ move together, since they share its difficulty.
 
 The figures (``k`` ranges over the configured ks; ``V`` over the verifiers ``self`` =
 the policy judging with the image(s), ``self_noimage`` = the policy judging with every
-image removed, ``external`` = the external verifier):
+image removed, ``external`` = the external verifier; ``selfgen`` / ``externalgen`` = the policy /
+the external verifier writing a check that ends in a verdict, scored 1 / 0 / 0.5 for yes / no / none):
 
 - ``greedy_accuracy``: the greedy trajectory is right. ``mean_accuracy``: a sample is right.
 - ``pass@k``: unbiased pass@k (the oracle: some sample of k is right).
 - ``maj@k``: the plurality answer of k samples is right. ``bestof@k_V``: the sample V
   scores highest of k is right. ``wmaj@k_V``: the plurality with votes weighted by V's score.
 - ``verifier_accuracy_C`` / ``verifier_auroc_C`` / ``verifier_ece_C`` for C = image
-  (self), noimage (self_noimage), external: V's score >= 0.5 agrees with the reward;
+  (self), noimage (self_noimage), external, gen (selfgen), gen_external (externalgen): V's
+  score >= 0.5 agrees with the reward;
   AUROC of the score against right / wrong; expected calibration error (10 bins).
 - ``tool_revision_rate`` / ``_fixed`` / ``_broken``: of the trajectories that stated an
   answer before a tool result, the share whose final answer differs from it / turned a
@@ -55,7 +57,9 @@ from vlrl.eval.metrics import (
     weighted_maj_at_k,
 )
 
-JUDGES = {"self": "image", "self_noimage": "noimage", "external": "external"}  # score key -> condition name
+# score key -> condition name; the last two write their check (vlrl.eval.written) instead of reading P(Yes)
+JUDGES = {"self": "image", "self_noimage": "noimage", "external": "external", "selfgen": "gen",
+          "externalgen": "gen_external"}
 REVISION_KINDS = ("answer", "phrase", "tool_recall")
 REVISION_EXAMPLES = 3  # revised trajectories quoted in report.md
 VERIFIER_STATS: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {
@@ -107,6 +111,7 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
         "roc": {JUDGES[j]: roc_curve(*zip(*[p for q in pool for p in q])) if any(pool) else ([], [])
                 for j, pool in pools.items()},
         "revision_examples": revision_examples(records),
+        "written": written_counts(records),
         "counts": {"trajectories": sum(len(r["samples"]) for r in records), "dropped": dropped,
                    "second_look_errors": second_look_errors,
                    "tool_revisions_possible": int(sum(ratios["tool_revision_rate"].den))
@@ -180,6 +185,19 @@ def _tally_revision(add: Add, revision: dict[str, Any], right: float) -> None:
     changed = revision["changed"]
     add("revision_fixed", float(changed and revision["before"] < 1 <= right), float(changed))
     add("revision_broken", float(changed and right < 1 <= revision["before"]), float(changed))
+
+
+def written_counts(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Each writing verifier's verdicts (yes, no, none; error: the check did not fit its context) and the tokens
+    it wrote, over every sampled answer."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        for s in r["samples"]:
+            for name, w in s.get("written", {}).items():
+                c = counts.setdefault(name, {"yes": 0, "no": 0, "none": 0, "error": 0, "tokens": 0})
+                c[w["verdict"]] += 1
+                c["tokens"] += w["tokens"]
+    return counts
 
 
 def revision_examples(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -266,6 +284,9 @@ def _markdown(report: dict[str, Any]) -> str:
             c = JUDGES[j]
             lines.append(f"| {j} | {_cell(f[f'verifier_accuracy_{c}'])} | {_auroc_cell(f[f'verifier_auroc_{c}'])} | "
                          f"{_cell(f[f'verifier_ece_{c}'])} |")
+    for name, c in report.get("written", {}).items():
+        lines.append(f"\n{name} wrote {c['tokens']} tokens of checks; verdicts: yes {c['yes']}, no {c['no']}, "
+                     f"none {c['none']} (scored 0.5), checks that did not fit the context {c['error']}.")
     lines += ["", "## Self-correction", "", "| when | changed | fixed | broken | n |", "|---|---|---|---|---|"]
     for name, label, changed in (("tool_revision", "after a tool result", "tool_revision_rate"),
                                  ("second_look", "after a second look", "second_look_changed")):

@@ -8,6 +8,8 @@ was trained. Each sampled answer is then
   treats as the same (for the votes of ``vlrl.eval.metrics``);
 - judged by the policy itself, with the image(s) and with every image removed from its
   input (``VisionInputs.strip_images``), and by an external verifier if one is given;
+  with ``judge.generate``, also checked in writing by the policy and / or the external
+  verifier, a verdict parsed from what it wrote (``vlrl.eval.written``);
 - followed, with ``second_look``, by a user turn asking the policy to re-check it.
 
 One JSON line per question goes to ``results.jsonl`` as soon as its batch ends; a run
@@ -43,6 +45,7 @@ from vlrl.eval.judges import open_model_verifier, open_reward_judge
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.eval.revisions import excerpt, find_revisions
+from vlrl.eval.written import WrittenVerifier, prompt_text
 from vlrl.registry import resolve
 from vlrl.rewards.judge import AnswerJudge
 from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
@@ -177,6 +180,12 @@ class _Evaluation:
         j = cfg.judge
         self.self_judge = Verifier(engine, tokenizer, j.question, j.yes, j.no) if j.policy else None
         self.external_judge = external
+        text = prompt_text(j.generate_prompt, j.generate_marker, j.generate_yes, j.generate_no) if j.generate else ""
+        writing = cfg.sampling(max_tokens=j.generate_max_tokens, temperature=j.generate_temperature, top_p=1.0, top_k=0)
+        writers = {"self": (engine, None), "external": (external.engine, external.image_runs) if external else None}
+        self.writers = {f"{who}gen": WrittenVerifier(writers[who][0], tokenizer, text, writing, j.generate_marker,
+                                                    j.generate_yes, j.generate_no, writers[who][1])
+                        for who in j.generate}  # "selfgen", "externalgen"
         self.second_look = FollowUp(tokenizer, cfg.second_look_prompt) if cfg.second_look else None
         self.written = {kind: _count_dirs(out / "transcripts" / kind) for kind in ("right", "wrong")}
 
@@ -215,13 +224,21 @@ class _Evaluation:
             calls["self_noimage"] = self.self_judge.score(f"{traj.id}/self-noimage", self.vision.strip_images(ids), [])
         if self.external_judge is not None:
             calls["external"] = self.external_judge.score(f"{traj.id}/external", ids, traj.images)
+        for name, writer in self.writers.items():
+            calls[name] = writer.verify(f"{traj.id}/{name}", ids, traj.images)
         if self.second_look is not None:
             calls["second_look"] = self.look_again(traj)
         done = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True)))
         for name, value in done.items():  # a verifier without a Yes/No probability stops the run, with its message
-            if isinstance(value, BaseException) and name != "second_look":
+            if isinstance(value, BaseException) and name != "second_look" and not (
+                    name in self.writers and isinstance(value, ValueError)):  # a check that does not fit: counted
                 raise value
-        record["scores"] = {name: done[name].score for name in ("self", "self_noimage", "external") if name in done}
+        record["scores"] = {name: value.score for name, value in done.items()
+                            if name != "second_look" and not isinstance(value, BaseException)}
+        if self.writers:
+            record["written"] = {name: {"verdict": "error", "tokens": 0} if isinstance(done[name], BaseException)
+                                 else {"verdict": done[name].verdict, "tokens": done[name].tokens}
+                                 for name in self.writers}
         if record["stated"]:  # an answer stated before a tool result, then the final one
             record["tool_revision"] = revision(self.reward, record["stated"][0], answer, sample)
         turns = policy_turns(traj, self.tokenizer)
