@@ -171,7 +171,12 @@ def test_eval_end_to_end_reports_every_figure_and_resumes(tmp_path, taught, tiny
     assert all(len(json.loads(line)["samples"]) == 4 for line in lines)
     report = json.loads((out / "report.json").read_text())
     assert report["figures"]["maj@4"]["ci95"][0] <= figures["maj@4"] <= report["figures"]["maj@4"]["ci95"][1]
-    assert {"accuracy_vs_k.png", "roc.png", "report.md"} <= {p.name for p in out.iterdir()}
+    assert {"accuracy_vs_k.png", "accuracy_vs_tokens.png", "roc.png", "report.md"} <= {p.name for p in out.iterdir()}
+    compute = report["equal_compute"]  # every verifier's cost counted from what its engine did
+    assert compute["generated_tokens"] > 0 and set(compute["verify_tokens"]) == {"self", "self_noimage", "external",
+                                                                                  "selfgen"}
+    assert all(tokens > 0 for tokens in compute["verify_tokens"].values())
+    assert sum(report["written"]["selfgen"][v] for v in ("yes", "no", "none", "error")) == 6 * 4
     for kind in ("right", "wrong"):
         kept = list((out / "transcripts" / kind).iterdir())
         assert len(kept) == 2 and (kept[0] / "transcript.md").is_file() and list(kept[0].glob("image_*.png"))

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vlrl.config import EvalConfig
+from vlrl.eval.compute import compute_curves, majority_vs_verifiers, mean_tokens, verdict
 from vlrl.eval.metrics import (
     accuracy_at,
     auroc,
@@ -110,6 +111,7 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
         "figures": figures,
         "roc": {JUDGES[j]: roc_curve(*zip(*[p for q in pool for p in q])) if any(pool) else ([], [])
                 for j, pool in pools.items()},
+        "equal_compute": _equal_compute(records, figures, ks, judges),
         "revision_examples": revision_examples(records),
         "written": written_counts(records),
         "counts": {"trajectories": sum(len(r["samples"]) for r in records), "dropped": dropped,
@@ -187,6 +189,15 @@ def _tally_revision(add: Add, revision: dict[str, Any], right: float) -> None:
     add("revision_broken", float(changed and right < 1 <= revision["before"]), float(changed))
 
 
+def _equal_compute(records: Sequence[dict[str, Any]], figures: dict[str, Any], ks: Sequence[int],
+                   judges: Sequence[str]) -> dict[str, Any]:
+    curves = compute_curves(records, figures, ks, judges)
+    rows = majority_vs_verifiers(curves)
+    return {"generated_tokens": mean_tokens(records),
+            "verify_tokens": {judge: mean_tokens(records, judge) for judge in judges},
+            "curves": curves, "majority_vs_verifiers": rows, "verdict": verdict(rows)}
+
+
 def written_counts(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Each writing verifier's verdicts (yes, no, none; error: the check did not fit its context) and the tokens
     it wrote, over every sampled answer."""
@@ -247,6 +258,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
     _plot_scaling(report, out / "accuracy_vs_k.png")
+    _plot_compute(report, out / "accuracy_vs_tokens.png")
     _plot_roc(report, out / "roc.png")
 
 
@@ -287,6 +299,21 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, c in report.get("written", {}).items():
         lines.append(f"\n{name} wrote {c['tokens']} tokens of checks; verdicts: yes {c['yes']}, no {c['no']}, "
                      f"none {c['none']} (scored 0.5), checks that did not fit the context {c['error']}.")
+    compute = report.get("equal_compute")
+    if compute and judges:
+        lines += ["", "## At equal compute", "",
+                  f"A sample generates {compute['generated_tokens']:.1f} tokens on average; verifying one costs "
+                  + ", ".join(f"{j} {t:.1f}" for j, t in compute["verify_tokens"].items())
+                  + " (read anew + written). At each maj@k budget, the best selection by a verifier that costs no "
+                  "more:", "", "| k | tokens per question | maj@k | best verifier-based | maj minus it |",
+                  "|---|---|---|---|---|"]
+        for r in compute["majority_vs_verifiers"]:
+            best = r["best_verifier"]
+            shown = "—" if best is None else f"{100 * best['accuracy']:.1f} ({best['strategy']}, k = {best['k']})"
+            margin = "—" if r["margin"] is None else f"{100 * r['margin']:+.1f}"
+            majority = "—" if r["majority"] is None else f"{100 * r['majority']:.1f}"
+            lines.append(f"| {r['k']} | {r['budget']:.0f} | {majority} | {shown} | {margin} |")
+        lines += ["", compute["verdict"]]
     lines += ["", "## Self-correction", "", "| when | changed | fixed | broken | n |", "|---|---|---|---|---|"]
     for name, label, changed in (("tool_revision", "after a tool result", "tool_revision_rate"),
                                  ("second_look", "after a second look", "second_look_changed")):
@@ -317,7 +344,8 @@ def _markdown(report: dict[str, Any]) -> str:
     if report["questions_per_minute"]:
         lines.append(f"Throughput: {report['questions_per_minute']:.1f} questions per minute "
                      "(N samples, the greedy one, every verifier and second look included).")
-    lines += ["", "Plots: `accuracy_vs_k.png`, `roc.png`. Definitions: `vlrl/eval/report.py`.", ""]
+    lines += ["", "Plots: `accuracy_vs_k.png`, `accuracy_vs_tokens.png`, `roc.png`. Definitions: `vlrl/eval/report.py`, "
+              "`vlrl/eval/compute.py`.", ""]
     return "\n".join(lines)
 
 
@@ -326,6 +354,33 @@ def _auroc_cell(figure: dict[str, Any]) -> str:
         return "— (every answer right, or every one wrong)"
     low, high = figure["ci95"]
     return f"{figure['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _plot_compute(report: dict[str, Any], path: Path) -> None:
+    """Every strategy's accuracy against the tokens it spends per question, one line each, a point per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in report["equal_compute"]["curves"].items():
+        shown = [p for p in points if p["accuracy"] is not None]
+        ax.plot([p["tokens"] for p in shown], [100 * p["accuracy"] for p in shown], marker="o",
+                linestyle="-" if name == "maj" else "--", label="maj@k" if name == "maj" else name.replace("_", ", "))
+        for p in shown:
+            ax.annotate(f"k={p['k']}", (p["tokens"], 100 * p["accuracy"]), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+    if all(p["tokens"] > 0 for points in report["equal_compute"]["curves"].values() for p in points):
+        ax.set_xscale("log", base=2)  # k doubles
+    ax.set_xlabel("tokens per question (generated + verification)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy at equal compute", fontsize=9)
+    ax.grid(color="#dddddd")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot_scaling(report: dict[str, Any], path: Path) -> None:

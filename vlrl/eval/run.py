@@ -45,10 +45,10 @@ from vlrl.eval.judges import open_model_verifier, open_reward_judge
 from vlrl.eval.metrics import cluster_answers
 from vlrl.eval.report import build_report, write_report
 from vlrl.eval.revisions import excerpt, find_revisions
-from vlrl.eval.written import WrittenVerifier, prompt_text
+from vlrl.eval.written import Written, WrittenVerifier, prompt_text
 from vlrl.registry import resolve
 from vlrl.rewards.judge import AnswerJudge
-from vlrl.rewards.verifier import FollowUp, Verifier, check_same_tokenizer
+from vlrl.rewards.verifier import FollowUp, Verdict, Verifier, check_same_tokenizer
 from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
@@ -233,8 +233,10 @@ class _Evaluation:
             if isinstance(value, BaseException) and name != "second_look" and not (
                     name in self.writers and isinstance(value, ValueError)):  # a check that does not fit: counted
                 raise value
-        record["scores"] = {name: value.score for name, value in done.items()
-                            if name != "second_look" and not isinstance(value, BaseException)}
+        judged = {name: value for name, value in done.items()
+                  if name != "second_look" and not isinstance(value, BaseException)}
+        record["scores"] = {name: value.score for name, value in judged.items()}
+        record["verify_tokens"] = {name: verify_tokens(value) for name, value in judged.items()}
         if self.writers:
             record["written"] = {name: {"verdict": "error", "tokens": 0} if isinstance(done[name], BaseException)
                                  else {"verdict": done[name].verdict, "tokens": done[name].tokens}
@@ -271,6 +273,14 @@ class _Evaluation:
         self.written[kind] += 1
         traj.reward_parts |= {f"judge_{k}": round(v, 4) for k, v in record["scores"].items()}
         write_trajectory(traj, self.tokenizer, self.out / "transcripts" / kind / traj.id.replace("/", "_"))
+
+
+def verify_tokens(judged: Verdict | Written) -> int:
+    """The tokens a verification cost: those its engine read anew (the question or check prompt, and whatever of
+    the trajectory its cache did not hold: all of it for a verifier of its own) and those it wrote."""
+    if isinstance(judged, Written):
+        return judged.read_tokens + judged.tokens
+    return judged.early_tokens + judged.late_tokens
 
 
 def policy_turns(traj: Trajectory, tokenizer: Any) -> list[str]:

@@ -30,12 +30,13 @@ SCORES = {"yes": 1.0, "no": 0.0, "none": 0.5}
 
 @dataclass(frozen=True)
 class Written:
-    """One written verification: its verdict, the score it gives, the tokens it wrote, its text."""
+    """One written verification: its verdict, the score it gives, the tokens it wrote and read anew, its text."""
 
     verdict: str  # "yes", "no", "none"
     score: float
-    tokens: int
+    tokens: int  # written
     text: str
+    read_tokens: int = 0  # prompt tokens the engine computed (the follow-up, and what its cache did not hold)
 
 
 def parse_verdict(text: str, marker: str, yes: Sequence[str], no: Sequence[str]) -> str:
@@ -74,7 +75,8 @@ class WrittenVerifier:
         raises ValueError, as the engine does."""
         ids = self.image_runs(ids, images) if self.image_runs else list(ids)
         sampling = replace(self.sampling, seed=zlib.crc32(request_id.encode()))  # the same request, the same draw
-        reply = await self.engine.complete(self.follow_up.after(ids), images, sampling, request_id)
+        prompt = self.follow_up.after(ids)
+        reply = await self.engine.complete(prompt, images, sampling, request_id)
         text = self.tokenizer.decode(reply.token_ids, skip_special_tokens=True)
         verdict = parse_verdict(text, self.marker, self.yes, self.no)
-        return Written(verdict, SCORES[verdict], len(reply.token_ids), text)
+        return Written(verdict, SCORES[verdict], len(reply.token_ids), text, len(prompt) - reply.cached_tokens)
