@@ -13,7 +13,7 @@ from test_cli import ROOT, vlrl
 from vlrl.builtin.tasks.rewards import chartqa_lenient
 from vlrl.config import EvalConfig, load_config
 from vlrl.eval.report import build_report, write_report
-from vlrl.eval.run import outcome, revision
+from vlrl.eval.run import ablated, outcome, revision
 from vlrl.types import Sample, Segment, Trajectory
 from vlrl.vision import chat_prompt_ids
 
@@ -85,6 +85,35 @@ def test_the_verifier_without_the_image_reads_every_token_but_the_images(tokeniz
         "<|vision_start|>" + "<|image_pad|>" * vision.token_count(image) + "<|vision_end|>", "")
 
 
+def test_the_verifier_ablations_read_the_images_and_text_they_name(tokenizer, vision):
+    from PIL import Image
+
+    chart, zoomed = Image.new("RGB", (64, 64), "white"), Image.new("RGB", (56, 56), "red")
+    prompt = chat_prompt_ids(tokenizer, vision, [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Which bar is tallest?"}]}], [chart])
+    block = [vision.vision_start_id, *[vision.image_token_id] * vision.token_count(zoomed), vision.vision_end_id]
+
+    def seg(kind, text, images=(), extra=()):
+        ids = (*tokenizer.encode(text, add_special_tokens=False), *extra)
+        return Segment(kind, ids, images, *(((0.0,) * len(ids), (0,) * len(ids)) if kind == "policy" else ()))
+
+    traj = Trajectory("t", "s", [Segment("prompt", tuple(prompt), (chart,)),
+                                 seg("policy", "<tool_call>{}</tool_call>"),
+                                 seg("observation", "result:", (zoomed,), tuple(block)),
+                                 seg("policy", "THOUGHT: B. FINAL ANSWER: B")])
+    original, seen = ablated(traj, 1, "original", "B", vision, tokenizer)
+    assert seen == [chart] and original == list(prompt) + [t for s in traj.segments[1:] for t in s.token_ids
+                                                           if t not in block]
+    edited, seen = ablated(traj, 1, "edited", "B", vision, tokenizer)
+    assert seen == [zoomed] and block == [t for t in edited if t in set(block)]
+    assert vision.strip_images(prompt) == edited[:len(vision.strip_images(prompt))]  # the chart gone, text kept
+    bare, seen = ablated(traj, 1, "answer_only", "B", vision, tokenizer)
+    assert seen == [chart] and tokenizer.decode(bare) == tokenizer.decode(prompt) + "FINAL ANSWER: B<|im_end|>"
+    assert "THOUGHT" not in tokenizer.decode(bare)  # no reasoning
+    with pytest.raises(Exception, match="ablations"):
+        load_config(EvalConfig, None, ["judge.policy=false", "judge.ablations=[edited]"])
+
+
 def test_an_answer_stated_before_a_tool_result_then_changed_is_a_revision(tokenizer):
     def policy(text):
         ids = tuple(tokenizer.encode(text, add_special_tokens=False))
@@ -146,6 +175,7 @@ def taught(tmp_path_factory):
 
 REQUIRED = ("pass@1", "pass@4", "maj@4", "bestof@4_self", "bestof@4_self_noimage", "bestof@4_external",
             "verifier_auroc_image", "verifier_auroc_noimage", "bestof@4_selfgen", "verifier_auroc_gen",
+            "bestof@4_self_original", "bestof@4_self_edited", "bestof@4_self_answer_only", "verifier_auroc_edited",
             "revision_rate", "accuracy_with_revision",
             "accuracy_without_revision", "questions", "seconds")
 
@@ -173,8 +203,8 @@ def test_eval_end_to_end_reports_every_figure_and_resumes(tmp_path, taught, tiny
     assert report["figures"]["maj@4"]["ci95"][0] <= figures["maj@4"] <= report["figures"]["maj@4"]["ci95"][1]
     assert {"accuracy_vs_k.png", "accuracy_vs_tokens.png", "roc.png", "report.md"} <= {p.name for p in out.iterdir()}
     compute = report["equal_compute"]  # every verifier's cost counted from what its engine did
-    assert compute["generated_tokens"] > 0 and set(compute["verify_tokens"]) == {"self", "self_noimage", "external",
-                                                                                  "selfgen"}
+    assert compute["generated_tokens"] > 0 and set(compute["verify_tokens"]) == {
+        "self", "self_noimage", "external", "selfgen", "self_original", "self_edited", "self_answer_only"}
     assert all(tokens > 0 for tokens in compute["verify_tokens"].values())
     assert sum(report["written"]["selfgen"][v] for v in ("yes", "no", "none", "error")) == 6 * 4
     for kind in ("right", "wrong"):

@@ -627,6 +627,9 @@ class JudgeConfig(QuestionConfig):
     policy: bool = True  # self-verification: the policy scores its own answers, with and without the image
     external: str = ""  # a verifier model folder sharing the policy's tokenizer ("": none); a reward-model folder is
     #                     read by its scalar head
+    # what else the policy's P(Yes) is asked with (vlrl.eval.run): only the question's images ("original"), only the
+    # tools' images ("edited"), or the question and the bare final answer, without the reasoning ("answer_only")
+    ablations: list[Literal["original", "edited", "answer_only"]] = field(default_factory=list)
     # generative verification (vlrl.eval.written): who also writes a check of each answer ending in a verdict
     generate: list[Literal["self", "external"]] = field(default_factory=list)
     generate_prompt: str = ""  # a Jinja file for the user turn (marker, yes, no); "": vlrl/eval/verify.jinja
@@ -641,6 +644,10 @@ class JudgeConfig(QuestionConfig):
         if (self.min_pixels or self.max_pixels) and not self.external:
             raise ValueError("min_pixels / max_pixels size the external verifier's images; there is none (external "
                              "is empty): the policy judges at model.min_pixels / max_pixels")
+        if self.ablations and not self.policy:
+            raise ValueError(f"judge.ablations {self.ablations} ask the policy's P(Yes), but judge.policy is false")
+        if len(set(self.ablations)) != len(self.ablations):
+            raise ValueError(f"judge.ablations names one twice: {self.ablations}")
         if "external" in self.generate and not self.external:
             raise ValueError("judge.generate names 'external' but judge.external is empty: name a verifier folder")
         if len(set(self.generate)) != len(self.generate):

@@ -192,20 +192,24 @@ class VisionInputs:
         """Inverse of ``expand``: one <|image_pad|> per image run (what vLLM's processor expects)."""
         return [t for i, t in enumerate(ids) if t != self.image_token_id or i == 0 or ids[i - 1] != t]
 
-    def strip_images(self, ids: Sequence[int]) -> list[int]:
-        """``ids`` without any image: every ``<|vision_start|> ... <|vision_end|>`` block removed whole.
+    def strip_images(self, ids: Sequence[int], keep: Sequence[bool] = ()) -> list[int]:
+        """``ids`` without its images: each ``<|vision_start|> ... <|vision_end|>`` block removed whole, but for
+        the k-th when ``keep[k]`` is true (the images kept are those ``keep`` marks, in order).
 
-        What a verifier reads to judge an answer without seeing the image; the text around
-        each image is kept as it is.
+        What a verifier reads to judge an answer without seeing the image (or seeing only some
+        of them); the text around each image is kept as it is.
         """
-        out, inside = [], False
+        out, inside, block, kept = [], False, -1, False
         for tok in ids:
-            if tok == self.vision_start_id:
-                inside = True
-            elif tok == self.vision_end_id and inside:
-                inside = False
+            if tok == self.vision_start_id and not inside:
+                inside, block = True, block + 1
+                kept = block < len(keep) and keep[block]
+            if inside and kept:
+                out.append(tok)
             elif not inside and tok not in self.vision_token_ids:
                 out.append(tok)
+            if tok == self.vision_end_id and inside:
+                inside = False
         return out
 
     def expand(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[int]:

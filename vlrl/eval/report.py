@@ -9,14 +9,17 @@ move together, since they share its difficulty.
 The figures (``k`` ranges over the configured ks; ``V`` over the verifiers ``self`` =
 the policy judging with the image(s), ``self_noimage`` = the policy judging with every
 image removed, ``external`` = the external verifier; ``selfgen`` / ``externalgen`` = the policy /
-the external verifier writing a check that ends in a verdict, scored 1 / 0 / 0.5 for yes / no / none):
+the external verifier writing a check that ends in a verdict, scored 1 / 0 / 0.5 for yes / no / none;
+``self_original`` / ``self_edited`` / ``self_answer_only`` = the policy's P(Yes) seeing only the
+question's images, only the tools' images, or the question and the bare final answer, no reasoning):
 
 - ``greedy_accuracy``: the greedy trajectory is right. ``mean_accuracy``: a sample is right.
 - ``pass@k``: unbiased pass@k (the oracle: some sample of k is right).
 - ``maj@k``: the plurality answer of k samples is right. ``bestof@k_V``: the sample V
   scores highest of k is right. ``wmaj@k_V``: the plurality with votes weighted by V's score.
 - ``verifier_accuracy_C`` / ``verifier_auroc_C`` / ``verifier_ece_C`` for C = image
-  (self), noimage (self_noimage), external, gen (selfgen), gen_external (externalgen): V's
+  (self), noimage (self_noimage), external, gen (selfgen), gen_external (externalgen), original,
+  edited, answer_only: V's
   score >= 0.5 agrees with the reward;
   AUROC of the score against right / wrong; expected calibration error (10 bins).
 - ``tool_revision_rate`` / ``_fixed`` / ``_broken``: of the trajectories that stated an
@@ -60,7 +63,8 @@ from vlrl.eval.metrics import (
 
 # score key -> condition name; the last two write their check (vlrl.eval.written) instead of reading P(Yes)
 JUDGES = {"self": "image", "self_noimage": "noimage", "external": "external", "selfgen": "gen",
-          "externalgen": "gen_external"}
+          "externalgen": "gen_external", "self_original": "original", "self_edited": "edited",
+          "self_answer_only": "answer_only"}
 REVISION_KINDS = ("answer", "phrase", "tool_recall")
 REVISION_EXAMPLES = 3  # revised trajectories quoted in report.md
 VERIFIER_STATS: dict[str, Callable[[Sequence[float], Sequence[float]], float | None]] = {

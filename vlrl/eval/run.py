@@ -48,7 +48,7 @@ from vlrl.eval.revisions import excerpt, find_revisions
 from vlrl.eval.written import Written, WrittenVerifier, prompt_text
 from vlrl.registry import resolve
 from vlrl.rewards.judge import AnswerJudge
-from vlrl.rewards.verifier import FollowUp, Verdict, Verifier, check_same_tokenizer
+from vlrl.rewards.verifier import END_OF_TURN, FollowUp, Verdict, Verifier, check_same_tokenizer
 from vlrl.rollout.manager import Reward, RolloutManager, RolloutResult
 from vlrl.runlog import write_trajectory
 from vlrl.task import open_task
@@ -222,6 +222,9 @@ class _Evaluation:
         if self.self_judge is not None:
             calls["self"] = self.self_judge.score(f"{traj.id}/self", ids, traj.images)
             calls["self_noimage"] = self.self_judge.score(f"{traj.id}/self-noimage", self.vision.strip_images(ids), [])
+            for ablation in self.cfg.judge.ablations:
+                seen_ids, seen = ablated(traj, len(sample.images), ablation, answer, self.vision, self.tokenizer)
+                calls[f"self_{ablation}"] = self.self_judge.score(f"{traj.id}/self-{ablation}", seen_ids, seen)
         if self.external_judge is not None:
             calls["external"] = self.external_judge.score(f"{traj.id}/external", ids, traj.images)
         for name, writer in self.writers.items():
@@ -273,6 +276,19 @@ class _Evaluation:
         self.written[kind] += 1
         traj.reward_parts |= {f"judge_{k}": round(v, 4) for k, v in record["scores"].items()}
         write_trajectory(traj, self.tokenizer, self.out / "transcripts" / kind / traj.id.replace("/", "_"))
+
+
+def ablated(traj: Trajectory, asked: int, ablation: str, answer: str | None, vision: VisionInputs,
+            tokenizer: Any) -> tuple[list[int], list[Any]]:
+    """What the policy's P(Yes) reads in ``ablation``, ids and images: the trajectory with only the question's
+    ``asked`` images ("original") or only the tools' ("edited"; none when no tool made one), or the question
+    followed by nothing but ``FINAL ANSWER: <answer>`` ("answer_only")."""
+    if ablation == "answer_only":
+        stated = tokenizer.encode(f"FINAL ANSWER: {answer or ''}", add_special_tokens=False)
+        prompt = traj.segments[0]
+        return [*prompt.token_ids, *stated, tokenizer.convert_tokens_to_ids(END_OF_TURN)], list(prompt.images)
+    keep = [(k < asked) == (ablation == "original") for k in range(len(traj.images))]
+    return vision.strip_images(traj.token_ids, keep), [im for im, kept in zip(traj.images, keep) if kept]
 
 
 def verify_tokens(judged: Verdict | Written) -> int:
