@@ -220,6 +220,22 @@ def test_eval_end_to_end_reports_every_figure_and_resumes(tmp_path, taught, tiny
 
 
 @pytest.mark.slow
+def test_eval_compare_end_to_end(tmp_path, taught, tiny_dir):
+    out = tmp_path / "cmp"
+    done = vlrl("eval", str(QUICK), f"judge.external={tiny_dir}", "judge.generate=[]", "judge.ablations=[]",
+                "second_look=false", "questions=3", "samples=2", f"out={out}", "--compare", str(tiny_dir),
+                str(taught), "--names", "untrained", "taught", "--json")
+    values = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads((out / "compare.json").read_text())
+    assert result["models"] == ["untrained", "taught"] and result["questions"] == 3
+    for name, folder in (("untrained", "0-untrained"), ("taught", "1-taught")):
+        alone = json.loads((out / folder / "report.json").read_text())["figures"]
+        assert values["maj@2"][name] == alone["maj@2"]["value"]  # each model's figure as its own report gives it
+    assert (out / "compare.png").stat().st_size > 5000 and "untrained - " not in (out / "compare.md").read_text()
+    assert "taught - untrained" in (out / "compare.md").read_text()
+
+
+@pytest.mark.slow
 def test_the_no_image_condition_sends_no_image_and_a_verifier_without_yes_no_stops_the_run(tmp_path, taught,
                                                                                           monkeypatch):
     from vlrl.engines.hf import HFEngine

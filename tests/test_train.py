@@ -262,6 +262,13 @@ def test_warm_start_then_rl_reports_held_out_figures(tmp_path, tiny_dir):
     assert "heldout_accuracy_rl" in out
     rl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rl[0]["loss/kl"] < 1e-6  # the KL reference is the warm-started policy, not the initial one
+    # the warm-started model, as a folder `vlrl eval --compare` can read beside RL's: the KL reference's weights
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(run / "warmstart" / "model", dtype=torch.float32).state_dict()
+    reference = torch.load(run / "checkpoints" / "reference.pt")
+    assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
+    assert (run / "warmstart" / "model" / "tokenizer.json").is_file()
 
 
 @pytest.mark.slow

@@ -488,6 +488,7 @@ class WarmStartConfig:
     steps: int = 100
     batch_size: int = 32
     lr: float = 1.0e-3
+    save: bool = True  # write the warm-started model to <run>/warmstart/model (to evaluate beside RL's; a model's size)
 
     def __post_init__(self) -> None:
         for name in ("samples", "steps", "batch_size"):

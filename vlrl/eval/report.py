@@ -79,6 +79,34 @@ class _Ratio:
     den: list[float]
 
 
+@dataclass
+class Tally:
+    """Every figure's per-question material: the ratios, and each verifier's (score, right) pairs per question."""
+
+    ks: list[int]
+    judges: list[str]
+    ratios: dict[str, _Ratio]
+    pools: dict[str, list[list[tuple[float, float]]]]
+
+
+def tally(records: Sequence[dict[str, Any]], cfg: EvalConfig) -> Tally:
+    """``records`` (sorted by question) counted into per-question figures."""
+    ks = cfg.ks or default_ks(cfg.samples)
+    ratios: dict[str, _Ratio] = {}
+    judges = [j for j in JUDGES if any(j in s.get("scores", {}) for r in records for s in r["samples"])]
+    pools: dict[str, list[list[tuple[float, float]]]] = {j: [[] for _ in records] for j in judges}
+    for q, record in enumerate(records):
+        add = partial(_add, ratios, len(records), q)
+        _tally_selection(add, record, ks, judges, cfg.subsets)
+        _tally_samples(add, record["samples"], judges, [pools[j][q] for j in judges])
+    return Tally(ks, judges, ratios, pools)
+
+
+def question_resamples(questions: int, bootstrap: int) -> np.ndarray:
+    """The bootstrap's draws of question indexes (seeded: every report, and every model compared, draws alike)."""
+    return np.random.default_rng(0).integers(0, questions, (bootstrap, questions))
+
+
 def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: float) -> dict[str, Any]:
     """The figures of ``records`` (one per question) with their intervals, and the counts behind them.
 
@@ -88,17 +116,10 @@ def build_report(records: Sequence[dict[str, Any]], cfg: EvalConfig, seconds: fl
     if not records:
         raise ValueError("no evaluated questions to report on")
     records = sorted(records, key=lambda r: r["index"])
-    ks = cfg.ks or default_ks(cfg.samples)
-    ratios: dict[str, _Ratio] = {}
-    judges = [j for j in JUDGES if any(j in s.get("scores", {}) for r in records for s in r["samples"])]
-    pools: dict[str, list[list[tuple[float, float]]]] = {j: [[] for _ in records] for j in judges}
-    for q, record in enumerate(records):
-        add = partial(_add, ratios, len(records), q)
-        _tally_selection(add, record, ks, judges, cfg.subsets)
-        _tally_samples(add, record["samples"], judges, [pools[j][q] for j in judges])
+    counted = tally(records, cfg)
+    ks, judges, ratios, pools = counted.ks, counted.judges, counted.ratios, counted.pools
     timed = [r["wall_share_s"] for r in records if "wall_share_s" in r]
-    rng = np.random.default_rng(0)
-    resamples = rng.integers(0, len(records), (cfg.bootstrap, len(records)))
+    resamples = question_resamples(len(records), cfg.bootstrap)
     figures = {name: _ratio_figure(r, resamples) for name, r in ratios.items()}
     for judge, pool in pools.items():
         for stat, fn in VERIFIER_STATS.items():

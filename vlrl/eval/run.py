@@ -83,7 +83,7 @@ async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         with ray_cluster(cfg.distributed.backend, cfg.distributed.address):  # Ray only for backend ray
             await _run(cfg, todo, questions, tokenizer, vision, reward, out, len(done), start)
     seconds = time.perf_counter() - start
-    records = [r for r in _read_results(out) if r["index"] < len(questions)]
+    records = [r for r in read_results(out) if r["index"] < len(questions)]
     report = build_report(records, cfg, seconds)
     write_report(out, report)
     return report
@@ -145,10 +145,10 @@ def _open_results(out: Path, cfg: EvalConfig) -> set[int]:
     out.mkdir(parents=True, exist_ok=True)
     kept.write_text(yaml.safe_dump(settings, sort_keys=False))
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return {r["index"] for r in _read_results(out)}
+    return {r["index"] for r in read_results(out)}
 
 
-def _read_results(out: Path) -> list[dict[str, Any]]:
+def read_results(out: Path) -> list[dict[str, Any]]:
     """The lines of ``results.jsonl``. A line cut off by a killed run is dropped from the file (its
     question runs again)."""
     path = out / RESULTS

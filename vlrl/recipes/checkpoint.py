@@ -88,21 +88,27 @@ def save_checkpoint(folder: Path, trainer: PolicyTrainer, state: RunState, model
 def _write_checkpoint(tmp: Path, trainer: PolicyTrainer, weights: dict[str, torch.Tensor], saved: dict[str, Any],
                       model_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "model").mkdir(parents=True)
-    for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
-        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
-            shutil.copy2(f, tmp / "model" / f.name)
-    if isinstance(trainer.model, PeftModel):  # the adapter to resume from, the merged model to serve
+    if isinstance(trainer.model, PeftModel):  # the adapter to resume from (beside the merged model to serve)
         trainer.model.save_pretrained(tmp / "adapter")
-        trainer.model.get_base_model().save_pretrained(tmp / "model", state_dict=weights)
-    else:
-        trainer.model.save_pretrained(tmp / "model", state_dict=weights)
+    save_model_folder(tmp / "model", trainer, weights, model_dir)
     torch.save(saved, tmp / "state.pt")
     reference = tmp.parent / REFERENCE
     if reference.is_file():
         _link_or_copy(reference, tmp / REFERENCE)
     sizes = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(sizes, indent=1))
+
+
+def save_model_folder(target: Path, trainer: PolicyTrainer, weights: dict[str, torch.Tensor], model_dir: Path) -> Path:
+    """``weights`` as a model folder any engine loads: the run's model folder's tokenizer, processor and chat
+    template beside them (a LoRA model's weights merged into its base's)."""
+    target.mkdir(parents=True)
+    for f in Path(model_dir).iterdir():  # tokenizer, processor, chat template: the folder stays a model
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, target / f.name)
+    model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
+    model.save_pretrained(target, state_dict=weights)
+    return target
 
 
 def save_reference(checkpoints: Path, weights: dict[str, torch.Tensor]) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import shutil
 import sys
 import time
 from itertools import islice
@@ -47,6 +48,7 @@ from vlrl.recipes.checkpoint import (
     auto_checkpoints,
     latest_checkpoint,
     save_checkpoint,
+    save_model_folder,
     save_reference,
 )
 from vlrl.recipes.parts import Run, build, make_scheduler, progress_bar, start, task_stream
@@ -153,6 +155,10 @@ async def warm_start(run: Run, env: Env) -> None:
     if progress is not None:
         progress.close()
     await sync_weights(run.trainer, run.engine, run.compute)  # the sibling trained the trainer's own model
+    if ws.save:  # to evaluate beside RL's (`vlrl eval --compare`)
+        target = run.out.path / "warmstart" / "model"
+        shutil.rmtree(target, ignore_errors=True)
+        await run.compute.run(lambda: save_model_folder(target, run.trainer, run.trainer.weights(), run.model_dir))
     if run.trainer.reference is not None:
         await run.compute.run(run.trainer.reset_reference)
         # kept for the checkpoints: a run resumed from one has the warm-started reference, not the loaded model
