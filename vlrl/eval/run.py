@@ -58,7 +58,7 @@ from vlrl.vision import VisionInputs
 RESULTS = "results.jsonl"
 # settings that change a question's results: a run resumes only into a folder made with the same ones
 RESULT_KEYS = ("model", "engine", "env", "task", "seed", "samples", "greedy", "max_new_tokens", "temperature",
-               "top_p", "top_k", "judge", "reward_judge", "second_look", "second_look_prompt")
+               "top_p", "top_k", "judge", "reward_judge", "second_look", "second_look_prompt", "revision_phrases")
 
 
 async def evaluate(cfg: EvalConfig) -> dict[str, Any]:
