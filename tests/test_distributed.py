@@ -443,11 +443,12 @@ def test_a_rank_killed_during_training_ends_the_step_and_the_run_resumes(train_c
 
 
 def same_numbers(a, b, path="") -> None:
-    """``a`` and ``b`` equal, floats to 1e-5 (timings, keys "seconds" and "*_s", are not compared)."""
+    """``a`` and ``b`` equal, floats to 1e-5. Not compared: timings (keys "seconds" and "*_s") and the tokens a
+    verification read anew ("verify_tokens": what one engine's cache held, another's did not)."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for key in a:
-            if key != "seconds" and not key.endswith("_s"):
+            if key not in ("seconds", "verify_tokens") and not key.endswith("_s"):
                 same_numbers(a[key], b[key], f"{path}.{key}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
