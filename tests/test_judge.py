@@ -155,7 +155,7 @@ def test_a_rollout_rewarded_by_the_judge_and_eval_graded_by_it(tmp_path, tiny_di
     for s in steps:  # total = 0.5 x accuracy + 0.5 x judge, averaged over the step's trajectories
         assert s["reward/mean"] == pytest.approx(0.5 * s["reward/accuracy"] + 0.5 * s["reward/judge"], abs=1e-6)
     report = json.loads(vlrl("eval", "configs/eval_quick.yaml", f"model.path={tiny_dir}", "questions=2", "samples=2",
-                             "judge.external=", "judge.policy=false", "second_look=false", "greedy=false",
+                             "judge.external=", "judge.policy=false", "judge.ablations=[]", "second_look=false", "greedy=false",
                              f"reward_judge.model={text_judge_dir}", "reward_judge.verdict=p_yes",
                              f"out={tmp_path / 'eval'}",
                              "--json").stdout.strip().splitlines()[-1])

@@ -324,41 +324,9 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, c in report.get("written", {}).items():
         lines.append(f"\n{name} wrote {c['tokens']} tokens of checks; verdicts: yes {c['yes']}, no {c['no']}, "
                      f"none {c['none']} (scored 0.5), checks that did not fit the context {c['error']}.")
-    compute = report.get("equal_compute")
-    if compute and judges:
-        lines += ["", "## At equal compute", "",
-                  f"A sample generates {compute['generated_tokens']:.1f} tokens on average; verifying one costs "
-                  + ", ".join(f"{j} {t:.1f}" for j, t in compute["verify_tokens"].items())
-                  + " (read anew + written). At each maj@k budget, the best selection by a verifier that costs no "
-                  "more:", "", "| k | tokens per question | maj@k | best verifier-based | maj minus it |",
-                  "|---|---|---|---|---|"]
-        for r in compute["majority_vs_verifiers"]:
-            best = r["best_verifier"]
-            shown = "—" if best is None else f"{100 * best['accuracy']:.1f} ({best['strategy']}, k = {best['k']})"
-            margin = "—" if r["margin"] is None else f"{100 * r['margin']:+.1f}"
-            majority = "—" if r["majority"] is None else f"{100 * r['majority']:.1f}"
-            lines.append(f"| {r['k']} | {r['budget']:.0f} | {majority} | {shown} | {margin} |")
-        lines += ["", compute["verdict"]]
-    lines += ["", "## Self-correction", "", "| when | changed | fixed | broken | n |", "|---|---|---|---|---|"]
-    for name, label, changed in (("tool_revision", "after a tool result", "tool_revision_rate"),
-                                 ("second_look", "after a second look", "second_look_changed")):
-        if changed in f:
-            lines.append(f"| {label} | {_cell(f[changed])} | {_cell(f[f'{name}_fixed'])} | "
-                         f"{_cell(f[f'{name}_broken'])} | {f[changed]['n']} |")
-    if "second_look_accuracy" in f:
-        lines.append(f"\nAccuracy after the second look: {_cell(f['second_look_accuracy'])}.")
-    if "revision_rate" in f:
-        lines += ["", "Within a trajectory (a stated answer changed, a revision phrase, a tool called again after a "
-                  "result):", "", "| revised | by answer | by phrase | by tool re-call | accuracy revised | not revised "
-                  "| answer changes fixed | broken |", "|---|---|---|---|---|---|---|---|",
-                  f"| {_cell(f['revision_rate'])} | " + " | ".join(_cell(f[f"revision_rate_{k}"])
-                                                                    for k in REVISION_KINDS)
-                  + f" | {_cell(f['accuracy_with_revision'])} | {_cell(f['accuracy_without_revision'])} | "
-                  f"{_cell(f['revision_fixed'])} | {_cell(f['revision_broken'])} |"]
-        for e in report.get("revision_examples", []):
-            lines += ["", f"Question {e['question']}, sample {e['sample']} ({', '.join(e['kinds'])}; first answer "
-                      f"{e['first']!r}, last {e['last']!r}, {'right' if e['correct'] >= 1 else 'wrong'}):", "",
-                      "```text", e["text"], "```"]
+    if report.get("equal_compute") and judges:
+        lines += _equal_compute_lines(report["equal_compute"])
+    lines += _self_correction_lines(report)
     lines += ["", "## Tool use", "", "| call rate | error rate | accuracy with a call | without |",
               "|---|---|---|---|",
               f"| {_cell(f.get('tool_call_rate'))} | {_cell(f.get('tool_error_rate'))} | "
@@ -372,6 +340,46 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += ["", "Plots: `accuracy_vs_k.png`, `accuracy_vs_tokens.png`, `roc.png`. Definitions: `vlrl/eval/report.py`, "
               "`vlrl/eval/compute.py`.", ""]
     return "\n".join(lines)
+
+
+def _equal_compute_lines(compute: dict[str, Any]) -> list[str]:
+    lines = ["", "## At equal compute", "",
+             f"A sample generates {compute['generated_tokens']:.1f} tokens on average; verifying one costs "
+             + ", ".join(f"{j} {t:.1f}" for j, t in compute["verify_tokens"].items())
+             + " (read anew + written). At each maj@k budget, the best selection by a verifier that costs no more:",
+             "", "| k | tokens per question | maj@k | best verifier-based | maj minus it |", "|---|---|---|---|---|"]
+    for r in compute["majority_vs_verifiers"]:
+        best = r["best_verifier"]
+        shown = "—" if best is None else f"{100 * best['accuracy']:.1f} ({best['strategy']}, k = {best['k']})"
+        margin = "—" if r["margin"] is None else f"{100 * r['margin']:+.1f}"
+        majority = "—" if r["majority"] is None else f"{100 * r['majority']:.1f}"
+        lines.append(f"| {r['k']} | {r['budget']:.0f} | {majority} | {shown} | {margin} |")
+    return [*lines, "", compute["verdict"]]
+
+
+def _self_correction_lines(report: dict[str, Any]) -> list[str]:
+    f = report["figures"]
+    lines = ["", "## Self-correction", "", "| when | changed | fixed | broken | n |", "|---|---|---|---|---|"]
+    for name, label, changed in (("tool_revision", "after a tool result", "tool_revision_rate"),
+                                 ("second_look", "after a second look", "second_look_changed")):
+        if changed in f:
+            lines.append(f"| {label} | {_cell(f[changed])} | {_cell(f[f'{name}_fixed'])} | "
+                         f"{_cell(f[f'{name}_broken'])} | {f[changed]['n']} |")
+    if "second_look_accuracy" in f:
+        lines.append(f"\nAccuracy after the second look: {_cell(f['second_look_accuracy'])}.")
+    if "revision_rate" not in f:
+        return lines
+    lines += ["", "Within a trajectory (a stated answer changed, a revision phrase, a tool called again after a "
+              "result):", "", "| revised | by answer | by phrase | by tool re-call | accuracy revised | not revised "
+              "| answer changes fixed | broken |", "|---|---|---|---|---|---|---|---|",
+              f"| {_cell(f['revision_rate'])} | " + " | ".join(_cell(f[f"revision_rate_{k}"]) for k in REVISION_KINDS)
+              + f" | {_cell(f['accuracy_with_revision'])} | {_cell(f['accuracy_without_revision'])} | "
+              f"{_cell(f['revision_fixed'])} | {_cell(f['revision_broken'])} |"]
+    for e in report.get("revision_examples", []):
+        lines += ["", f"Question {e['question']}, sample {e['sample']} ({', '.join(e['kinds'])}; first answer "
+                  f"{e['first']!r}, last {e['last']!r}, {'right' if e['correct'] >= 1 else 'wrong'}):", "",
+                  "```text", e["text"], "```"]
+    return lines
 
 
 def _auroc_cell(figure: dict[str, Any]) -> str:
