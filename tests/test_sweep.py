@@ -53,8 +53,8 @@ def test_a_sweep_runs_each_seed_and_tabulates_its_held_out_figures(train_config,
         assert yaml.safe_load((out / f"seed-{seed}" / "latest" / "config.yaml").read_text())["seed"] == seed
         questions = [json.loads(line) for line in (out / f"seed-{seed}" / "latest" / "heldout.jsonl").open()]
         assert len(questions) == 6 and not any(key.startswith("heldout_correct") for key in run)
-        assert statistics.fmean(q["correct"]["rl"] for q in questions) == run["heldout_accuracy_rl"]
-        assert statistics.fmean(q["tool_called"]["rl"] for q in questions) == run["tool_call_rate_rl"]
+        assert statistics.fmean(q["correct"]["rl"] for q in questions) == pytest.approx(run["heldout_accuracy_rl"])
+        assert statistics.fmean(q["tool_called"]["rl"] for q in questions) == pytest.approx(run["tool_call_rate_rl"])
     assert "| all | RL |" in (out / "sweep.md").read_text()
     shown = vlrl("compare", str(out), str(out), "--out", str(tmp_path / "cmp")).stdout  # a sweep against itself
     same = json.loads((tmp_path / "cmp" / "compare.json").read_text())
