@@ -37,13 +37,16 @@ def test_the_tokens_each_strategy_spends_by_hand():
     assert [p["tokens"] for p in curves["bestof_self"]] == [25.0, 50.0]  # k x (20 generated + 5 verifying)
     assert [p["tokens"] for p in curves["bestof_selfgen"]] == [50.0, 100.0]  # k x (20 + 30)
     rows = majority_vs_verifiers(curves)
-    assert rows[0]["best_verifier"] is None and rows[0]["margin"] is None  # no verifier is as cheap as one sample
-    # 40 tokens buy best-of-1 by P(Yes) (25) or by writing (...none: 50 > 40): majority 0.75 against 0.5
-    assert rows[1]["best_verifier"] == {"strategy": "bestof_self", "k": 1, "accuracy": 0.5}
-    assert rows[1]["margin"] == pytest.approx(0.25)
-    assert "at 1 of 1 budgets: 40 (k = 2: +25.0 points)" in verdict(rows)
-    cheap = {"maj": [{"k": 1, "tokens": 10.0, "accuracy": 0.4}], "bestof_x": [{"k": 1, "tokens": 10.0, "accuracy": 0.6}]}
-    assert "A verifier-based selection does better at 10 (bestof_x at k = 1: +20.0 points)" in verdict(
+    # 40 tokens buy no selection (best-of-2 by P(Yes) costs 50; best-of-1 is one sample, no selection)
+    assert [r["best_verifier"] for r in rows] == [None, None] and rows[1]["margin"] is None
+    assert verdict(rows) == "No verifier-based selection costs as little as majority voting at any budget here."
+    wide = dict(curves, maj=[*curves["maj"], {"k": 4, "tokens": 80.0, "accuracy": 0.7}])
+    top = majority_vs_verifiers(wide)[2]  # 80 tokens buy best-of-2 by P(Yes) (50), not by writing (100)
+    assert top["best_verifier"] == {"strategy": "bestof_self", "k": 2, "accuracy": 0.5}
+    assert top["margin"] == pytest.approx(0.2)
+    assert "at 1 of 1 budgets: 80 (k = 4: +20.0 points)" in verdict(majority_vs_verifiers(wide))
+    cheap = {"maj": [{"k": 2, "tokens": 20.0, "accuracy": 0.4}], "bestof_x": [{"k": 2, "tokens": 20.0, "accuracy": 0.6}]}
+    assert "A verifier-based selection does better at 20 (bestof_x at k = 2: +20.0 points)" in verdict(
         majority_vs_verifiers(cheap))
 
 
@@ -54,5 +57,5 @@ def test_the_report_carries_the_equal_compute_table_and_plot(tmp_path):
     assert [p["tokens"] for p in compute["curves"]["bestof_selfgen"]] == [50.0, 100.0]
     write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
-    assert "## At equal compute" in md and "| 2 | 40 |" in md and compute["verdict"] in md
+    assert "## At equal compute" in md and "| 2 | 40 | 100.0 | — | — |" in md and compute["verdict"] in md
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 5000

@@ -44,11 +44,12 @@ def compute_curves(records: Sequence[dict[str, Any]], figures: dict[str, dict[st
 
 def majority_vs_verifiers(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
     """At each maj@k budget: the best verifier-based selection costing no more (None: none is that cheap), and
-    majority's margin over it (positive: majority voting wins at that budget)."""
+    majority's margin over it (positive: majority voting wins at that budget). A "selection" of one sample
+    selects nothing (it is one sample, verified for nothing), so best-of-k counts from k = 2."""
     rows = []
     for point in curves["maj"]:
         affordable = [(name, p) for name, points in curves.items() if name != "maj" for p in points
-                      if p["tokens"] <= point["tokens"] + 1e-9 and p["accuracy"] is not None]
+                      if p["k"] >= 2 and p["tokens"] <= point["tokens"] + 1e-9 and p["accuracy"] is not None]
         best = max(affordable, key=lambda item: item[1]["accuracy"], default=None)
         rows.append({"k": point["k"], "budget": point["tokens"], "majority": point["accuracy"],
                      "best_verifier": None if best is None else {"strategy": best[0], "k": best[1]["k"],
