@@ -18,7 +18,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vlrl.config import EvalConfig
-from vlrl.eval.report import JUDGES, VERIFIER_STATS, Tally, question_resamples, tally
+from vlrl.eval.report import (
+    JUDGES,
+    VERIFIER_STATS,
+    Tally,
+    interval95,
+    pooled_draws,
+    question_resamples,
+    ratio_draws,
+    tally,
+)
 
 PLOTTED = {"maj@{k}": "-", "pass@{k}": ":", "bestof@{k}_self": "--"}
 
@@ -46,11 +55,10 @@ def compare_models(results: dict[str, Sequence[dict[str, Any]]], cfg: EvalConfig
         versus = {}
         for name in names[1:]:
             value, draws = per_model[name][figure]
-            both = ~np.isnan(draws) & ~np.isnan(base_draws)
-            diff = None if value is None or base_value is None else value - base_value
-            ci = (np.quantile(draws[both] - base_draws[both], [0.025, 0.975]).tolist()
-                  if diff is not None and both.any() else None)
-            versus[name] = {"value": diff, "ci95": ci}
+            if value is None or base_value is None:
+                versus[name] = {"value": None, "ci95": None}
+            else:  # a resample where either is undefined is NaN in the difference, and left out
+                versus[name] = {"value": value - base_value, "ci95": interval95(draws - base_draws)}
         figures[figure] = {"values": values, "vs_base": versus}
     return {"models": names, "base": names[0], "questions": len(ids[names[0]]), "ks": tallies[names[0]].ks,
             "figures": figures}
@@ -58,23 +66,10 @@ def compare_models(results: dict[str, Sequence[dict[str, Any]]], cfg: EvalConfig
 
 def _draws(t: Tally, resamples: np.ndarray) -> dict[str, tuple[float | None, np.ndarray]]:
     """Figure -> (its value, its value on each resample of the questions; NaN where undefined)."""
-    out = {}
-    for name, ratio in t.ratios.items():
-        num, den = np.asarray(ratio.num), np.asarray(ratio.den)
-        nums, dens = num[resamples].sum(axis=1), den[resamples].sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            draws = np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)
-        out[name] = (float(num.sum() / den.sum()) if den.sum() else None, draws)
+    out = {name: ratio_draws(ratio, resamples) for name, ratio in t.ratios.items()}
     for judge, pool in t.pools.items():
         for stat, fn in VERIFIER_STATS.items():
-            pairs = [p for question in pool for p in question]
-            value = fn(*zip(*pairs)) if pairs else None
-            draws = []
-            for row in resamples:
-                drawn = [p for q in row for p in pool[q]]
-                got = fn(*zip(*drawn)) if drawn else None
-                draws.append(np.nan if got is None else got)
-            out[f"verifier_{stat}_{JUDGES[judge]}"] = (None if value is None else float(value), np.asarray(draws))
+            out[f"verifier_{stat}_{JUDGES[judge]}"] = pooled_draws(pool, fn, resamples)
     return out
 
 

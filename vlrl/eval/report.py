@@ -245,30 +245,50 @@ def revision_examples(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     return found[:REVISION_EXAMPLES]
 
 
-def _ratio_figure(ratio: _Ratio, resamples: np.ndarray) -> dict[str, Any]:
+def ratio_draws(ratio: _Ratio, resamples: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """A ratio figure's value (None without a denominator) and its value on each resample of the questions
+    (NaN where the resample has no denominator)."""
     num, den = np.asarray(ratio.num), np.asarray(ratio.den)
-    if den.sum() == 0:
-        return {"value": None, "ci95": None, "n": 0}
     nums, dens = num[resamples].sum(axis=1), den[resamples].sum(axis=1)
-    kept = dens > 0
-    low, high = np.quantile(nums[kept] / dens[kept], [0.025, 0.975])
-    return {"value": float(num.sum() / den.sum()), "ci95": [float(low), float(high)], "n": int(den.sum())}
+    draws = np.full(len(resamples), np.nan)
+    np.divide(nums, dens, out=draws, where=dens > 0)
+    return (float(num.sum() / den.sum()) if den.sum() else None), draws
 
 
-def _pooled_figure(pool: list[list[tuple[float, float]]], stat: Callable[[Sequence[float], Sequence[float]], Any],
-                   resamples: np.ndarray) -> dict[str, Any]:
+def pooled_draws(pool: list[list[tuple[float, float]]], stat: Callable[[Sequence[float], Sequence[float]], Any],
+                 resamples: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """A pooled statistic's value over every question's (score, right) pairs (None where undefined) and its value
+    on each resample of the questions (NaN where undefined; none drawn when the value itself is undefined)."""
     pairs = [p for question in pool for p in question]
     value = stat(*zip(*pairs)) if pairs else None
     if value is None:
-        return {"value": None, "ci95": None, "n": len(pairs)}
+        return None, np.full(0, np.nan)
     draws = []
     for row in resamples:
         drawn = [p for q in row for p in pool[q]]
         got = stat(*zip(*drawn)) if drawn else None
-        if got is not None:
-            draws.append(got)
-    low, high = np.quantile(draws, [0.025, 0.975]) if draws else (None, None)
-    return {"value": float(value), "ci95": None if low is None else [float(low), float(high)], "n": len(pairs)}
+        draws.append(np.nan if got is None else got)
+    return float(value), np.asarray(draws, dtype=float)
+
+
+def interval95(draws: np.ndarray) -> list[float] | None:
+    """The 2.5th-97.5th percentiles of the defined draws (None when none is)."""
+    kept = draws[~np.isnan(draws)]
+    return [float(q) for q in np.quantile(kept, [0.025, 0.975])] if kept.size else None
+
+
+def _ratio_figure(ratio: _Ratio, resamples: np.ndarray) -> dict[str, Any]:
+    value, draws = ratio_draws(ratio, resamples)
+    if value is None:
+        return {"value": None, "ci95": None, "n": 0}
+    return {"value": value, "ci95": interval95(draws), "n": int(sum(ratio.den))}
+
+
+def _pooled_figure(pool: list[list[tuple[float, float]]], stat: Callable[[Sequence[float], Sequence[float]], Any],
+                   resamples: np.ndarray) -> dict[str, Any]:
+    value, draws = pooled_draws(pool, stat, resamples)
+    n = sum(len(question) for question in pool)
+    return {"value": value, "ci95": None if value is None else interval95(draws), "n": n}
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
