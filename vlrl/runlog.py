@@ -115,7 +115,8 @@ class RunDir:
 
 
 def read_log(run: Path, name: str = "metrics") -> list[dict[str, Any]]:
-    """A run directory's ``name``.jsonl (metrics, lengths, ...) as written by ``RunDir.log``: a record per step."""
+    """A run directory's ``name``.jsonl as a list of records: metrics, lengths, ... (as ``RunDir.log`` writes them,
+    a record per step) or heldout (a record per held-out question)."""
     return [json.loads(line) for line in (Path(run) / f"{name}.jsonl").read_text().splitlines()]
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from vlrl.eval.heldout import paired_bootstrap
 from vlrl.recipes.sweep import mean_interval
+from vlrl.runlog import read_log
 
 POLICIES = {"teacher": "teacher", "warmstart": "warm start", "rl": "RL"}
 CURVES = {"rollout/tool_call_rate": "tool-call rate (sampled, per step)", "reward/accuracy": "accuracy (sampled)"}
@@ -43,15 +44,11 @@ def load_arm(folder: Path) -> dict[int, Run]:
         seed = int(path.parent.name.removeprefix("seed-"))
         if not (path / "heldout.jsonl").is_file():
             continue
-        runs[seed] = Run(json.loads((path / "summary.json").read_text()), read_lines(path / "heldout.jsonl"),
-                         read_lines(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else [])
+        runs[seed] = Run(json.loads((path / "summary.json").read_text()), read_log(path, "heldout"),
+                         read_log(path) if (path / "metrics.jsonl").is_file() else [])
     if not runs:
         raise ValueError(f"{folder} holds no finished run (no seed-S/latest/heldout.jsonl)")
     return runs
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def compare(a: dict[int, Run], b: dict[int, Run], names: tuple[str, str]) -> dict[str, Any]:
