@@ -92,7 +92,7 @@ class ScriptedAgent:
         values = asked_values(episode.sample.metadata)
         right = episode.sample.answers[0]
         if right in values and len(values) > 1:
-            closest = min((c for c in values if c != right), key=lambda c: abs(values[c] - values[right]))
+            closest = closest_in_value(values, right)
             named = [c for c in values if c in (right, closest)]
         else:
             named = list(dict.fromkeys(label_names(episode.bound["bars_bbox"], "bars_bbox")))
@@ -179,7 +179,7 @@ def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random, confus
             order = list(values)
             at = order.index(right)
             return order[at + 1] if at + 1 < len(order) else order[at - 1]
-        return min((label for label in values if label != right), key=lambda c: abs(values[c] - values[right]))
+        return closest_in_value(values, right)
     labels = [label for k, v in episode.bound.items() if k in TARGETS for label in label_names(v, k)]
     labels += [str(c) for c in episode.sample.metadata.get("table", {}).get("categories", [])]
     others = sorted({label for label in labels if label != right})
@@ -191,6 +191,11 @@ def plausible_wrong(episode: ToolEpisode, right: str, rng: random.Random, confus
         return rng.choice(others) if others else "unknown"
     wrong = value * rng.choice((0.75, 0.9, 1.1, 1.25)) + (rng.choice((-2, 2)) if abs(value) < 8 else 0)
     return f"{wrong:.1f}".rstrip("0").rstrip(".")
+
+
+def closest_in_value(values: dict[str, float], label: str) -> str:
+    """The other label whose value is closest to ``label``'s (the first such, in order)."""
+    return min((c for c in values if c != label), key=lambda c: abs(values[c] - values[label]))
 
 
 def asked_values(metadata: dict[str, Any]) -> dict[str, float]:
